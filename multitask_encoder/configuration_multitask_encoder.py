@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import AutoConfig, PretrainedConfig
 
@@ -74,7 +74,9 @@ class TaskSpec:
 def parse_task_spec(name: str, spec: TaskSpec | dict[str, Any]) -> TaskSpec:
     """Build and validate a `TaskSpec` from a dict (as found in config.json or a training YAML)."""
     if not isinstance(name, str) or not name.isidentifier():
-        raise ValueError(f"Task name {name!r} is not a valid Python identifier (letters, digits, underscore).")
+        raise ValueError(
+            f"Task name {name!r} is not a valid Python identifier (letters, digits, underscore)."
+        )
     if isinstance(spec, TaskSpec):
         spec = spec.to_dict()
     if not isinstance(spec, dict):
@@ -85,7 +87,9 @@ def parse_task_spec(name: str, spec: TaskSpec | dict[str, Any]) -> TaskSpec:
         raise ValueError(f"Task {name!r}: unknown spec keys {sorted(unknown)}.")
     task_type = spec.get("type")
     if task_type not in TASK_TYPES:
-        raise ValueError(f"Task {name!r}: unknown task type {task_type!r}; expected one of {list(TASK_TYPES)}.")
+        raise ValueError(
+            f"Task {name!r}: unknown task type {task_type!r}; expected one of {list(TASK_TYPES)}."
+        )
 
     labels = spec.get("labels")
     if task_type == "regression" and not labels:
@@ -113,9 +117,13 @@ def parse_task_spec(name: str, spec: TaskSpec | dict[str, Any]) -> TaskSpec:
         raise ValueError(f"Task {name!r}: unknown head keys {sorted(unknown)}.")
     head = HeadSpec(**head_dict)
     if head.type not in HEAD_TYPES:
-        raise ValueError(f"Task {name!r}: unknown head type {head.type!r}; expected one of {list(HEAD_TYPES)}.")
+        raise ValueError(
+            f"Task {name!r}: unknown head type {head.type!r}; expected one of {list(HEAD_TYPES)}."
+        )
     if head.activation not in ACTIVATIONS:
-        raise ValueError(f"Task {name!r}: unknown activation {head.activation!r}; expected {list(ACTIVATIONS)}.")
+        raise ValueError(
+            f"Task {name!r}: unknown activation {head.activation!r}; expected {list(ACTIVATIONS)}."
+        )
     if not 0.0 <= float(head.dropout) < 1.0:
         raise ValueError(f"Task {name!r}: head dropout must be in [0, 1), got {head.dropout}.")
     if head.hidden_size is not None and int(head.hidden_size) < 1:
@@ -177,9 +185,9 @@ class MultiTaskEncoderConfig(PretrainedConfig):
     """
 
     model_type = "multitask_encoder"
-    sub_configs = {"encoder_config": AutoConfig}
+    sub_configs: ClassVar[dict[str, type]] = {"encoder_config": AutoConfig}
     # Output fields the Trainer must not gather as predictions (only the `<task>_logits` are).
-    keys_to_ignore_at_inference = ["embeddings", "task_losses"]
+    keys_to_ignore_at_inference: ClassVar[list[str]] = ["embeddings", "task_losses"]
 
     def __init__(
         self,
@@ -207,7 +215,9 @@ class MultiTaskEncoderConfig(PretrainedConfig):
             raise ValueError(f"projection_dim must be a positive integer, got {projection_dim}.")
         self.projection_dim = None if projection_dim is None else int(projection_dim)
         if loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"Unknown loss_weighting {loss_weighting!r}; expected one of {list(LOSS_WEIGHTINGS)}.")
+            raise ValueError(
+                f"Unknown loss_weighting {loss_weighting!r}; expected one of {list(LOSS_WEIGHTINGS)}."
+            )
         self.loss_weighting = loss_weighting
         self.max_seq_length = max_seq_length
         self.base_model_name = base_model_name
@@ -224,7 +234,9 @@ class MultiTaskEncoderConfig(PretrainedConfig):
     def validate_for_model(self) -> None:
         """Refuse a configuration that cannot build a model (called by the model's constructor)."""
         if self.encoder_config is None:
-            raise ValueError("MultiTaskEncoderConfig has no encoder_config: build it with from_backbone(...).")
+            raise ValueError(
+                "MultiTaskEncoderConfig has no encoder_config: build it with from_backbone(...)."
+            )
         if not self.tasks:
             raise ValueError("MultiTaskEncoderConfig declares no tasks: give at least one in `tasks`.")
 

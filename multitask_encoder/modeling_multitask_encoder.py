@@ -82,7 +82,9 @@ class TaskHead(nn.Module):
         if spec.type == "mlp":
             hidden = spec.hidden_size or in_features
             activation = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU}[spec.activation]
-            self.hidden = nn.Sequential(nn.Linear(in_features, hidden), activation(), nn.Dropout(spec.dropout))
+            self.hidden = nn.Sequential(
+                nn.Linear(in_features, hidden), activation(), nn.Dropout(spec.dropout)
+            )
             in_features = hidden
         else:
             self.hidden = nn.Identity()
@@ -104,7 +106,9 @@ def task_loss(spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> tor
         labels = labels.long()
         if not (labels != IGNORE_INDEX).any():
             return None  # cross-entropy over nothing is NaN
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX
+        )
     if spec.type == "multi_label_classification":
         labels = labels.float().reshape(logits.shape)
         labelled_rows = (labels != IGNORE_INDEX).all(dim=-1)
@@ -162,7 +166,9 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         self.projection = nn.Linear(hidden_size, config.projection_dim) if config.projection_dim else None
         self.heads = nn.ModuleDict(
             {
-                name: TaskHead(hidden_size if spec.is_token_level else config.embedding_size, spec.num_outputs, spec.head)
+                name: TaskHead(
+                    hidden_size if spec.is_token_level else config.embedding_size, spec.num_outputs, spec.head
+                )
                 for name, spec in config.tasks.items()
             }
         )
@@ -220,7 +226,9 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         if attn_implementation is not None:
             config._attn_implementation = attn_implementation
         model = cls(config)
-        pretrained = AutoModel.from_pretrained(name_or_path, attn_implementation=attn_implementation, **hub_kwargs)
+        pretrained = AutoModel.from_pretrained(
+            name_or_path, attn_implementation=attn_implementation, **hub_kwargs
+        )
         state = {k: v for k, v in pretrained.state_dict().items() if not k.startswith("pooler.")}
         missing, unexpected = model.encoder.load_state_dict(state, strict=False)
         if missing or unexpected:
@@ -236,7 +244,9 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         if self._tokenizer is None:
             source = self.config.name_or_path
             if not source:
-                raise ValueError("This model has no tokenizer: set `model.tokenizer = ...` or load a saved model.")
+                raise ValueError(
+                    "This model has no tokenizer: set `model.tokenizer = ...` or load a saved model."
+                )
             self._tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
         return self._tokenizer
 
@@ -284,7 +294,9 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             `task_losses` and one `<task>_logits` per task that ran.
         """
         task_names = self._check_tasks(tasks)
-        unknown = [key for key in labels if not key.startswith("labels_") or key[len("labels_") :] not in self.heads]
+        unknown = [
+            key for key in labels if not key.startswith("labels_") or key[len("labels_") :] not in self.heads
+        ]
         if unknown:
             raise ValueError(f"Unexpected forward arguments {unknown}; labels are passed as labels_<task>.")
         needs_tokens = any(self.config.tasks[name].is_token_level for name in task_names)
@@ -368,7 +380,9 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         )
         truncated = sum(1 for enc in encoded.encodings if enc.overflowing)
         if truncated and not self._warned_truncation:
-            logger.warning(f"{truncated} text(s) longer than {max_length} tokens were truncated to fit the model.")
+            logger.warning(
+                f"{truncated} text(s) longer than {max_length} tokens were truncated to fit the model."
+            )
             self._warned_truncation = True
         order = sorted(range(len(texts)), key=lambda i: -len(encoded["input_ids"][i]))
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
@@ -376,7 +390,11 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             indices = order[start : start + batch_size]
             features = [{k: encoded[k][i] for k in keys} for i in indices]
             batch = tokenizer.pad(features, return_tensors="pt")
-            yield indices, {k: v.to(self.device) for k, v in batch.items()}, [encoded.encodings[i] for i in indices]
+            yield (
+                indices,
+                {k: v.to(self.device) for k, v in batch.items()},
+                [encoded.encodings[i] for i in indices],
+            )
 
     @torch.inference_mode()
     def encode(
@@ -407,7 +425,9 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             if normalize:
                 embeddings = F.normalize(embeddings, p=2, dim=-1)
             else:
-                logger.warning("normalize=False has no effect: this model normalises inside its forward pass.")
+                logger.warning(
+                    "normalize=False has no effect: this model normalises inside its forward pass."
+                )
         if single:
             embeddings = embeddings[0]
         return embeddings.numpy() if return_tensors == "np" else embeddings
@@ -441,7 +461,9 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         was_training = self.training
         self.eval()
         try:
-            for indices, batch, encodings in self._tokenize_sorted(texts, batch_size, with_offsets=needs_offsets):
+            for indices, batch, encodings in self._tokenize_sorted(
+                texts, batch_size, with_offsets=needs_offsets
+            ):
                 output = self(**batch, tasks=task_names)
                 for name in task_names:
                     spec = self.config.tasks[name]
@@ -543,4 +565,10 @@ def _sentence_transformers_max_length(name_or_path: str) -> int | None:
 
 MultiTaskEncoderModel.register_for_auto_class("AutoModel")
 
-__all__ = ["MultiTaskEncoderModel", "MultiTaskEncoderOutput", "MultiTaskEncoderPreTrainedModel", "Pooling", "TaskHead"]
+__all__ = [
+    "MultiTaskEncoderModel",
+    "MultiTaskEncoderOutput",
+    "MultiTaskEncoderPreTrainedModel",
+    "Pooling",
+    "TaskHead",
+]

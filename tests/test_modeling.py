@@ -364,14 +364,6 @@ def test_encode_single_string_and_tensor_output(model: MultiTaskEncoderModel) ->
     np.testing.assert_allclose(as_tensor[0].numpy(), single, atol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IndexError,
-    reason=(
-        "BUG: encode([]) / predict([]) call the tokenizer with an empty list, which raises IndexError inside "
-        "transformers' _encode_plus; expected an empty (0, dim) array / []."
-    ),
-)
 @pytest.mark.parametrize("method", ["encode", "predict"])
 def test_empty_input_gives_empty_output(model: MultiTaskEncoderModel, method: str) -> None:
     if method == "encode":

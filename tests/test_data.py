@@ -235,6 +235,81 @@ def test_tasks_sharing_a_file_form_one_group(load, tmp_path):
     assert set(data.validation) == {"topic"}
 
 
+def test_held_out_splits_are_stratified_disjoint_seeded_and_shared_by_the_group(load, tmp_path):
+    # 60 sport rows and 20 business rows, each text unique; sentiment labels only on even rows.
+    rows = [
+        {
+            "text": f"{'Match' if i % 4 else 'Market'} report number {i}.",
+            "topic": "sport" if i % 4 else "business",
+            "sentiment": ("positive" if i % 3 else "negative") if i % 2 == 0 else "",
+        }
+        for i in range(80)
+    ]
+    write_csv(tmp_path / "all.csv", rows)
+    entry = {"type": "sequence_classification", "train": "all.csv"}
+    tasks = {
+        "topic": {**entry, "validation_fraction": 0.25, "test_fraction": 0.25, "max_train_examples": 30},
+        "sentiment": {**entry, "validation_fraction": 0.25, "test_fraction": 0.25, "max_train_examples": 30},
+    }
+    data = load(tasks, seed=3)
+    assert data.group_tasks == {"topic+sentiment": ["topic", "sentiment"]}  # one encoder pass, one split
+    validation, test = data.validation["topic"], data.test["topic"]
+    # Stratified by topic: a quarter of each class in each held-out split.
+    assert sorted(validation["labels_topic"]) == [0] * 5 + [1] * 15
+    assert sorted(test["labels_topic"]) == [0] * 5 + [1] * 15
+    assert validation["labels_sentiment"] == [-100] * 20 and validation["group"] == [-1] * 20
+    # The sentiment eval sets are the labelled rows of the same held-out rows.
+    sentiment_texts = {r["text"] for r in rows if r["sentiment"]}
+    assert set(data.validation["sentiment"]["text"]) == set(validation["text"]) & sentiment_texts
+    assert data.validation["sentiment"]["labels_topic"] == [-100] * len(data.validation["sentiment"])
+    # Train is capped after the hold-out and never sees a held-out text.
+    assert data.group_sizes == {"topic+sentiment": 30}
+    train_ids = {tuple(ids) for ids in data.train["input_ids"]}
+    held_out = [*validation["input_ids"], *test["input_ids"]]
+    assert len({tuple(ids) for ids in held_out}) == 40
+    assert not train_ids & {tuple(ids) for ids in held_out}
+    # Seeded: the same seed gives the same split, another seed another one.
+    assert load(tasks, seed=3).test["topic"]["text"] == test["text"]
+    assert load(tasks, seed=4).test["topic"]["text"] != test["text"]
+
+
+def test_max_eval_examples_caps_declared_and_held_out_sets(load, tmp_path):
+    rows = [{"text": f"Sentence number {i}.", "topic": "a" if i % 2 else "b"} for i in range(40)]
+    write_csv(tmp_path / "train.csv", rows)
+    write_csv(tmp_path / "test.csv", rows[:30])
+    data = load(
+        {
+            "topic": {
+                "type": "sequence_classification",
+                "train": "train.csv",
+                "validation_fraction": 0.5,
+                "test": "test.csv",
+                "max_eval_examples": 7,
+            }
+        }
+    )
+    assert len(data.validation["topic"]) == 7 and len(data.test["topic"]) == 7
+    assert data.group_sizes == {"topic": 20}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            {"validation": "train.csv", "validation_fraction": 0.1},
+            "both `validation:` and `validation_fraction:`",
+        ),
+        ({"validation_fraction": 0.6, "test_fraction": 0.4}, "leave no train data"),
+        ({"test_fraction": 1.5}, r"test_fraction must be a number in \(0, 1\)"),
+        ({"max_eval_examples": 0}, "max_eval_examples must be a positive integer"),
+    ],
+)
+def test_error_bad_held_out_options(load, tmp_path, extra, message):
+    write_csv(tmp_path / "train.csv", ROWS)
+    with pytest.raises(DataError, match=message):
+        load({"topic": {"type": "sequence_classification", "train": "train.csv", **extra}})
+
+
 def test_several_files_for_one_task_and_a_seeded_cap(load, tmp_path):
     write_csv(tmp_path / "parts" / "a.csv", ROWS[:2])
     write_jsonl(tmp_path / "parts" / "b.jsonl", ROWS[2:])

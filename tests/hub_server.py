@@ -14,7 +14,10 @@ What it implements (huggingface_hub 2.4 / transformers 5.23, with ``HF_HUB_DISAB
   batch API (``POST /{id}.git/info/lfs/objects/batch``, ``PUT`` upload, ``POST`` verify),
   ``POST /api/{type}s/{id}/commit/{rev}`` (NDJSON: header with optional ``parentCommit`` -> 412
   when stale; ``file``, ``lfsFile``, ``deletedFile``, ``deletedFolder``), and branches
-  (``POST``/``DELETE /api/{type}s/{id}/branch/{name}``).
+  (``POST``/``DELETE /api/{type}s/{id}/branch/{name}``). Minimal pull requests: a commit with
+  ``?create_pr=1`` goes on top of the target branch (or ``parentCommit``) without moving it and
+  opens ``refs/pr/N`` (answered as ``pullRequestUrl`` ``.../discussions/N``); ``refs/pr/N``
+  resolves everywhere a revision is accepted, takes further commits, and is listed by ``refs``.
 * Read: ``GET /api/{type}s/{id}`` and ``.../revision/{rev}`` (repo info with ``sha``,
   ``siblings``), ``.../tree/{rev}[/{path}]``, ``.../refs``, ``.../commits/{rev}``,
   ``HEAD``/``GET /{id}/resolve/{rev}/{path}`` with ``X-Repo-Commit``, ``ETag``
@@ -46,9 +49,9 @@ Known differences from the real Hub:
 * ``validate-yaml`` accepts everything; ``.gitignore`` / ``gitIgnore`` is not applied
   (``shouldIgnore`` is always false); LFS-vs-regular is decided by suffix, a NUL byte in the
   512-byte sample, or size >= ``lfs_threshold`` (Hub: ``.gitattributes`` + binary sniffing).
-* No pull requests (``create_pr=1``, ``refs/pr/N``), tags, discussions, gating, or
-  ``CommitOperationCopy`` (its ``POST .../paths-info/{rev}`` has no route); a commit with
-  ``create_pr`` is recorded in ``unknown_routes``. The tree listing is never paginated (no
+* Pull requests are only refs: no discussion, comments, status, merge or ``/api/.../discussions``
+  routes (those land in ``unknown_routes``). No tags, gating, or ``CommitOperationCopy`` (its
+  ``POST .../paths-info/{rev}`` has no route). The tree listing is never paginated (no
   ``Link`` header); ``expand=`` extras (last commit, security status) are not returned.
 * Repo ids must be ``namespace/name`` (the Hub also has legacy one-segment ids). Any valid token
   may write to any namespace; the token's user name is the namespace when ``create_repo`` gets
@@ -134,6 +137,12 @@ def tree_id(files: Mapping[str, StoredFile]) -> str:
     return hashlib.sha1(listing.encode()).hexdigest()
 
 
+def pull_request_number(revision: str) -> int | None:
+    """``"refs/pr/3"`` -> 3; None for anything else."""
+    match = re.fullmatch(r"refs/pr/([1-9][0-9]*)", revision)
+    return int(match.group(1)) if match else None
+
+
 def _iso(timestamp: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp)) + f".{int(timestamp % 1 * 1000):03d}Z"
 
@@ -188,11 +197,16 @@ class Repo:
     commits: dict[str, Commit] = field(default_factory=dict)  # oid -> commit (all branches)
     lfs_objects: dict[str, bytes] = field(default_factory=dict)  # sha256 -> bytes (uploaded, verified)
     pending_lfs: dict[str, int] = field(default_factory=dict)  # sha256 -> size announced by a batch call
+    pull_requests: dict[int, str] = field(default_factory=dict)  # PR number -> head commit oid (refs/pr/N)
 
     def resolve(self, revision: str) -> Commit | None:
-        """A branch name or a full 40-hex commit id -> commit (None if unknown)."""
+        """A branch name, ``refs/pr/N`` or a full 40-hex commit id -> commit (None if unknown)."""
         if revision in self.branches:
             return self.commits[self.branches[revision]]
+        pr_number = pull_request_number(revision)
+        if pr_number is not None:
+            oid = self.pull_requests.get(pr_number)
+            return self.commits[oid] if oid else None
         return self.commits.get(revision) if re.fullmatch(r"[0-9a-f]{40}", revision) else None
 
     def history(self, revision: str) -> list[Commit]:
@@ -514,7 +528,13 @@ class HubApp:
                 {"name": name, "ref": f"refs/heads/{name}", "targetCommit": oid}
                 for name, oid in repo.branches.items()
             ]
-        return Response.json({"branches": branches, "converts": [], "tags": [], "pullRequests": []})
+            pull_requests = [
+                {"name": f"refs/pr/{number}", "ref": f"refs/pr/{number}", "targetCommit": oid}
+                for number, oid in sorted(repo.pull_requests.items())
+            ]
+        return Response.json(
+            {"branches": branches, "converts": [], "tags": [], "pullRequests": pull_requests}
+        )
 
     def list_commits(self, req: Request) -> Response:
         with self.lock:
@@ -636,21 +656,27 @@ class HubApp:
 
     def commit(self, req: Request) -> Response:
         user = self._require_user(req)
-        if req.flag("create_pr"):
-            raise Unsupported("commit with create_pr=1 (pull requests are not implemented)")
+        create_pr = req.flag("create_pr")
         lines = [json.loads(line) for line in req.body.splitlines() if line.strip()]
         if not lines or lines[0].get("key") != "header":
             raise HubError(400, "The first NDJSON line must be the commit header")
         header = lines[0]["value"]
-        branch = unquote(req.params["rev"])
+        ref = unquote(req.params["rev"])
+        pr_number = pull_request_number(ref)
         with self.lock:
             repo = self._repo(req)
-            if branch not in repo.branches:
-                # Commits go to branches only (a commit id or a missing branch is refused, as on the Hub).
-                raise HubError(404, f"Invalid rev id: {branch}", "RevisionNotFound")
-            head = repo.commits[repo.branches[branch]]
+            if ref not in repo.branches and pr_number not in repo.pull_requests:
+                # Commits go to branches and open PRs only (a commit id or a missing branch is refused).
+                raise HubError(404, f"Invalid rev id: {ref}", "RevisionNotFound")
+            if create_pr and pr_number is not None:
+                raise HubError(400, "create_pr=1 needs a branch, not a pull request ref")
+            head = repo.resolve(ref)
+            assert head is not None
             parent_commit = header.get("parentCommit")
-            if parent_commit is not None and parent_commit != head.oid:
+            if create_pr and parent_commit is not None:
+                # A PR may start from an older commit of the branch (the Hub's create_pr + parent_commit).
+                head = self._commit(repo, parent_commit)
+            elif parent_commit is not None and parent_commit != head.oid:
                 raise HubError(
                     412, f"A commit has happened since {parent_commit}. Please refresh and try again."
                 )
@@ -660,7 +686,15 @@ class HubApp:
             commit = self._new_commit(
                 repo, head, files, header.get("summary", ""), header.get("description", ""), user
             )
-            repo.branches[branch] = commit.oid
+            pull_request_url = None
+            if create_pr:  # the branch stays where it was; the commit lives on refs/pr/N
+                pr_number = max(repo.pull_requests, default=0) + 1
+                repo.pull_requests[pr_number] = commit.oid
+                pull_request_url = f"{self._repo_url(req, repo)}/discussions/{pr_number}"
+            elif pr_number is not None:
+                repo.pull_requests[pr_number] = commit.oid
+            else:
+                repo.branches[ref] = commit.oid
         return Response.json(
             {
                 "success": True,
@@ -668,7 +702,7 @@ class HubApp:
                 "commitUrl": f"{self._repo_url(req, repo)}/commit/{commit.oid}",
                 "commitMessage": commit.title,
                 "hookOutput": "",
-                "pullRequestUrl": None,
+                "pullRequestUrl": pull_request_url,
             }
         )
 

@@ -1,0 +1,176 @@
+"""The reference multi-task benchmark: topic (AG News), 3-class sentiment (SST-5) and NER (CoNLL-2003) on
+one packaged all-MiniLM-L6-v2 encoder, against single-task models and a frozen-encoder linear probe, on the
+official test splits; plus a second benchmark where every text carries two labels (multi_domain_sentiment).
+
+    python bench/reference.py --part baselines --seed 0   # 3 single-task HF models + linear probe
+    python bench/reference.py --part multitask --seed 0   # multi-task, encoder frozen, bottom half frozen,
+                                                          # serving speed (run after baselines)
+    python bench/reference.py --part ablations --seed 0   # sampling x loss weighting, imbalanced mix
+    python bench/reference.py --part multidomain --seed 0 # two labels per text vs two single-task models
+    python bench/reference.py --quick                     # every part, tiny budgets, test subsets
+    python bench/reference.py report                      # merge all results into tables and plots
+
+Each full part is sized for <= 60 minutes on 2 idle CPU cores (estimated from measured training-step and
+inference throughput, see `reference_parts.BUDGETS`; a shared CPU is several times slower). The budgets
+(steps, rows, lengths, learning rates) are written into every results file
+(bench/results/reference-<part>-seed<N>[-quick].json), with the git commit, the machine and the seed.
+Model folders and the tokenisation cache go to outputs/reference (gitignored). See reference_parts.py for
+what each row is and how its cost is measured, reference_report.py for the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import reference_report
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+DEFAULT_OUTPUT = REPO / "outputs" / "reference"
+PARTS = ("baselines", "multitask", "ablations", "multidomain")  # baselines first: multitask reuses its models
+SCHEMA_VERSION = 1
+
+
+def parse_run_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--part", nargs="+", choices=[*PARTS, "all"], default=["all"], help="parts to run (default: all)"
+    )
+    parser.add_argument("--seed", nargs="+", type=int, default=[0], help="one results file per part and seed")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny budgets and test subsets (every part in < 15 min)"
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help=argparse.SUPPRESS
+    )  # a handful of steps, for development
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared benchmark data folder")
+    parser.add_argument(
+        "--output-dir", type=Path, default=DEFAULT_OUTPUT, help="models and cache (gitignored)"
+    )
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=None,
+        help=f"results JSON folder (default {reference_report.DEFAULT_RESULTS.relative_to(REPO)}; "
+        "smoke runs: <output-dir>/results)",
+    )
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
+    args = parser.parse_args(argv)
+    if args.quick and args.smoke:
+        parser.error("--quick and --smoke are exclusive")
+    args.mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    args.parts = list(PARTS) if "all" in args.part else [p for p in PARTS if p in args.part]
+    if args.results_dir is None:
+        args.results_dir = args.output_dir / "results" if args.smoke else reference_report.DEFAULT_RESULTS
+    return args
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    return {
+        "nproc": os.cpu_count(),
+        "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": cpu_model(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def git_info() -> dict[str, Any]:
+    def git(*command: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(REPO), *command], capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    changed = [line for line in git("status", "--porcelain").splitlines() if line.strip()]
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty_files": len(changed)}
+
+
+def results_path(results_dir: Path, part: str, seed: int, mode: str) -> Path:
+    suffix = "" if mode == "full" else f"-{mode}"
+    return results_dir / f"reference-{part}-seed{seed}{suffix}.json"
+
+
+def run(argv: list[str]) -> None:
+    args = parse_run_args(argv)
+    import reference_parts  # torch, transformers and the package: loaded for runs only, not for `report`
+    import torch
+
+    torch.set_num_threads(args.threads)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    written = []
+    for seed in args.seed:
+        for part in args.parts:
+            part_start = time.perf_counter()
+            load_before = os.getloadavg()
+            began = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            result = reference_parts.run_part(part, args.mode, seed, args.data, args.output_dir)
+            record = {
+                "benchmark": "reference",
+                "schema": SCHEMA_VERSION,
+                "part": part,
+                "seed": seed,
+                "mode": args.mode,
+                "started_at": began,
+                "wall_s": time.perf_counter() - part_start,
+                "git": git_info(),
+                "machine": {
+                    **machine_info(),
+                    "loadavg_start": list(load_before),
+                    "loadavg_end": list(os.getloadavg()),
+                },
+                "data_dir": str(args.data),
+                **result,
+            }
+            path = results_path(args.results_dir, part, seed, args.mode)
+            path.write_text(json.dumps(record, indent=1, default=float) + "\n", encoding="utf-8")
+            written.append(path)
+            print(
+                f"\n### {part} (seed {seed}, {args.mode}): {record['wall_s'] / 60:.1f} min -> {path}",
+                flush=True,
+            )
+    print(f"\nAll done in {(time.perf_counter() - started) / 60:.1f} min:")
+    for path in written:
+        print(f"  {path}")
+    print("Merge them with: python bench/reference.py report")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "report":
+        reference_report.main(argv[1:])
+    else:
+        run(argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,8 @@
 """Train a multi-task encoder. With no arguments: the offline demo (configs/demo.yaml).
 
 python train.py [CONFIG.yaml] [--output_dir DIR] [--max_steps N] [--any TrainingArguments flag]
-accelerate launch --num_processes 2 train.py CONFIG.yaml --use_cpu   # several processes
+accelerate launch --config_file configs/accelerate/multi_gpu.yaml train.py CONFIG.yaml   # several GPUs
+accelerate launch --config_file configs/accelerate/cpu_2proc.yaml train.py CONFIG.yaml --use_cpu  # 2 CPU processes
 """
 
 from multitask_encoder.training import main

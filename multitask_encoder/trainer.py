@@ -79,6 +79,12 @@ class MultiTaskTrainer(Trainer):
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("compute_metrics", self._compute_task_metrics)
+        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if training_args is not None and training_args.ddp_find_unused_parameters is None:
+            # The model gives every trainable parameter a gradient each step (heads without labels in the
+            # batch get a zero one), so DDP needs no unused-parameter search. The Trainer would turn it on,
+            # and DDP then rebuilds the output from its keys, which fails on the per-task `<task>_logits`.
+            training_args.ddp_find_unused_parameters = False
         super().__init__(*args, **kwargs)
         # Our collator needs word_ids/group columns that the model's forward does not take.
         self.args.remove_unused_columns = False
@@ -124,6 +130,11 @@ class MultiTaskTrainer(Trainer):
 
     # ------------------------------------------------------------------ loss logging
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        encoder = getattr(self.accelerator.unwrap_model(model), "encoder", None)
+        if model.training and encoder is not None and not any(p.requires_grad for p in encoder.parameters()):
+            # A frozen encoder is a fixed feature extractor: run it without dropout, so the heads learn from
+            # the features they will see at inference, exactly as on the precomputed fast path.
+            encoder.eval()
         loss, outputs = super().compute_loss(
             model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
         )

@@ -12,6 +12,7 @@ import difflib
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -26,7 +27,8 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .backbone import resolve_backbone
 from .collator import MultiTaskCollator
@@ -188,8 +190,11 @@ def write_predictions_csv(
                 writer.writerow([text, gold, predicted, ""])
 
 
-def run_training(argv: list[str] | None = None) -> dict[str, Any]:
-    """Train, evaluate and save; returns the test metrics per task."""
+def run_training(
+    argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None
+) -> dict[str, Any]:
+    """Train, evaluate and save; returns the metrics per split and task. `callbacks` are extra Trainer
+    callbacks for programmatic use (e.g. to inspect every process's model in a distributed run)."""
     model_args, mt_args, training_args, tasks, config_path = parse_arguments(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(training_args.seed)
@@ -236,9 +241,11 @@ def run_training(argv: list[str] | None = None) -> dict[str, Any]:
         }
         collator = PrecomputedCollator(model)
 
-    callbacks: list[TrainerCallback] = [EpochPrinter()]
+    trainer_callbacks: list[TrainerCallback] = [EpochPrinter(), *(callbacks or [])]
     if mt_args.early_stopping_patience:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=mt_args.early_stopping_patience))
+        trainer_callbacks.append(
+            EarlyStoppingCallback(early_stopping_patience=mt_args.early_stopping_patience)
+        )
     trainer = MultiTaskTrainer(
         model=model,
         args=training_args,
@@ -246,7 +253,7 @@ def run_training(argv: list[str] | None = None) -> dict[str, Any]:
         eval_dataset=eval_datasets or None,
         data_collator=collator,
         processing_class=tokenizer,
-        callbacks=callbacks,
+        callbacks=trainer_callbacks,
         group_sizes=data.group_sizes,
         sampler_kwargs={
             "composition": mt_args.composition,
@@ -264,7 +271,7 @@ def run_training(argv: list[str] | None = None) -> dict[str, Any]:
     # Never lose work: a run killed mid-way picks up from its last checkpoint in output_dir.
     resume = training_args.resume_from_checkpoint
     if resume is None and os.path.isdir(training_args.output_dir):
-        resume = get_last_checkpoint(training_args.output_dir)
+        resume = last_complete_checkpoint(training_args.output_dir)
         if resume:
             logger.info(f"Resuming from {resume}")
     train_result = trainer.train(resume_from_checkpoint=resume)
@@ -278,15 +285,15 @@ def run_training(argv: list[str] | None = None) -> dict[str, Any]:
         trainer.evaluate(test_datasets, metric_key_prefix="test")
         results["test"] = dict(trainer.detailed_metrics)
 
+    # Saving and predicting are collective operations in a distributed run (prediction gathers every
+    # process's share): all processes take part, only the main one writes.
+    output_dir = training_args.output_dir
+    trainer.save_model(output_dir)  # weights, config, code files and tokenizer
+    test_predictions = {task: trainer.predict_task(task, dataset) for task, dataset in test_datasets.items()}
     if trainer.is_world_process_zero():
-        output_dir = training_args.output_dir
-        trainer.save_model(output_dir)  # weights, config, code files and tokenizer
-        for task, dataset in test_datasets.items():
-            logits, labels = trainer.predict_task(task, dataset)
-            raw = data.test[task]
-            write_predictions_csv(
-                os.path.join(output_dir, f"predictions_{task}.csv"), model, task, raw, logits, labels
-            )
+        for task, (logits, labels) in test_predictions.items():
+            path = os.path.join(output_dir, f"predictions_{task}.csv")
+            write_predictions_csv(path, model, task, data.test[task], logits, labels)
         results["label_counts"] = data.label_counts
         with open(os.path.join(output_dir, "eval_results.json"), "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2, default=float)
@@ -295,6 +302,29 @@ def run_training(argv: list[str] | None = None) -> dict[str, Any]:
         if mt_args.example_sentences:
             _print_examples(model, mt_args.example_sentences)
     return results
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest `checkpoint-<step>` folder of `output_dir` that was written to the end, or None.
+
+    The Trainer writes a checkpoint's trainer_state.json last, so a run killed while saving leaves a folder
+    without it (or with a truncated one), and resuming from that folder fails. Such folders are skipped, with
+    a warning, for the previous checkpoint, which save_total_limit deletes only once the next is complete."""
+    steps = {}
+    for name in os.listdir(output_dir):
+        match = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", name)
+        if match and os.path.isdir(os.path.join(output_dir, name)):
+            steps[os.path.join(output_dir, name)] = int(match.group(1))
+    for checkpoint in sorted(steps, key=steps.get, reverse=True):
+        try:
+            with open(os.path.join(checkpoint, TRAINER_STATE_NAME), encoding="utf-8") as f:
+                json.load(f)
+            return checkpoint
+        except (OSError, ValueError):
+            logger.warning(
+                f"Not resuming from {checkpoint}: its {TRAINER_STATE_NAME} is missing or incomplete."
+            )
+    return None
 
 
 def _per_group(limit: int | None, group_sizes: dict[str, int]) -> dict[str, int] | None:

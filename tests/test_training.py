@@ -1,0 +1,622 @@
+"""The training job (`run_training`, behind train.py) on the 2-layer MiniLM: every artefact of a run, per-task
+losses, a SIGKILLed run resuming bit for bit, a real two-process DDP run, the frozen-encoder fast path against
+the slow one, errors before training, and what the freezing and learning-rate options do.
+
+Real files written into tmp_path (a toy signal a tiny model learns in a few steps), the packaged corpora
+through `pkg:` paths, real tokenizer and weights, real subprocesses (`python train.py ...`, `accelerate launch`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import AutoModel, TrainerCallback
+
+import multitask_encoder  # noqa: F401  (registers the Auto classes: saved folders load without remote code)
+from multitask_encoder import MultiTaskEncoderModel
+from multitask_encoder.data import DataError
+from multitask_encoder.modeling_multitask_encoder import iob2_spans
+from multitask_encoder.sampling import MultiTaskBatchSampler
+from multitask_encoder.training import run_training
+
+REPO = Path(__file__).resolve().parents[1]
+SENTENCE_TASKS = ("topic", "sentiment")
+BATCH_SIZE = 8
+
+# ---------------------------------------------------------------------------------------------- toy data
+# One noun gives the topic, one adjective the sentiment, names and cities the entities: a signal that the
+# tiny model learns in a couple of dozen steps, so "the loss goes down" and "the metrics are high" can fail.
+TOPIC_NOUNS = {
+    "sport": ["match", "striker", "goal", "league", "race", "final"],
+    "business": ["market", "shares", "profits", "bank", "merger", "stocks"],
+}
+SENTIMENT_ADJECTIVES = {
+    "positive": ["wonderful", "great", "excellent", "superb"],
+    "negative": ["awful", "terrible", "dreadful", "horrible"],
+}
+PEOPLE = ["John", "Mary", "Alice", "Peter", "Laura", "David"]
+PLACES = ["Paris", "London", "Berlin", "Rome", "Madrid", "Vienna"]
+SPLIT_SIZES = {"train": 64, "validation": 16, "test": 16}  # sentence rows; NER has half as many sentences
+
+
+def sentence_rows(count: int, rng: random.Random) -> list[dict[str, str]]:
+    rows = []
+    for _ in range(count):
+        topic, sentiment = rng.choice(list(TOPIC_NOUNS)), rng.choice(list(SENTIMENT_ADJECTIVES))
+        noun, adjective = rng.choice(TOPIC_NOUNS[topic]), rng.choice(SENTIMENT_ADJECTIVES[sentiment])
+        day = rng.choice(["today", "yesterday", "on Monday", "this week"])
+        rows.append({"text": f"The {noun} was {adjective} {day}", "topic": topic, "sentiment": sentiment})
+    return rows
+
+
+def ner_sentences(count: int, rng: random.Random) -> list[list[tuple[str, str]]]:
+    sentences = []
+    for _ in range(count):
+        person, place = rng.choice(PEOPLE), rng.choice(PLACES)
+        if rng.random() < 0.5:
+            words = [(person, "B-PER"), ("Smith", "I-PER"), ("flew", "O"), ("to", "O"), (place, "B-LOC")]
+        else:
+            words = [("In", "O"), (place, "B-LOC"), (",", "O"), (person, "B-PER"), ("met", "O"), ("us", "O")]
+        sentences.append(words)
+    return sentences
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """train/validation/test.csv (text, topic, sentiment: one file labelled for both sentence tasks) and
+    ner_<split>.conll; plus a module-wide tokenisation cache folder."""
+    folder = tmp_path_factory.mktemp("toy_data")
+    rng = random.Random(0)
+    for split, size in SPLIT_SIZES.items():
+        with open(folder / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, ["text", "topic", "sentiment"])
+            writer.writeheader()
+            writer.writerows(sentence_rows(size, rng))
+        blocks = ["\n".join(f"{w}\t{t}" for w, t in s) for s in ner_sentences(size // 2, rng)]
+        (folder / f"ner_{split}.conll").write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
+    (folder / "cache").mkdir()
+    return folder
+
+
+def toy_tasks(data: Path, ner: bool = True, **ner_extra) -> dict:
+    tasks = {
+        name: {"type": "sequence_classification", **{s: str(data / f"{s}.csv") for s in SPLIT_SIZES}}
+        for name in SENTENCE_TASKS
+    }
+    if ner:
+        splits = {s: str(data / f"ner_{s}.conll") for s in SPLIT_SIZES}
+        tasks["ner"] = {"type": "token_classification", **splits, **ner_extra}
+    return tasks
+
+
+def write_config(path: Path, tasks: dict, **options) -> str:
+    values = {
+        "max_seq_length": 32,
+        "seed": 0,
+        "learning_rate": 1e-3,
+        "per_device_train_batch_size": BATCH_SIZE,
+        "dataloader_num_workers": 0,
+        **options,
+        "tasks": tasks,
+    }
+    path.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
+    return str(path)
+
+
+def job_flags(backbone: str, output_dir: Path, cache_dir: Path) -> list[str]:
+    return [
+        "--backbone",
+        backbone,
+        "--output_dir",
+        str(output_dir),
+        "--use_cpu",
+        "--report_to",
+        "none",
+        "--data_cache_dir",
+        str(cache_dir),
+    ]
+
+
+class Recorder(TrainerCallback):
+    """What the tests inspect from inside a run: the weights, step and optimizer groups (parameter names with
+    their lr and weight decay) at the start, and the trainer state at the end."""
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.start_step = state.global_step
+        self.initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        names = {id(p): n for n, p in model.named_parameters()}
+        self.parameter_names = list(names.values())
+        self.groups = [
+            {
+                "lr": group.get("initial_lr", group["lr"]),
+                "weight_decay": group["weight_decay"],
+                "names": [names[id(p)] for p in group["params"]],
+            }
+            for group in optimizer.param_groups
+        ]
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.state = state
+
+
+def train(argv: list[str]) -> tuple[dict, Recorder]:
+    recorder = Recorder()
+    return run_training(argv, callbacks=[recorder]), recorder
+
+
+@contextmanager
+def torch_threads(count: int):
+    """Float sums depend on the thread count: match the subprocesses (OMP_NUM_THREADS=1) bit for bit."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def subprocess_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def read_conll(path: Path) -> list[tuple[list[str], list[str]]]:
+    blocks = [b for b in path.read_text(encoding="utf-8").split("\n\n") if b.strip()]
+    sentences = [[line.split("\t") for line in block.splitlines()] for block in blocks]
+    return [([w for w, _ in s], [t for _, t in s]) for s in sentences]
+
+
+def encoder_of(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len("encoder.") :]: v for k, v in weights.items() if k.startswith("encoder.")}
+
+
+def heads_of(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in weights.items() if k.startswith("heads.")}
+
+
+def backbone_weights(backbone: str) -> dict[str, torch.Tensor]:
+    """The backbone's encoder weights, without the BERT pooler the model drops."""
+    return {
+        k: v for k, v in load_file(os.path.join(backbone, "model.safetensors")).items() if "pooler" not in k
+    }
+
+
+def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+# ---------------------------------------------------------------------------------------------- 1. end to end
+E2E_STEPS = 24
+
+
+@pytest.fixture(scope="module")
+def e2e(toy_data: Path, tiny_backbone: str, tmp_path_factory: pytest.TempPathFactory):
+    """One run: topic + sentiment from one file (mixed batches) and NER from CoNLL, evaluated and
+    checkpointed half-way and at the end."""
+    folder = tmp_path_factory.mktemp("e2e")
+    config = write_config(folder / "config.yaml", toy_tasks(toy_data), head_learning_rate=3e-3)
+    output_dir = folder / "out"
+    flags = ["--max_steps", str(E2E_STEPS), "--logging_steps", "1", "--save_steps", "12"]
+    flags += ["--eval_strategy", "steps", "--eval_steps", "12"]
+    results, recorder = train([config, *job_flags(tiny_backbone, output_dir, toy_data / "cache"), *flags])
+    return output_dir, results, recorder
+
+
+def test_e2e_learns_and_logs_a_loss_per_task(e2e) -> None:
+    _, results, recorder = e2e
+    train_logs = [entry for entry in recorder.state.log_history if "loss" in entry]
+    assert len(train_logs) == E2E_STEPS
+    for task in ("topic", "sentiment", "ner"):
+        values = [entry[f"loss_{task}"] for entry in train_logs if f"loss_{task}" in entry]
+        assert len(values) >= E2E_STEPS // 2, f"loss_{task} logged {len(values)} times"
+        assert all(value > 0 for value in values)
+    first, last = (sum(e["loss"] for e in part) / 4 for part in (train_logs[:4], train_logs[-4:]))
+    assert last < 0.7 * first, f"the loss did not go down: {first:.3f} -> {last:.3f}"
+    for task in SENTENCE_TASKS:  # chance is 0.5
+        assert results["test"][task]["accuracy"] >= 0.8, results["test"][task]
+    assert results["test"]["ner"]["f1"] >= 0.8, results["test"]["ner"]
+    assert recorder.state.global_step == E2E_STEPS
+
+
+def test_e2e_writes_the_model_folder_metrics_and_card(e2e) -> None:
+    output_dir, results, recorder = e2e
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "configuration_multitask_encoder.py",
+        "modeling_multitask_encoder.py",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+        "eval_results.json",
+        "checkpoint-12/trainer_state.json",
+        "checkpoint-24/trainer_state.json",
+    ):
+        assert (output_dir / name).is_file(), name
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_multitask_encoder.MultiTaskEncoderModel"
+    assert config["auto_map"]["AutoConfig"] == "configuration_multitask_encoder.MultiTaskEncoderConfig"
+    assert [task["name"] for task in config["tasks"]] == ["topic", "sentiment", "ner"]
+
+    # eval_results.json holds what run_training returned, and the same numbers were logged as
+    # eval_<task>_<metric> (final validation) and test_<task>_<metric>.
+    saved = json.loads((output_dir / "eval_results.json").read_text())
+    logged = {k: v for entry in recorder.state.log_history for k, v in entry.items()}  # last value wins
+    for split, prefix in (("validation", "eval"), ("test", "test")):
+        for task in ("topic", "sentiment", "ner"):
+            metric = "f1" if task == "ner" else "accuracy"
+            assert saved[split][task][metric] == pytest.approx(results[split][task][metric])
+            assert logged[f"{prefix}_{task}_{metric}"] == pytest.approx(saved[split][task][metric])
+    main_scores = [saved["validation"][t]["accuracy"] for t in SENTENCE_TASKS] + [
+        saved["validation"]["ner"]["f1"]
+    ]
+    assert logged["eval_combined_score"] == pytest.approx(sum(main_scores) / 3)
+
+    # The model card reports the real test metrics in its model-index.
+    card = (output_dir / "README.md").read_text(encoding="utf-8")
+    front_matter = yaml.safe_load(card.split("---")[1])
+    reported = {}
+    for result in front_matter["model-index"][0]["results"]:
+        task = result["task"]["name"].split()[0]
+        assert result["dataset"]["split"] == "test"
+        reported[task] = {metric["name"]: metric["value"] for metric in result["metrics"]}
+    assert set(reported) == {"topic", "sentiment", "ner"}
+    for task in SENTENCE_TASKS:
+        assert reported[task]["Accuracy"] == pytest.approx(saved["test"][task]["accuracy"], abs=1e-4)
+    assert reported["ner"]["Entity F1"] == pytest.approx(saved["test"]["ner"]["f1"], abs=1e-4)
+    assert "| `ner` |" in card
+
+
+def test_e2e_test_predictions_and_reload(e2e, toy_data: Path) -> None:
+    output_dir, results, _ = e2e
+    model = AutoModel.from_pretrained(output_dir)
+    assert isinstance(model, MultiTaskEncoderModel)
+    saved = load_file(output_dir / "model.safetensors")
+    assert max_difference(saved, model.state_dict()) == 0.0
+
+    test_rows = read_csv(toy_data / "test.csv")
+    for task in SENTENCE_TASKS:
+        rows = read_csv(output_dir / f"predictions_{task}.csv")
+        assert list(rows[0]) == ["text", "gold", "predicted", "score"]
+        assert [r["text"] for r in rows] == [r["text"] for r in test_rows]
+        assert [r["gold"] for r in rows] == [r[task] for r in test_rows]
+        accuracy = sum(r["gold"] == r["predicted"] for r in rows) / len(rows)
+        assert accuracy == pytest.approx(results["test"][task]["accuracy"])
+        predictions = model.predict([r["text"] for r in rows], tasks=task)
+        assert [p[task]["label"] for p in predictions] == [r["predicted"] for r in rows]
+        for row, prediction in zip(rows, predictions):
+            assert float(row["score"]) == pytest.approx(prediction[task]["score"], abs=2e-4)
+
+    rows = read_csv(output_dir / "predictions_ner.csv")
+    sentences = read_conll(toy_data / "ner_test.conll")
+    assert [r["text"] for r in rows] == [" ".join(words) for words, _ in sentences]
+    assert [r["gold"].split() for r in rows] == [tags for _, tags in sentences]
+    predictions = model.predict([r["text"] for r in rows], tasks="ner")
+    for row, prediction in zip(rows, predictions):
+        words, tags = row["text"].split(), row["predicted"].split()
+        assert len(tags) == len(words)
+        expected = [(kind, " ".join(words[a:b])) for kind, a, b in iob2_spans(tags)]
+        assert [(e["entity"], e["text"]) for e in prediction["ner"]["entities"]] == expected
+    assert any(prediction["ner"]["entities"] for prediction in predictions)
+
+
+# ---------------------------------------------------------------------------------------------- 2. resuming
+def complete_checkpoints(output_dir: Path) -> list[int]:
+    """Steps of the checkpoints whose trainer_state.json (the Trainer's last file) is written and parses."""
+    steps = []
+    for path in output_dir.glob("checkpoint-*/trainer_state.json"):
+        try:
+            json.loads(path.read_text())
+        except ValueError:
+            continue
+        steps.append(int(path.parent.name.split("-")[1]))
+    return sorted(steps)
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_from_its_last_checkpoint_bit_for_bit(
+    toy_data: Path, tiny_backbone: str, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "config.yaml", toy_tasks(toy_data))
+    # 96 rows / 8 = 12 batches an epoch: the run is killed inside epoch 0 and the resumed one crosses into
+    # epoch 1, so the data order of both epochs and the dropout RNG after the restart are on trial.
+    steps = 16
+    flags = ["--max_steps", str(steps), "--save_steps", "4", "--logging_steps", "1", "--eval_strategy", "no"]
+    uninterrupted = tmp_path / "uninterrupted"
+    with torch_threads(1):
+        run_training([config, *job_flags(tiny_backbone, uninterrupted, toy_data / "cache"), *flags])
+
+    killed = tmp_path / "killed"
+    command = [
+        sys.executable,
+        "train.py",
+        config,
+        *job_flags(tiny_backbone, killed, toy_data / "cache"),
+        *flags,
+    ]
+    with open(tmp_path / "first.log", "wb") as log:
+        process = subprocess.Popen(
+            command, cwd=REPO, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 300
+        while not complete_checkpoints(killed):
+            assert process.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    assert not (killed / "model.safetensors").exists()  # it really stopped before the end
+    resume_step = complete_checkpoints(killed)[-1]
+    assert resume_step < steps
+
+    restart = subprocess.run(
+        command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600, check=False
+    )
+    assert restart.returncode == 0, restart.stderr[-3000:]
+    assert f"Resuming from {killed / f'checkpoint-{resume_step}'}" in restart.stderr
+    # The restarted process trained only the missing steps (one logged loss per step).
+    assert restart.stdout.count("{'loss': ") == steps - resume_step
+
+    expected = load_file(uninterrupted / "model.safetensors")
+    resumed = load_file(killed / "model.safetensors")
+    assert expected.keys() == resumed.keys()
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected), max_difference(expected, resumed)
+
+
+def test_resume_skips_a_checkpoint_left_half_written(
+    toy_data: Path, tiny_backbone: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = write_config(tmp_path / "config.yaml", toy_tasks(toy_data, ner=False))
+    output_dir = tmp_path / "out"
+    argv = [config, *job_flags(tiny_backbone, output_dir, toy_data / "cache")]
+    argv += ["--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no"]
+    run_training(argv)
+    expected = load_file(output_dir / "model.safetensors")
+
+    # A kill while checkpoint-4 was being saved: its weights are there, trainer_state.json (written last) not.
+    (output_dir / "checkpoint-4" / "trainer_state.json").unlink()
+    (output_dir / "model.safetensors").unlink()
+    with caplog.at_level("INFO", logger="multitask_encoder.training"):
+        _, recorder = train(argv)
+    assert f"Not resuming from {output_dir / 'checkpoint-4'}" in caplog.text
+    assert f"Resuming from {output_dir / 'checkpoint-2'}" in caplog.text
+    assert recorder.start_step == 2
+    resumed = load_file(output_dir / "model.safetensors")
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected), max_difference(expected, resumed)
+
+
+# ---------------------------------------------------------------------------------------------- 3. DDP
+# Each process dumps the weights it ends with and the step count: proof that the replicas stayed in sync.
+DDP_ENTRY = textwrap.dedent(
+    """
+    import json, os, sys
+    from safetensors.torch import save_file
+    from transformers import TrainerCallback
+    from multitask_encoder.training import run_training
+
+    class DumpReplica(TrainerCallback):
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            rank = args.process_index
+            weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+            save_file(weights, os.path.join(args.output_dir, f"replica-{rank}.safetensors"))
+            info = {"global_step": state.global_step, "max_steps": state.max_steps, "world_size": args.world_size}
+            with open(os.path.join(args.output_dir, f"replica-{rank}.json"), "w") as f:
+                json.dump(info, f)
+
+    run_training(sys.argv[1:], callbacks=[DumpReplica()])
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_of_the_demo_tasks(tiny_backbone: str, tmp_path: Path) -> None:
+    """configs/demo.yaml's tasks (packaged corpora, per-task batches), capped small, on two CPU processes."""
+    demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    caps = {"topic": 40, "sentiment": 57}  # 97 rows: 13 per-task batches of 8, an odd number to shard
+    tasks = {
+        name: {**entry, "max_train_examples": caps[name], "max_eval_examples": 7}
+        for name, entry in demo["tasks"].items()
+    }
+    options = {k: v for k, v in demo.items() if k not in ("tasks", "output_dir", "example_sentences")}
+    options.update(max_seq_length=32, per_device_train_batch_size=BATCH_SIZE, per_device_eval_batch_size=2)
+    assert options["composition"] == "per_task"
+    config = write_config(tmp_path / "config.yaml", tasks, **options)
+    entry = tmp_path / "ddp_entry.py"
+    entry.write_text(DDP_ENTRY, encoding="utf-8")
+    output_dir = tmp_path / "out"
+    launch = [sys.executable, "-m", "accelerate.commands.launch"]
+    launch += ["--config_file", str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml")]
+    launch += ["--main_process_port", str(free_port())]
+    flags = ["--num_train_epochs", "2", "--logging_steps", "1"]
+    result = subprocess.run(
+        [*launch, str(entry), config, *job_flags(tiny_backbone, output_dir, tmp_path / "cache"), *flags],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    infos = [json.loads((output_dir / f"replica-{rank}.json").read_text()) for rank in (0, 1)]
+    sampler = MultiTaskBatchSampler(caps, batch_size=BATCH_SIZE, composition="per_task")
+    assert len(sampler) == 13
+    promised = 2 * -(
+        -len(sampler) // 2
+    )  # epochs x batches per process (the shorter process gets a padded one)
+    assert infos == [{"global_step": promised, "max_steps": promised, "world_size": 2}] * 2
+
+    replicas = [load_file(output_dir / f"replica-{rank}.safetensors") for rank in (0, 1)]
+    saved = load_file(output_dir / "model.safetensors")
+    assert replicas[0].keys() == replicas[1].keys() == saved.keys()
+    assert all(torch.equal(replicas[0][k], replicas[1][k]) for k in saved), max_difference(*replicas)
+    assert all(torch.equal(replicas[0][k], saved[k]) for k in saved)
+    backbone = backbone_weights(tiny_backbone)
+    assert max_difference(backbone, encoder_of(saved)) > 0  # the encoder trained
+
+    # Distributed evaluation and prediction gathered every held-out row exactly once, in order.
+    results = json.loads((output_dir / "eval_results.json").read_text())
+    for task in caps:
+        assert results["test"][task]["support"] == 7
+        assert len(read_csv(output_dir / f"predictions_{task}.csv")) == 7
+
+
+# ---------------------------------------------------------------------------------------------- 4. frozen
+def test_frozen_encoder_fast_path_trains_the_heads_the_slow_path_trains(
+    toy_data: Path, tiny_backbone: str, tmp_path: Path
+) -> None:
+    # Head dropout draws its mask from the shape of what it reads. Sentence heads read [batch, hidden] on
+    # both paths, so their masks match; the token head reads token states padded differently on each path
+    # (its masks and the RNG stream after them would differ), so it trains without dropout here.
+    tasks = toy_tasks(toy_data, head={"dropout": 0.0})
+    config = write_config(tmp_path / "config.yaml", tasks)
+    flags = ["--freeze_encoder", "--max_steps", "12", "--eval_strategy", "no", "--save_strategy", "no"]
+    runs = {}
+    for name, extra in (("fast", ["--precompute_embeddings"]), ("slow", [])):
+        output_dir = tmp_path / name
+        results, recorder = train(
+            [config, *job_flags(tiny_backbone, output_dir, toy_data / "cache"), *flags, *extra]
+        )
+        runs[name] = (output_dir, results, recorder, load_file(output_dir / "model.safetensors"))
+
+    backbone = backbone_weights(tiny_backbone)
+    for name, (_, _, recorder, weights) in runs.items():
+        assert recorder.groups and all(n.startswith("heads.") for g in recorder.groups for n in g["names"])
+        encoder = encoder_of(weights)
+        assert encoder.keys() == backbone.keys()
+        assert all(torch.equal(encoder[k], backbone[k]) for k in backbone), name
+        heads = heads_of(weights)
+        assert all(not torch.equal(heads[k], recorder.initial[k]) for k in heads), name
+
+    fast, slow = heads_of(runs["fast"][3]), heads_of(runs["slow"][3])
+    # Float16 token states on the fast path: the NER head is close, the sentence heads agree to float error.
+    for key in fast:
+        tolerance = 1e-4 if key.startswith("heads.ner.") else 1e-6
+        assert torch.allclose(fast[key], slow[key], rtol=0, atol=tolerance), (key, max_difference(fast, slow))
+
+    # The fast path's folder is an ordinary model: it reloads and predicts from text what the run predicted
+    # from precomputed features, and scores what the slow path scores.
+    output_dir, results, _, _ = runs["fast"]
+    model = AutoModel.from_pretrained(output_dir)
+    for task in SENTENCE_TASKS:
+        rows = read_csv(output_dir / f"predictions_{task}.csv")
+        predictions = model.predict([r["text"] for r in rows], tasks=task)
+        assert [p[task]["label"] for p in predictions] == [r["predicted"] for r in rows]
+        assert results["test"][task] == pytest.approx(runs["slow"][1]["test"][task])
+    assert results["test"]["ner"]["f1"] == pytest.approx(runs["slow"][1]["test"]["ner"]["f1"])
+
+
+# ---------------------------------------------------------------------------------------------- 5. errors
+@pytest.mark.parametrize("problem", ["unknown_option", "missing_file", "undeclared_label"])
+def test_bad_config_or_data_fails_before_training(
+    problem: str, toy_data: Path, tiny_backbone: str, tmp_path: Path
+) -> None:
+    tasks = toy_tasks(toy_data, ner=False)
+    options = {}
+    if problem == "unknown_option":
+        options["learnig_rate"] = 1e-3
+        error, pattern = ValueError, r"unknown option 'learnig_rate'; did you mean 'learning_rate'\?"
+    elif problem == "missing_file":
+        tasks["sentiment"]["test"] = str(tmp_path / "sentiment_test.csv")
+        error, pattern = DataError, r"Task 'sentiment': test file not found: .*sentiment_test\.csv"
+    else:
+        tasks["topic"]["labels"] = ["sport", "politics"]
+        first_business = 1 + [r["topic"] for r in read_csv(toy_data / "train.csv")].index("business")
+        error = DataError
+        pattern = rf"Task 'topic': .*train\.csv, data row {first_business}: label 'business' is not one of"
+    config = write_config(tmp_path / "config.yaml", tasks, **options)
+    output_dir = tmp_path / "out"
+    with pytest.raises(error, match=pattern) as raised:
+        run_training([config, *job_flags(tiny_backbone, output_dir, toy_data / "cache"), "--max_steps", "2"])
+    if problem == "unknown_option":
+        assert str(raised.value).startswith(config)
+    assert not output_dir.exists()  # nothing trained, nothing written
+
+
+# ---------------------------------------------------------------------------------------------- 6. freezing
+def test_frozen_embeddings_and_bottom_layer_stay_bit_equal_and_the_rest_trains(
+    toy_data: Path, tiny_backbone: str, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "config.yaml", toy_tasks(toy_data, ner=False), weight_decay=0.01)
+    flags = ["--freeze_embeddings", "--freeze_bottom_layers", "1", "--max_steps", "3"]
+    flags += [
+        "--encoder_learning_rate",
+        "2e-4",
+        "--head_learning_rate",
+        "3e-3",
+        "--layerwise_lr_decay",
+        "0.5",
+    ]
+    flags += ["--eval_strategy", "no", "--save_strategy", "no"]
+    _, recorder = train([config, *job_flags(tiny_backbone, tmp_path / "out", toy_data / "cache"), *flags])
+
+    before, after = (
+        backbone_weights(tiny_backbone),
+        encoder_of(load_file(tmp_path / "out" / "model.safetensors")),
+    )
+    frozen = [k for k in before if k.startswith(("embeddings.", "encoder.layer.0."))]
+    trained = [k for k in before if k.startswith("encoder.layer.1.")]
+    assert frozen and trained and len(frozen) + len(trained) == len(before)
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    assert all(not torch.equal(before[k], after[k]) for k in trained)
+
+    lr_of = {name: group["lr"] for group in recorder.groups for name in group["names"]}
+    decay_of = {name: group["weight_decay"] for group in recorder.groups for name in group["names"]}
+    assert sorted(lr_of) == sorted(
+        [f"encoder.{k}" for k in trained] + [k for k in recorder.initial if k.startswith("heads.")]
+    )
+    for name, lr in lr_of.items():
+        assert lr == pytest.approx(3e-3 if name.startswith("heads.") else 2e-4 * 0.5), name
+        no_decay = name.endswith("bias") or "LayerNorm" in name
+        assert decay_of[name] == (0.0 if no_decay else 0.01), name
+
+
+def test_layerwise_learning_rates_of_an_unfrozen_encoder(
+    toy_data: Path, tiny_backbone: str, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "config.yaml", toy_tasks(toy_data, ner=False))
+    flags = ["--max_steps", "1", "--eval_strategy", "no", "--save_strategy", "no"]
+    flags += [
+        "--encoder_learning_rate",
+        "2e-4",
+        "--head_learning_rate",
+        "3e-3",
+        "--layerwise_lr_decay",
+        "0.5",
+    ]
+    _, recorder = train([config, *job_flags(tiny_backbone, tmp_path / "out", toy_data / "cache"), *flags])
+    lr_of = {name: group["lr"] for group in recorder.groups for name in group["names"]}
+    assert sorted(lr_of) == sorted(recorder.parameter_names)  # nothing frozen: every parameter trains
+    # Two layers: layer 1 (top) decays once, layer 0 twice, the embeddings three times.
+    expected = {"encoder.embeddings.": 2e-4 * 0.5**3, "encoder.encoder.layer.0.": 2e-4 * 0.5**2}
+    expected.update({"encoder.encoder.layer.1.": 2e-4 * 0.5, "heads.": 3e-3})
+    for name, lr in lr_of.items():
+        prefix = next(p for p in expected if name.startswith(p))
+        assert lr == pytest.approx(expected[prefix]), name

@@ -1,20 +1,29 @@
 """multitask-encoder: one pretrained encoder, pooled into a sentence embedding, serving many task heads."""
 
 from transformers import AutoConfig, AutoModel
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .backbone import default_backbone, resolve_backbone
 from .configuration_multitask_encoder import MultiTaskEncoderConfig, TaskSpec
 from .modeling_multitask_encoder import MultiTaskEncoderModel, MultiTaskEncoderOutput
+from .pipeline_multitask_encoder import PIPELINE_TASK, MultiTaskTextClassificationPipeline
 
 # With the package imported, a saved folder loads through the Auto classes without remote code.
 AutoConfig.register(MultiTaskEncoderConfig.model_type, MultiTaskEncoderConfig, exist_ok=True)
 AutoModel.register(MultiTaskEncoderConfig, MultiTaskEncoderModel, exist_ok=True)
+# ... and `pipeline("multitask-text-classification", model=model_object)` finds the pipeline class. A saved folder
+# names its own pipeline file in config.json, which transformers only runs with trust_remote_code=True (or
+# pipeline_class=MultiTaskTextClassificationPipeline).
+PIPELINE_REGISTRY.register_pipeline(
+    PIPELINE_TASK, pipeline_class=MultiTaskTextClassificationPipeline, pt_model=AutoModel, type="text"
+)
 
 __version__ = "0.1.0"
 __all__ = [
     "MultiTaskEncoderConfig",
     "MultiTaskEncoderModel",
     "MultiTaskEncoderOutput",
+    "MultiTaskTextClassificationPipeline",
     "TaskSpec",
     "default_backbone",
     "resolve_backbone",

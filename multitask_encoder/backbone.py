@@ -67,3 +67,14 @@ def resolve_backbone(name_or_path: str | None) -> str:
     if packaged is not None and os.path.realpath(str(name_or_path)) == os.path.realpath(packaged):
         verify_packaged_backbone(packaged)
     return str(name_or_path)
+
+
+def public_backbone_name(name_or_path: str | None) -> str | None:
+    """The name to record (config, model card) for a backbone: the Hub id for the default or the packaged copy,
+    so no local site-packages path is published; anything else as given."""
+    if name_or_path is None:
+        return DEFAULT_BACKBONE_HUB_ID
+    packaged = packaged_backbone_path()
+    if packaged is not None and os.path.realpath(str(name_or_path)) == os.path.realpath(packaged):
+        return DEFAULT_BACKBONE_HUB_ID
+    return str(name_or_path)

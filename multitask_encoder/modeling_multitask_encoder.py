@@ -13,6 +13,7 @@ transformers, the standard library and its sibling configuration file.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_multitask_encoder import HeadSpec, MultiTaskEncoderConfig, TaskSpec
+from .inference_multitask_encoder import SERVING_MODES, ServingPlan, build_serving_plan, iter_sorted_batches
 
 logger = logging.getLogger(__name__)
 
@@ -200,9 +202,11 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         With the `multitask_encoder` package installed, `None` (or the all-MiniLM-L6-v2 Hub id) means the
         packaged all-MiniLM-L6-v2 copy, checked against the official sha256 before use.
         """
+        base_model_name = None if name_or_path is None else str(name_or_path)
         try:  # Not a dependency of this file: a remote-code copy simply has no packaged default.
-            from multitask_encoder.backbone import resolve_backbone
+            from multitask_encoder.backbone import public_backbone_name, resolve_backbone
 
+            base_model_name = public_backbone_name(name_or_path)
             name_or_path = resolve_backbone(name_or_path)
         except ImportError:
             pass
@@ -211,6 +215,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         if not tasks:
             raise ValueError("from_backbone needs at least one task in `tasks`.")
         encoder_config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
+        encoder_config._name_or_path = base_model_name or ""  # saved nested in config.json: no local path
         if max_seq_length is None:
             max_seq_length = _sentence_transformers_max_length(name_or_path)
         config = MultiTaskEncoderConfig(
@@ -221,7 +226,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             tasks=tasks,
             loss_weighting=loss_weighting,
             max_seq_length=max_seq_length,
-            base_model_name=str(name_or_path),
+            base_model_name=base_model_name,
         )
         if attn_implementation is not None:
             config._attn_implementation = attn_implementation
@@ -276,7 +281,10 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
                 raise ValueError(
                     "This model has no tokenizer: set `model.tokenizer = ...` or load a saved model."
                 )
-            self._tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True)
+            # The commit the weights came from (None for a local folder): a model loaded with a pinned
+            # `revision` must not pair with the tokenizer of a later push.
+            revision = getattr(self.config, "_commit_hash", None)
+            self._tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True, revision=revision)
         return self._tokenizer
 
     @tokenizer.setter
@@ -284,7 +292,12 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         self._tokenizer = tokenizer
 
     def save_pretrained(self, save_directory, *args: Any, **kwargs: Any) -> None:
-        """`PreTrainedModel.save_pretrained` (safetensors, config, code files) plus the tokenizer."""
+        """`PreTrainedModel.save_pretrained` (safetensors, config, code files) plus the tokenizer, and the
+        `multitask-text-classification` pipeline: `config.custom_pipelines` names it, and the relative import
+        below makes transformers copy `pipeline_multitask_encoder.py` with the other code files."""
+        from .pipeline_multitask_encoder import CUSTOM_PIPELINES
+
+        self.config.custom_pipelines = copy.deepcopy(CUSTOM_PIPELINES)
         super().save_pretrained(save_directory, *args, **kwargs)
         if self._tokenizer is not None and kwargs.get("is_main_process", True):
             self._tokenizer.save_pretrained(save_directory)
@@ -337,7 +350,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             encoder_inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
             if token_type_ids is not None:
                 encoder_inputs["token_type_ids"] = token_type_ids
-            token_states = self.encoder(**encoder_inputs).last_hidden_state
+            token_states = self._encoder_states(encoder_inputs)
         if pooled_embeddings is None:
             pooled_embeddings = self.pooling(token_states, attention_mask)
         embeddings = self.project(pooled_embeddings)
@@ -392,21 +405,17 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         return list(tasks)
 
     # ------------------------------------------------------------------ inference
-    def _tokenize_sorted(self, texts: list[str], batch_size: int, with_offsets: bool):
-        """Validate and tokenise `texts`, then yield (original indices, padded batch, encodings) batches of
-        similar length (sorted longest first), so padding is minimal. No texts, no batches."""
-        for index, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"Text #{index} is {type(text).__name__}, not str.")
-            if not text.strip():
-                raise ValueError(f"Text #{index} is empty or whitespace only; there is nothing to encode.")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-        if not texts:
-            return  # the tokenizer fails on an empty list; callers return their empty results
-        tokenizer = self.tokenizer
+    def _tokenize(self, texts: list[str], with_offsets: bool) -> tuple[list[dict[str, list[int]]], list]:
+        """Validate `texts` (a non-empty list) and tokenise each, unpadded and truncated to
+        `max_seq_length` (warning once when a text is cut).
+
+        Returns, per text, the model inputs (`input_ids`, `attention_mask`[, `token_type_ids`], lists of
+        `seq` ints) and the tokenizer's `Encoding` (word ids; character offsets with `with_offsets`).
+        Shared by `predict` and the `multitask-text-classification` pipeline.
+        """
+        self._check_texts(texts)
         max_length = self.max_seq_length
-        encoded = tokenizer(
+        encoded = self.tokenizer(
             texts, truncation=True, max_length=max_length, return_offsets_mapping=with_offsets, padding=False
         )
         truncated = sum(1 for enc in encoded.encodings if enc.overflowing)
@@ -415,17 +424,21 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
                 f"{truncated} text(s) longer than {max_length} tokens were truncated to fit the model."
             )
             self._warned_truncation = True
-        order = sorted(range(len(texts)), key=lambda i: -len(encoded["input_ids"][i]))
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
-        for start in range(0, len(order), batch_size):
-            indices = order[start : start + batch_size]
-            features = [{k: encoded[k][i] for k in keys} for i in indices]
-            batch = tokenizer.pad(features, return_tensors="pt")
-            yield (
-                indices,
-                {k: v.to(self.device) for k, v in batch.items()},
-                [encoded.encodings[i] for i in indices],
-            )
+        features = [{k: encoded[k][i] for k in keys} for i in range(len(texts))]
+        return features, encoded.encodings
+
+    def _tokenize_sorted(self, texts: list[str], batch_size: int, with_offsets: bool):
+        """Validate and tokenise `texts`, then yield (original indices, padded batch, encodings) batches of
+        similar length (sorted longest first), so padding is minimal. No texts, no batches."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        if not texts:
+            return  # the tokenizer fails on an empty list; callers return their empty results
+        self._check_texts(texts)  # every text before any work, with its index in the whole list
+        # Tokenised and sorted a window of texts at a time (flat memory); batches as the serving mode says.
+        plan = self._serving_plan or ServingPlan()
+        yield from iter_sorted_batches(self, texts, batch_size, with_offsets, plan)
 
     @torch.inference_mode()
     def encode(
@@ -446,7 +459,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         self.eval()
         try:
             for indices, batch, _ in self._tokenize_sorted(texts, batch_size, with_offsets=False):
-                token_states = self.encoder(**batch).last_hidden_state
+                token_states = self._encoder_states(batch)
                 pooled = self.pooling(token_states, batch["attention_mask"])
                 batch_embeddings = self.project(pooled).float()
                 embeddings[indices] = batch_embeddings.cpu()
@@ -496,19 +509,101 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
                 texts, batch_size, with_offsets=needs_offsets
             ):
                 output = self(**batch, tasks=task_names)
-                for name in task_names:
-                    spec = self.config.tasks[name]
-                    logits = output[f"{name}_logits"].float().cpu()
-                    for row, index in enumerate(indices):
-                        if spec.is_token_level:
-                            results[index][name] = {
-                                "entities": _entities(texts[index], encodings[row], logits[row], spec)
-                            }
-                        else:
-                            results[index][name] = _sentence_prediction(logits[row], spec, top_k)
+                batch_texts = [texts[index] for index in indices]
+                predictions = self._decode_predictions(output, batch_texts, encodings, task_names, top_k)
+                for index, prediction in zip(indices, predictions):
+                    results[index] = prediction
         finally:
             self.train(was_training)
         return results[0] if single else results
+
+    def _decode_predictions(
+        self,
+        output: Any,
+        texts: list[str],
+        encodings: list,
+        tasks: list[str],
+        top_k: int | None = None,
+    ) -> list[dict[str, dict[str, Any]]]:
+        """One batch's logits -> one prediction dict per text (the dicts `predict` returns, see there).
+
+        Args:
+            output: the forward output, or any mapping, with `<task>_logits` for each of `tasks`:
+                `[batch, num_outputs]` (sentence tasks) or `[batch, seq, num_tags]` (token tasks).
+            texts: the batch's texts, row by row (entities quote their characters).
+            encodings: the batch's tokenizer `Encoding`s, row by row, with offsets (read by token tasks only).
+            tasks: checked task names, in the order the dicts list them.
+        Shared by `predict` and the `multitask-text-classification` pipeline.
+        """
+        predictions: list[dict[str, Any]] = [{} for _ in texts]
+        for name in tasks:
+            spec = self.config.tasks[name]
+            logits = output[f"{name}_logits"].float().cpu()
+            for row, prediction in enumerate(predictions):
+                if spec.is_token_level:
+                    prediction[name] = {"entities": _entities(texts[row], encodings[row], logits[row], spec)}
+                else:
+                    prediction[name] = _sentence_prediction(logits[row], spec, top_k)
+        return predictions
+
+    # ------------------------------------------------------------------ serving modes
+    _serving_plan: ServingPlan | None = None  # set by optimize_for_inference; None is the exact mode
+
+    def optimize_for_inference(
+        self,
+        mode: str,
+        *,
+        token_budget: int | None = None,
+        window: int | None = None,
+        outlier_channels: int | None = None,
+    ) -> MultiTaskEncoderModel:
+        """Choose how `encode`, `predict` (and `forward` in eval mode without gradients) run; returns `self`.
+
+        Modes (see `inference_multitask_encoder.py`; speed and agreement in bench/serve_speed.py):
+            "exact": the default: `batch_size` texts per batch, eager fp32 encoder.
+            "token_budget": batches of <= `token_budget` padded tokens (default 4096) instead of `batch_size`
+                texts: long texts get small batches, short ones large batches. Same math as "exact".
+            "compiled": token budget, lengths padded to multiples of 16, the encoder under `torch.compile`
+                (dynamic shapes, capped recompiles). Equal to "exact" up to float rounding. The first batch
+                compiles (tens of seconds).
+            "int8": token budget, the encoder's linear layers in int8 (CPU); not exact: embeddings agree with
+                "exact" to cosine >= 0.99, task accuracy within a few tenths of a point (measured in the bench).
+
+        `window` texts are tokenised and sorted at a time (default 4096): memory stays flat for any number of
+        texts. In the token-budget modes `batch_size` is not used. The compiled and int8 encoders are built from
+        the current weights: after changing them (training, `load_state_dict`) or moving the model, call this
+        again; encode/predict raise until then. The mode is not saved with the model.
+        """
+        options: dict[str, Any] = {"token_budget": token_budget}
+        if window is not None:
+            options["window"] = window
+        if outlier_channels is not None:
+            options["outlier_channels"] = outlier_channels
+        self._serving_plan = build_serving_plan(self.encoder, mode, **options)
+        return self
+
+    @property
+    def serving_mode(self) -> str:
+        """The mode `optimize_for_inference` set, one of `SERVING_MODES` ("exact" until it is called)."""
+        return self._serving_plan.mode if self._serving_plan is not None else SERVING_MODES[0]
+
+    def _encoder_states(self, encoder_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Encoder output `[batch, seq, hidden]` for tokenised inputs `[batch, seq]`: the serving mode's encoder
+        when one is set and the model is serving (eval mode, no gradients), else `self.encoder`."""
+        plan = self._serving_plan
+        if plan is None or plan.run_encoder is None or self.training or torch.is_grad_enabled():
+            return self.encoder(**encoder_inputs).last_hidden_state
+        plan.check_fresh(self.encoder)
+        return plan.run_encoder(encoder_inputs)
+
+    @staticmethod
+    def _check_texts(texts: list[str]) -> None:
+        """Refuse, naming its index, a text that is not a string or is empty / whitespace only."""
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"Text #{index} is {type(text).__name__}, not str.")
+            if not text.strip():
+                raise ValueError(f"Text #{index} is empty or whitespace only; there is nothing to encode.")
 
 
 def _sentence_prediction(logits: torch.Tensor, spec: TaskSpec, top_k: int | None) -> dict[str, Any]:

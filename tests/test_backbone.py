@@ -123,6 +123,14 @@ def test_resolve_backbone(minilm_path: str, tiny_backbone: str) -> None:
     assert resolve_backbone(Path(tiny_backbone)) == tiny_backbone
 
 
+def test_public_backbone_name_hides_the_packaged_path(minilm_path: str, tiny_backbone: str) -> None:
+    assert backbone.public_backbone_name(None) == DEFAULT_BACKBONE_HUB_ID
+    assert backbone.public_backbone_name(minilm_path) == DEFAULT_BACKBONE_HUB_ID
+    assert backbone.public_backbone_name(minilm_path + "/") == DEFAULT_BACKBONE_HUB_ID
+    assert backbone.public_backbone_name(tiny_backbone) == tiny_backbone  # another folder: as given
+    assert backbone.public_backbone_name("bert-base-uncased") == "bert-base-uncased"
+
+
 def test_without_the_wheel_the_default_is_the_hub_id(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backbone, "packaged_backbone_path", lambda: None)
     assert default_backbone() == DEFAULT_BACKBONE_HUB_ID

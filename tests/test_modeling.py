@@ -633,7 +633,9 @@ STS_SENTENCES = [
 @pytest.fixture(scope="module")
 def default_model(minilm_path: str) -> MultiTaskEncoderModel:
     model = build(None, {"score": {"type": "regression"}})  # None -> the packaged default backbone
-    assert model.config.base_model_name == minilm_path
+    # The packaged copy is recorded by its Hub id: no local site-packages path is published with the model.
+    assert model.config.base_model_name == "sentence-transformers/all-MiniLM-L6-v2"
+    assert minilm_path not in model.config.to_json_string()
     assert (model.config.pooling, model.config.normalize) == ("mean", True)
     return model
 

@@ -1,0 +1,462 @@
+"""`multitask-encoder-predict` (or `python -m multitask_encoder.batch_predict`): every task's prediction for
+each text of a file, streamed in constant memory.
+
+    INPUT (txt / csv / tsv / jsonl) ─► records (line, text) ─► skip empty ─► windows of batch_size * 8 texts
+        ─► model.predict (length-sorted batches of batch_size) ─► OUTPUT rows (csv / jsonl), in input order
+
+The input is read one record at a time and each window's rows are written as soon as it is predicted, so
+memory does not grow with the file. The output is written to a temporary file next to OUTPUT and renamed
+when complete: a failed run never leaves a half-written file under the requested name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import csv
+import itertools
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO, TextIO
+
+PROG = "multitask-encoder-predict"
+INPUT_FORMATS = {".txt": "txt", ".text": "txt", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv"}
+INPUT_FORMATS.update({".jsonl": "jsonl", ".ndjson": "jsonl"})
+OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+# Texts are sorted by length (less padding) within a window of this many batches; larger windows pad less
+# but delay the first rows and hold more texts.
+WINDOW_BATCHES = 8
+# The fields of each task's prediction dict (see MultiTaskEncoderModel.predict), one CSV column each.
+PREDICTION_FIELDS = {
+    "sequence_classification": ("label", "score", "scores"),
+    "multi_label_classification": ("labels", "scores"),
+    "token_classification": ("entities",),
+}
+
+EPILOG = """\
+input formats (from the extension, or --input-format):
+  txt    one text per line (.txt, .text)
+  csv    comma-separated with a header row; the text is in --text-column (.csv)
+  tsv    tab-separated with a header row, no quoting (GLUE style): a field holds no tab or newline (.tsv, .tab)
+  jsonl  one JSON object per line; the text is under the key --text-column (.jsonl, .ndjson)
+  Files are read as UTF-8 (a byte-order mark is ignored).
+
+output formats (from the extension, or --format; "-o -" writes to stdout and needs --format):
+  jsonl  {"line": N, "text": ..., "predictions": {task: prediction}}, the predictions exactly as
+         MultiTaskEncoderModel.predict returns them
+  csv    columns line, text, then <task>.<field> per task: <task>.label, <task>.score, <task>.scores
+         (classification), <task>.labels, <task>.scores (multi-label), <task>.value or <task>.values
+         (regression), <task>.entities (NER); lists and dicts are JSON-encoded
+
+  "line" is the input line where the record starts (1-based; in csv/tsv the header is line 1).
+  Rows come out in input order.
+
+empty texts: an empty or whitespace-only text (blank line, empty cell, "" in JSON) has nothing to predict;
+  it is skipped, and a warning on stderr gives how many were skipped and where. The "line" field of
+  each output row maps it back to the input. Anything else that is wrong (missing column or key, bad JSON,
+  a text that is not a string, a csv/tsv row without the text column) stops the run with an error naming
+  the line, exit status 1.
+"""
+
+
+class BatchPredictError(Exception):
+    """A problem with the command's input, model or output, reported as one line (exit status 1)."""
+
+
+# ---------------------------------------------------------------------------------------------- input
+def input_format_of(path: str, given: str | None) -> str:
+    if given:
+        return given
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in INPUT_FORMATS:
+        raise BatchPredictError(
+            f"cannot tell the format of {path} from its extension {extension or '(none)'!r}; "
+            "pass --input-format txt, csv, tsv or jsonl"
+        )
+    return INPUT_FORMATS[extension]
+
+
+def count_lines(path: str) -> int:
+    """Number of lines in the file (a last line without a newline counts), read in constant memory."""
+    lines, last = 0, b"\n"
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                lines += chunk.count(b"\n")
+                last = chunk[-1:]
+    except OSError as error:
+        raise BatchPredictError(f"cannot read {path}: {error.strerror or error}") from None
+    return lines + (last != b"\n")
+
+
+def open_input(path: str) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except OSError as error:
+        raise BatchPredictError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def decoded_lines(f: BinaryIO, path: str) -> Iterator[str]:
+    """The file's lines as str, line ends kept (csv needs them to see newlines inside quoted fields).
+
+    Each line is decoded on its own, so a byte that is not UTF-8 is reported with its exact line.
+    """
+    for line_number, raw in enumerate(f, start=1):
+        if line_number == 1:
+            raw = raw.removeprefix(codecs.BOM_UTF8)
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise BatchPredictError(
+                f"{path} line {line_number} is not UTF-8 text: {error.reason} at byte {error.start + 1}"
+            ) from None
+
+
+def read_text_lines(lines: Iterable[str]) -> Iterator[tuple[int, str]]:
+    for line_number, line in enumerate(lines, start=1):
+        yield line_number, line.rstrip("\r\n")
+
+
+def read_delimited(
+    lines: Iterable[str], path: str, delimiter: str, text_column: str
+) -> Iterator[tuple[int, str]]:
+    """Records of a csv (`delimiter=","`, quoting as Excel) or tsv (tab, no quoting) file with a header row.
+
+    The header is read on the first `next()`, so a missing column fails before the model is loaded.
+    """
+    if delimiter == "\t":
+        reader = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.reader(lines, delimiter=delimiter)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise BatchPredictError(f"{path} is empty: expected a header row naming the columns") from None
+    except csv.Error as error:
+        raise BatchPredictError(f"{path} line 1: {error}") from None
+    if text_column not in header:
+        raise BatchPredictError(
+            f"{path} has no column {text_column!r} (pass --text-column); its columns are: "
+            + ", ".join(repr(name) for name in header)
+        )
+    column = header.index(text_column)
+    while True:
+        start_line = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise BatchPredictError(f"{path} line {reader.line_num}: {error}") from None
+        if not row:  # a blank line
+            yield start_line, ""
+        elif column >= len(row):
+            raise BatchPredictError(
+                f"{path} line {start_line} has {len(row)} field(s) but the header has {len(header)}: "
+                f"no {text_column!r} value"
+            )
+        else:
+            yield start_line, row[column]
+
+
+def read_jsonl(lines: Iterable[str], path: str, key: str) -> Iterator[tuple[int, str]]:
+    for line_number, line in enumerate(lines, start=1):
+        if not line.strip():
+            yield line_number, ""
+            continue
+        try:
+            record = json.loads(line.rstrip("\r\n"))  # an error at the end names the line's last column
+        except json.JSONDecodeError as error:
+            raise BatchPredictError(
+                f"{path} line {line_number} is not valid JSON: {error.msg} (column {error.colno})"
+            ) from None
+        if not isinstance(record, dict):
+            raise BatchPredictError(
+                f"{path} line {line_number} is a JSON {type(record).__name__}, not an object with a {key!r} key"
+            )
+        if key not in record:
+            raise BatchPredictError(
+                f"{path} line {line_number} has no key {key!r} (pass --text-column); its keys are: "
+                + ", ".join(repr(name) for name in record)
+            )
+        text = record[key]
+        if not isinstance(text, str):
+            raise BatchPredictError(
+                f"{path} line {line_number}: {key!r} is {json.dumps(text)[:40]} ({type(text).__name__}), "
+                "not a string"
+            )
+        yield line_number, text
+
+
+def read_records(f: BinaryIO, path: str, input_format: str, text_column: str) -> Iterator[tuple[int, str]]:
+    """(line, text) for every record of the input (opened in binary), empty texts included."""
+    lines = decoded_lines(f, path)
+    if input_format == "txt":
+        return read_text_lines(lines)
+    if input_format == "jsonl":
+        return read_jsonl(lines, path, text_column)
+    return read_delimited(lines, path, "," if input_format == "csv" else "\t", text_column)
+
+
+class EmptyTextSkipper:
+    """Passes non-empty records through; counts the empty ones and remembers where the first were."""
+
+    SHOWN = 5
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first_lines: list[int] = []
+
+    def __call__(self, records: Iterable[tuple[int, str]]) -> Iterator[tuple[int, str]]:
+        for line, text in records:
+            if text.strip():
+                yield line, text
+                continue
+            self.count += 1
+            if len(self.first_lines) < self.SHOWN:
+                self.first_lines.append(line)
+
+    def warning(self, path: str) -> str | None:
+        if not self.count:
+            return None
+        where = ", ".join(str(line) for line in self.first_lines)
+        more = ", ..." if self.count > len(self.first_lines) else ""
+        return (
+            f"skipped {self.count} empty text(s) in {path} (line {where}{more}); the 'line' field of each "
+            "output row gives its input line"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- output
+def output_format_of(path: str, given: str | None) -> str:
+    if given:
+        return given
+    if path == "-":
+        raise BatchPredictError("writing to stdout (-o -) needs --format csv or jsonl")
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in OUTPUT_FORMATS:
+        raise BatchPredictError(
+            f"cannot tell the output format from the extension {extension or '(none)'!r} of {path}; "
+            "use .csv or .jsonl, or pass --format"
+        )
+    return OUTPUT_FORMATS[extension]
+
+
+def prediction_fields(spec: Any) -> tuple[str, ...]:
+    """The keys of one task's prediction dict, known before any prediction (the CSV header)."""
+    if spec.type == "regression":
+        return ("value",) if len(spec.labels) == 1 else ("values",)
+    return PREDICTION_FIELDS[spec.type]
+
+
+class JsonlRows:
+    def __init__(self, f: TextIO) -> None:
+        self.f = f
+
+    def write(self, line: int, text: str, prediction: dict[str, Any]) -> None:
+        record = {"line": line, "text": text, "predictions": prediction}
+        self.f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+class CsvRows:
+    def __init__(self, f: TextIO, columns: list[tuple[str, str]]) -> None:
+        self.writer = csv.writer(f)
+        self.columns = columns  # (task, field)
+        self.writer.writerow(["line", "text", *(f"{task}.{name}" for task, name in columns)])
+
+    def write(self, line: int, text: str, prediction: dict[str, Any]) -> None:
+        row: list[Any] = [line, text]
+        for task, name in self.columns:
+            value = prediction[task][name]
+            row.append(json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value)
+        self.writer.writerow(row)
+
+
+class AtomicOutput:
+    """A text file written under a temporary name next to `path` and renamed to `path` on success
+    (stdout for "-")."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.temporary: str | None = None
+
+    def __enter__(self) -> TextIO:
+        if self.path == "-":
+            return sys.stdout
+        directory = os.path.dirname(os.path.abspath(self.path))
+        try:
+            descriptor, self.temporary = tempfile.mkstemp(
+                dir=directory, prefix=f".{os.path.basename(self.path)}.", suffix=".partial"
+            )
+        except OSError as error:
+            raise BatchPredictError(f"cannot write {self.path}: {error.strerror} ({directory})") from None
+        self.f = open(descriptor, "w", encoding="utf-8", newline="")
+        return self.f
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        if self.temporary is None:
+            sys.stdout.flush()
+            return
+        self.f.close()
+        if error_type is None:
+            os.replace(self.temporary, self.path)
+        else:
+            os.unlink(self.temporary)
+
+
+# ---------------------------------------------------------------------------------------------- model
+def first_line(error: Exception) -> str:
+    message = str(error).strip()
+    return message.splitlines()[0] if message else type(error).__name__
+
+
+def load_model(name_or_path: str, revision: str | None, device: str | None):
+    """The model (and its tokenizer, at the same commit), through the checkpoint's own code."""
+    import torch
+    from transformers import AutoModel
+
+    # Hub ids ("org/name") are left to transformers; something that can only be a path must be a folder.
+    if os.path.isabs(name_or_path) or name_or_path.startswith((".", "~")):
+        if not os.path.isdir(os.path.expanduser(name_or_path)):
+            raise BatchPredictError(f"cannot load the model {name_or_path}: no such folder")
+        name_or_path = os.path.expanduser(name_or_path)
+    try:
+        model = AutoModel.from_pretrained(name_or_path, revision=revision, trust_remote_code=True)
+    except Exception as error:  # OSError, ValueError, ... from deep inside transformers: keep one line
+        raise BatchPredictError(f"cannot load the model {name_or_path}: {first_line(error)}") from None
+    if not hasattr(model, "predict") or not isinstance(getattr(model.config, "tasks", None), dict):
+        raise BatchPredictError(
+            f"{name_or_path} is not a multitask-encoder model (model_type {model.config.model_type!r})"
+        )
+    try:  # load it now (at the weights' commit): a missing tokenizer fails before any output is written
+        model.tokenizer  # noqa: B018
+    except Exception as error:
+        raise BatchPredictError(f"cannot load the tokenizer of {name_or_path}: {first_line(error)}") from None
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device).eval()
+
+
+def windows(records: Iterator[tuple[int, str]], size: int) -> Iterator[list[tuple[int, str]]]:
+    while window := list(itertools.islice(records, size)):
+        yield window
+
+
+# ---------------------------------------------------------------------------------------------- command
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Predict every task of a multitask-encoder model for each text of a file, streamed in "
+        "batches in constant memory.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", metavar="MODEL", help="saved model folder or Hub repo id")
+    parser.add_argument("input", metavar="INPUT", help="text file: txt, csv, tsv or jsonl (see below)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUTPUT",
+        help="output file (.csv or .jsonl), or - for stdout",
+    )
+    parser.add_argument("--format", choices=("csv", "jsonl"), help="output format (default: from OUTPUT)")
+    parser.add_argument(
+        "--input-format", choices=("txt", "csv", "tsv", "jsonl"), help="input format (default: from INPUT)"
+    )
+    parser.add_argument(
+        "--text-column",
+        metavar="NAME",
+        help='csv/tsv column or jsonl key holding the text (default: "text")',
+    )
+    parser.add_argument(
+        "--tasks",
+        metavar="TASK,...",
+        help="only these tasks, comma-separated (default: all, in the model's order)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: 64)")
+    parser.add_argument("--top-k", type=int, help="keep the best K class scores per classification task")
+    parser.add_argument("--revision", help="branch, tag or commit of a Hub repo")
+    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    from tqdm.auto import tqdm
+
+    if args.batch_size < 1:
+        raise BatchPredictError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.top_k is not None and args.top_k < 1:
+        raise BatchPredictError(f"--top-k must be >= 1, got {args.top_k}")
+    input_format = input_format_of(args.input, args.input_format)
+    if input_format == "txt" and args.text_column is not None:
+        raise BatchPredictError("--text-column applies to csv, tsv and jsonl input, not to plain text lines")
+    output_format = output_format_of(args.output, args.format)
+    if args.output != "-" and os.path.abspath(args.output) == os.path.abspath(args.input):
+        raise BatchPredictError(f"the output {args.output} would overwrite the input")
+    requested_tasks = None
+    if args.tasks is not None:
+        requested_tasks = [name.strip() for name in args.tasks.split(",") if name.strip()]
+        if not requested_tasks:
+            raise BatchPredictError(f"--tasks {args.tasks!r} names no task")
+    total_lines = count_lines(args.input)
+
+    with open_input(args.input) as input_file, AtomicOutput(args.output) as output_file:
+        skipper = EmptyTextSkipper()
+        records = skipper(read_records(input_file, args.input, input_format, args.text_column or "text"))
+        # Read the first record now: a missing column or a bad first line fails before the slow model load.
+        first = list(itertools.islice(records, 1))
+        records = itertools.chain(first, records)
+
+        model = load_model(args.model, args.revision, args.device)
+        tasks = None
+        if requested_tasks is not None:
+            try:
+                tasks = model._check_tasks(requested_tasks)
+            except ValueError as error:
+                raise BatchPredictError(str(error)) from None
+        task_names = tasks or list(model.config.tasks)
+        if output_format == "csv":
+            columns = [
+                (name, field) for name in task_names for field in prediction_fields(model.config.tasks[name])
+            ]
+            rows: CsvRows | JsonlRows = CsvRows(output_file, columns)
+        else:
+            rows = JsonlRows(output_file)
+
+        progress = tqdm(
+            total=total_lines, unit="line", desc=os.path.basename(args.input), disable=args.no_progress
+        )
+        written = 0
+        for window in windows(records, args.batch_size * WINDOW_BATCHES):
+            texts = [text for _, text in window]
+            predictions = model.predict(texts, tasks=tasks, top_k=args.top_k, batch_size=args.batch_size)
+            for (line, text), prediction in zip(window, predictions):
+                rows.write(line, text, prediction)
+            written += len(window)
+            progress.update(window[-1][0] - progress.n)
+        progress.update(total_lines - progress.n)
+        progress.close()
+
+    warning = skipper.warning(args.input)
+    if warning:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    if args.output != "-":
+        print(f"{PROG}: wrote {written} row(s) to {args.output}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except BatchPredictError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

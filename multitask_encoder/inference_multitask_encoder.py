@@ -1,0 +1,284 @@
+"""Serving modes of `MultiTaskEncoderModel.encode` / `.predict`: how texts are batched and which encoder runs.
+
+    texts ─► windows of `window` texts ─► tokenise, sort longest first ─► batches ─► encoder ─► heads
+                                                                   │                  │
+                                          `batch_size` texts (exact) or         eager fp32 (exact, token_budget),
+                                          <= `token_budget` padded tokens        torch.compile (compiled),
+                                                                                 int8 linear layers (int8)
+
+`model.optimize_for_inference(mode)` picks a mode; the default ("exact") is the plain eager fp32 path.
+
+| mode           | batches                                     | encoder                          | vs "exact"              |
+|----------------|---------------------------------------------|----------------------------------|-------------------------|
+| `exact`        | `batch_size` texts                          | eager, fp32                      | (reference)             |
+| `token_budget` | <= `token_budget` padded tokens             | eager, fp32                      | same math               |
+| `compiled`     | token budget, lengths padded to 16          | `torch.compile`, recompiles capped | float tolerance       |
+| `int8`         | token budget                                | int8 linear layers (see below)   | measured, not exact     |
+
+Whatever the mode, texts are tokenised and sorted `window` at a time, so memory does not grow with the
+number of texts (only the results do). A list no longer than one window is batched exactly as a single sort.
+
+The serving encoder is built from the weights as they are when `optimize_for_inference` runs (int8 copies
+them; compiled freezes them as constants). Changing the weights or the device afterwards makes encode/predict
+raise instead of serving stale numbers; call `optimize_for_inference` again.
+
+Like the modeling file, this file is copied next to the weights by `save_pretrained` and imports only torch,
+transformers and the standard library.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import itertools
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+SERVING_MODES = ("exact", "token_budget", "compiled", "int8")
+# Padded tokens per batch in the token-budget modes: about 64 texts of 64 tokens, where the encoder's matrix
+# products are already large enough to run near the machine's peak on CPU (see bench/serve_speed.py).
+DEFAULT_TOKEN_BUDGET = 4096
+# Texts tokenised and sorted at a time. Sorting a window pads almost as little as sorting everything, and the
+# tokenizer's per-text objects (ids, offsets, word ids) for one window are a few MB.
+STREAM_WINDOW = 4096
+# compiled: sequence lengths are padded to multiples of this, so the compiled kernels see few distinct shapes.
+COMPILE_PAD_MULTIPLE = 16
+# compiled: compilations allowed per model (dynamic shapes need ~1-2); beyond it torch runs eagerly (still exact).
+COMPILE_RECOMPILE_LIMIT = 8
+# int8: input channels per linear layer, per batch, that bypass quantisation (BERT-style encoders have a few
+# channels with values 10-30x larger than the rest; quantised with them, all other channels lose precision).
+INT8_OUTLIER_CHANNELS = 16
+
+
+@dataclass
+class ServingPlan:
+    """What `optimize_for_inference` set up: how to batch, and the encoder to run in place of `model.encoder`.
+
+    `run_encoder(encoder_inputs) -> token states [batch, seq, hidden]` is None in the eager fp32 modes.
+    `weights_version` and `device` record the encoder's state when the plan was made (staleness check).
+    """
+
+    mode: str = "exact"
+    token_budget: int | None = None
+    pad_to_multiple_of: int | None = None
+    window: int = STREAM_WINDOW
+    run_encoder: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None
+    weights_version: int = 0
+    device: torch.device | None = None
+
+    def check_fresh(self, encoder: nn.Module) -> None:
+        """Raise when the encoder's weights or device changed since the serving encoder was built from them."""
+        if self.run_encoder is None:
+            return
+        if weights_version(encoder) != self.weights_version:
+            raise RuntimeError(
+                f"The encoder's weights changed after optimize_for_inference({self.mode!r}); the {self.mode} "
+                "encoder still holds the old ones. Call model.optimize_for_inference(...) again."
+            )
+        device = next(encoder.parameters()).device
+        if device != self.device:
+            raise RuntimeError(
+                f"The model moved from {self.device} to {device} after optimize_for_inference({self.mode!r}). "
+                "Call model.optimize_for_inference(...) again on the new device."
+            )
+
+
+def weights_version(module: nn.Module) -> int:
+    """Sum of the in-place modification counters of `module`'s parameters: changes whenever an optimizer step,
+    `load_state_dict` or any in-place edit touches a weight."""
+    return sum(parameter._version for parameter in module.parameters())
+
+
+# ---------------------------------------------------------------------------------------------- batching
+def padded_length(length: int, multiple: int | None) -> int:
+    if not multiple or multiple <= 1:
+        return length
+    return -(-length // multiple) * multiple
+
+
+def plan_batches(
+    lengths: list[int], batch_size: int, token_budget: int | None, pad_to_multiple_of: int | None = None
+) -> list[tuple[int, int]]:
+    """Split `lengths` (token counts, sorted longest first) into consecutive `(start, end)` batches.
+
+    Without a token budget, every batch holds `batch_size` texts. With one, a batch holds as many texts as fit
+    in `token_budget` padded tokens (count x padded length of its first, longest text), at least one; a text
+    longer than the budget gets a batch of its own.
+    """
+    batches = []
+    start = 0
+    while start < len(lengths):
+        if token_budget is None:
+            count = batch_size
+        else:
+            count = max(1, token_budget // padded_length(lengths[start], pad_to_multiple_of))
+        end = min(len(lengths), start + count)
+        batches.append((start, end))
+        start = end
+    return batches
+
+
+def iter_sorted_batches(
+    model: Any, texts: list[str], batch_size: int, with_offsets: bool, plan: ServingPlan
+) -> Iterator[tuple[list[int], dict[str, torch.Tensor], list]]:
+    """Yield `(indices into texts, padded batch on the model's device, Encodings)` for every text once.
+
+    Texts are tokenised by `model._tokenize` a window at a time and sorted longest first within the window;
+    batches follow `plan_batches`. `texts` must already be checked (non-empty strings).
+    """
+    window = plan.window
+    if plan.token_budget is None:  # whole batches per window: no short batch in the middle of a long list
+        window = max(1, -(-window // batch_size)) * batch_size
+    tokenizer = model.tokenizer
+    for window_start in range(0, len(texts), window):
+        features, encodings = model._tokenize(texts[window_start : window_start + window], with_offsets)
+        order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
+        lengths = [len(features[i]["input_ids"]) for i in order]
+        for start, end in plan_batches(lengths, batch_size, plan.token_budget, plan.pad_to_multiple_of):
+            rows = order[start:end]
+            batch = tokenizer.pad(
+                [features[i] for i in rows], pad_to_multiple_of=plan.pad_to_multiple_of, return_tensors="pt"
+            )
+            yield (
+                [window_start + i for i in rows],
+                {key: value.to(model.device) for key, value in batch.items()},
+                [encodings[i] for i in rows],
+            )
+
+
+# ---------------------------------------------------------------------------------------------- plans
+def build_serving_plan(
+    encoder: nn.Module,
+    mode: str,
+    token_budget: int | None = None,
+    window: int = STREAM_WINDOW,
+    recompile_limit: int = COMPILE_RECOMPILE_LIMIT,
+    outlier_channels: int = INT8_OUTLIER_CHANNELS,
+) -> ServingPlan:
+    """The serving plan of `mode` for `encoder` (see the module docstring for the modes)."""
+    if mode not in SERVING_MODES:
+        raise ValueError(f"Unknown serving mode {mode!r}; choose one of {list(SERVING_MODES)}.")
+    if token_budget is not None and token_budget < 1:
+        raise ValueError(f"token_budget must be >= 1 padded tokens, got {token_budget}.")
+    if window < 1:
+        raise ValueError(f"window must be >= 1 texts, got {window}.")
+    if mode == "exact":
+        if token_budget is not None:
+            raise ValueError("The exact mode batches by count (batch_size); token_budget needs another mode.")
+        return ServingPlan(window=window)
+    plan = ServingPlan(mode=mode, token_budget=token_budget or DEFAULT_TOKEN_BUDGET, window=window)
+    if mode == "token_budget":
+        return plan
+    plan.device = next(encoder.parameters()).device
+    plan.weights_version = weights_version(encoder)
+    if mode == "compiled":
+        plan.pad_to_multiple_of = COMPILE_PAD_MULTIPLE
+        plan.run_encoder = compile_encoder(encoder, recompile_limit)
+    else:  # int8
+        plan.run_encoder = EncoderStates(quantize_encoder_int8(encoder, outlier_channels))
+    return plan
+
+
+class EncoderStates(nn.Module):
+    """`encoder(**inputs)` -> `last_hidden_state` `[batch, seq, hidden]`: one tensor out, what torch.compile
+    traces best and all that pooling and the heads read."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, encoder_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.encoder(**encoder_inputs).last_hidden_state
+
+
+def compile_encoder(encoder: nn.Module, recompile_limit: int = COMPILE_RECOMPILE_LIMIT) -> Callable:
+    """`EncoderStates(encoder)` under `torch.compile` (inductor) with dynamic batch and sequence sizes.
+
+    One compiled graph serves every shape (a second may appear for size-1 batches); after `recompile_limit`
+    compilations torch falls back to eager for new shapes, which is slower but gives the same numbers. The
+    first call compiles (tens of seconds for a 6-layer encoder). Weights are frozen into the graph as
+    constants (inductor's `freezing`), which lets it pre-pack them for the CPU matmul kernels.
+    """
+    options: dict[str, Any] = {"dynamic": True, "options": {"freezing": True}}
+    parameters = inspect.signature(torch.compile).parameters
+    if "recompile_limit" in parameters:  # torch >= 2.13: the cap and the count are per compiled region
+        options["recompile_limit"] = recompile_limit
+        if "isolate_recompiles" in parameters:
+            options["isolate_recompiles"] = True
+    else:
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, recompile_limit)
+    return torch.compile(EncoderStates(encoder), **options)
+
+
+# ---------------------------------------------------------------------------------------------- int8
+class Int8DynamicLinear(nn.Module):
+    """A frozen `nn.Linear` `[..., in] -> [..., out]` computed with int8 matrix products (fbgemm, CPU).
+
+    Weights: int8 per output channel, symmetric, in [-63, 63]. Activations: quantised per call to 8-bit
+    asymmetric over the whole batch. 7-bit weights keep the AVX2/AVX-512 u8 x s8 pair sums (<= 2 * 255 * 64)
+    inside int16, so no product saturates. The `outlier_channels` input channels with the largest magnitude in
+    the batch are taken out before quantising (they would stretch the scale for every other channel) and
+    multiplied in fp32 with the original weights.
+    """
+
+    def __init__(self, linear: nn.Linear, outlier_channels: int = INT8_OUTLIER_CHANNELS) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float()
+        scales = weight.abs().amax(dim=1).clamp(min=1e-8) / 63
+        zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
+        bias = None if linear.bias is None else linear.bias.detach().float()
+        with warnings.catch_warnings():  # torch marks its quantized tensors deprecated in favour of torchao
+            warnings.simplefilter("ignore")
+            quantized = torch.quantize_per_channel(weight, scales.double(), zero_points, 0, torch.qint8)
+            self._packed = torch.ops.quantized.linear_prepack(quantized, bias)
+        self.fp32_weight = linear.weight  # shared with the original layer, read only for outlier channels
+        self.outlier_channels = min(outlier_channels, weight.shape[1])
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        flat = hidden.reshape(-1, hidden.shape[-1]).float()
+        if self.outlier_channels:
+            magnitude = torch.maximum(flat.amax(dim=0), flat.amin(dim=0).neg())
+            channels = magnitude.topk(self.outlier_channels).indices
+            outliers = flat.index_select(1, channels)
+            flat = flat.index_fill(1, channels, 0.0)
+        out = torch.ops.quantized.linear_dynamic(flat, self._packed, False)
+        if self.outlier_channels:
+            out = out.addmm_(outliers, self.fp32_weight.index_select(1, channels).t())
+        return out.reshape(*hidden.shape[:-1], out.shape[-1])
+
+
+def int8_supported() -> str | None:
+    """None when this torch build can run `Int8DynamicLinear`, else the reason it cannot."""
+    engines = torch.backends.quantized.supported_engines
+    if not any(engine in engines for engine in ("x86", "fbgemm")):
+        return f"this torch build has no fbgemm/x86 quantized engine (it has {engines})"
+    if not hasattr(torch.ops.quantized, "linear_dynamic"):
+        return "this torch build has no quantized::linear_dynamic kernel"
+    return None
+
+
+def quantize_encoder_int8(encoder: nn.Module, outlier_channels: int = INT8_OUTLIER_CHANNELS) -> nn.Module:
+    """A copy of `encoder` whose `nn.Linear` layers are `Int8DynamicLinear`; everything else (embeddings,
+    LayerNorms, attention) is shared with `encoder`, not copied. CPU only."""
+    problem = int8_supported()
+    if problem:
+        raise RuntimeError(f"The int8 serving mode is not available: {problem}.")
+    if next(encoder.parameters()).device.type != "cpu":
+        raise ValueError("The int8 serving mode runs on CPU (fbgemm kernels); move the model to CPU first.")
+    if next(encoder.parameters()).dtype != torch.float32:
+        raise ValueError("The int8 serving mode quantises fp32 weights; load the model in float32 first.")
+    if torch.backends.quantized.engine not in ("x86", "fbgemm"):
+        torch.backends.quantized.engine = "x86"
+    # deepcopy with every tensor pre-registered in the memo copies the module tree but shares the tensors.
+    shared = {id(tensor): tensor for tensor in itertools.chain(encoder.parameters(), encoder.buffers())}
+    quantized = copy.deepcopy(encoder, memo=shared)
+    for module in list(quantized.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is nn.Linear:
+                setattr(module, name, Int8DynamicLinear(child, outlier_channels))
+    return quantized.eval()

@@ -1,0 +1,111 @@
+"""The `multitask-text-classification` pipeline: every task's prediction for each text, the same dicts as
+`MultiTaskEncoderModel.predict`.
+
+    text ─► preprocess (the model's tokenisation) ─► _forward (one model call per batch, the tasks asked for)
+         ─► postprocess (the model's decoding) ─► {task: prediction}
+
+`save_pretrained` copies this file next to the weights and records it in `config.custom_pipelines`, so
+`pipeline("multitask-text-classification", model=dir_or_repo, trust_remote_code=True)` works on a machine
+without the `multitask_encoder` package. It therefore imports only torch, transformers and the standard
+library; tokenisation and decoding are the model's own methods, so the pipeline cannot drift from `predict`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import Pipeline
+
+PIPELINE_TASK = "multitask-text-classification"
+# Written to config.json at save time. transformers reads it in `pipeline(...)`: `impl` is "<file>.<class>" in
+# the checkpoint's folder or repo (loaded with trust_remote_code), `pt` the Auto classes that load the model.
+CUSTOM_PIPELINES: dict[str, dict[str, Any]] = {
+    PIPELINE_TASK: {
+        "impl": "pipeline_multitask_encoder.MultiTaskTextClassificationPipeline",
+        "pt": ["AutoModel"],
+        "type": "text",
+    }
+}
+
+
+class MultiTaskTextClassificationPipeline(Pipeline):
+    """Predictions of every task (or `tasks`) of a multi-task encoder for one text or a list of texts.
+
+    Call parameters (also accepted when building the pipeline):
+        tasks (`str` or `list[str]`): the tasks to run (default: all, in config order).
+        top_k (`int`): keep the best `top_k` class scores in `scores` (classification tasks).
+        batch_size (`int`): texts per model call (padded to the longest in the batch; default 1).
+
+    A string gives one dict `{task: prediction}`, a list gives a list of them, a generator or dataset gives
+    an iterator. Each prediction is what `MultiTaskEncoderModel.predict` returns for that task.
+    """
+
+    # Load the checkpoint's tokenizer when there is one; a model passed as an object falls back to its own.
+    _load_tokenizer = None
+    _load_processor = False
+    _load_image_processor = False
+    _load_video_processor = False
+    _load_feature_extractor = False
+
+    def __init__(self, model, tokenizer=None, **kwargs: Any) -> None:
+        super().__init__(model, tokenizer=tokenizer, **kwargs)
+        # One tokenizer for the pipeline and the model's tokenisation helper (max length, truncation warning).
+        if self.tokenizer is None:
+            self.tokenizer = self.model.tokenizer
+        else:
+            self.model.tokenizer = self.tokenizer
+        # A model handed over mid-training would otherwise predict through dropout.
+        self.model.eval()
+
+    def __call__(self, inputs, **kwargs: Any):
+        if isinstance(inputs, tuple):
+            inputs = list(inputs)
+        if isinstance(inputs, list) and not inputs:
+            return []  # `Pipeline.__call__` indexes inputs[0]; `predict([])` is [] too
+        return super().__call__(inputs, **kwargs)
+
+    def _sanitize_parameters(self, tasks=None, top_k=None):
+        preprocess_params, forward_params, postprocess_params = {}, {}, {}
+        if tasks is not None:
+            tasks = self.model._check_tasks(tasks)  # unknown names fail here, before any text is read
+            preprocess_params["tasks"] = forward_params["tasks"] = postprocess_params["tasks"] = tasks
+        if top_k is not None:
+            if not isinstance(top_k, int) or top_k < 1:
+                raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}.")
+            postprocess_params["top_k"] = top_k
+        return preprocess_params, forward_params, postprocess_params
+
+    def preprocess(self, text: str, tasks: list[str] | None = None) -> dict[str, Any]:
+        """One text -> model inputs `[1, seq]` plus the text and its `Encoding` (offsets for token tasks)."""
+        tasks = self.model._check_tasks(tasks)
+        with_offsets = any(self.model.config.tasks[name].is_token_level for name in tasks)
+        features, encodings = self.model._tokenize([text], with_offsets=with_offsets)
+        model_inputs: dict[str, Any] = {key: torch.tensor([ids]) for key, ids in features[0].items()}
+        model_inputs["text"] = text
+        model_inputs["encoding"] = encodings[0]
+        return model_inputs
+
+    def _forward(self, model_inputs: dict[str, Any], tasks: list[str] | None = None) -> dict[str, Any]:
+        """Padded batch `[batch, seq]` -> `<task>_logits` for the asked tasks, with the texts and encodings
+        passed through (the pipeline's batching splits every entry back into rows)."""
+        tasks = self.model._check_tasks(tasks)
+        texts, encodings = model_inputs.pop("text"), model_inputs.pop("encoding")
+        output = self.model(**model_inputs, tasks=tasks)
+        # The logits come first: the pipeline reads the batch size off the first entry.
+        return {
+            **{f"{name}_logits": output[f"{name}_logits"] for name in tasks},
+            "text": texts,
+            "encoding": encodings,
+        }
+
+    def postprocess(
+        self, model_outputs: dict[str, Any], tasks: list[str] | None = None, top_k: int | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """One row of `_forward`'s output (logits `[1, ...]`) -> `{task: prediction}`."""
+        tasks = self.model._check_tasks(tasks)
+        text, encoding = model_outputs["text"], model_outputs["encoding"]
+        return self.model._decode_predictions(model_outputs, [text], [encoding], tasks, top_k)[0]
+
+
+__all__ = ["CUSTOM_PIPELINES", "PIPELINE_TASK", "MultiTaskTextClassificationPipeline"]

@@ -1,0 +1,392 @@
+"""Serving speed: `model.predict` with every head, in each serving mode, against sentence-transformers `encode`.
+
+One process, the same real texts (AG News test + SST test), batch size and thread count for every method;
+runs alternate (rotated order) and each method reports the median of `--repeats` runs. Besides sentences/s:
+real (unpadded) tokens/s, the achieved GFLOP/s of the encoder's useful work against an fp32 matmul peak
+measured here, peak RSS, and for every mode its agreement with the exact mode: embedding cosine and the task
+accuracy of heads trained on frozen exact embeddings (AG News topic, SST 3-class sentiment), on the test sets.
+The int8 mode is within its guard when the cosine is >= 0.99 and each task's accuracy within 0.3 points.
+
+A second process predicts `--stream-texts` texts (100k) to show that memory stays flat: peak RSS with the
+streaming windows, and with one window holding everything (what predict did before windows).
+
+    python bench/serve_speed.py                      # ~30 min on 2 cores
+    python bench/serve_speed.py --quick              # a few minutes, small samples
+    python bench/serve_speed.py --wait-for-load 1.0  # first wait (up to 20 min) for a quiet machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from encode_speed import median_seconds  # the same alternating timer as the encode bench
+
+from multitask_encoder import MultiTaskEncoderModel, default_backbone
+from multitask_encoder.inference_multitask_encoder import DEFAULT_TOKEN_BUDGET, SERVING_MODES
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+# (task, dataset folder, label column, label names in head order)
+TASKS = [
+    ("topic", "ag_news", "topic", ["World", "Sports", "Business", "Sci/Tech"]),
+    ("sentiment", "sst5", "sentiment", ["negative", "neutral", "positive"]),
+]
+MAX_ACCURACY_DROP = 0.3  # points
+MIN_COSINE = 0.99
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with ag_news/ and sst5/")
+    parser.add_argument("--quick", action="store_true", help="small samples: a few minutes")
+    parser.add_argument(
+        "--n", type=int, default=None, help="timed texts per dataset (default 1000; quick 200)"
+    )
+    parser.add_argument("--n-train", type=int, default=None, help="texts per task to fit heads (4000; 800)")
+    parser.add_argument("--n-test", type=int, default=None, help="accuracy texts per task (all; quick 600)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--token-budget", type=int, default=DEFAULT_TOKEN_BUDGET)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per method (median reported)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
+    parser.add_argument("--modes", default=",".join(SERVING_MODES), help="serving modes to measure")
+    parser.add_argument("--stream-texts", type=int, default=None, help="texts of the RSS run (100000; 10000)")
+    parser.add_argument(
+        "--stream-compare",
+        action="store_true",
+        help="also run it with one window for all texts (no streaming)",
+    )
+    parser.add_argument("--stream-mode", default="int8", help="serving mode of the RSS run")
+    parser.add_argument("--wait-for-load", type=float, default=None, help="wait until loadavg(1 min) < this")
+    parser.add_argument(
+        "--stream-child", nargs=4, metavar=("FOLDER", "MODE", "N", "WINDOW"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.n = args.n or (200 if quick else 1000)
+    args.n_train = args.n_train or (800 if quick else 4000)
+    args.n_test = args.n_test or (600 if quick else None)
+    if args.stream_texts is None:  # 0 skips the streaming run
+        args.stream_texts = 10_000 if quick else 100_000
+    args.modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    unknown = [mode for mode in args.modes if mode not in SERVING_MODES]
+    if unknown:
+        parser.error(f"unknown modes {unknown}; choose from {list(SERVING_MODES)}")
+    if "exact" not in args.modes:
+        args.modes.insert(0, "exact")  # the reference for every agreement number
+    return args
+
+
+# ---------------------------------------------------------------------------------------------- machine
+def load_average() -> str:
+    with open("/proc/loadavg", encoding="ascii") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def wait_for_load(threshold: float, max_seconds: float = 1200, poll: float = 30) -> None:
+    start = time.monotonic()
+    while True:
+        current = float(load_average().split()[0])
+        if current < threshold:
+            print(f"load {load_average()} < {threshold}: starting", flush=True)
+            return
+        if time.monotonic() - start > max_seconds:
+            print(f"load still {load_average()} after {max_seconds:.0f} s: starting anyway", flush=True)
+            return
+        time.sleep(poll)
+
+
+def rss_mb(field: str = "VmHWM") -> float:
+    """This process's peak (`VmHWM`) or current (`VmRSS`) resident memory, from /proc (Linux). Unlike
+    getrusage's maxrss, it is not inherited from the parent across fork/exec."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Restart the peak-RSS count from the current RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+        f.write("5")
+
+
+def matmul_peak_gflops(repeats: int = 10) -> float:
+    """Best fp32 GFLOP/s of torch matrix products: square ones, and the encoder's own linear-layer shapes."""
+    best = 0.0
+    shapes = [(2048, 2048, 2048), (1024, 1024, 1024), (4096, 384, 1536), (4096, 1536, 384), (4096, 384, 1152)]
+    for rows, inner, cols in shapes:
+        a, b = torch.randn(rows, inner), torch.randn(inner, cols)
+        for _ in range(2):
+            a @ b
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = max(best, 2 * rows * inner * cols / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def encoder_flops(lengths: list[int], config) -> float:
+    """Useful FLOPs of a BERT-like encoder over texts of `lengths` real tokens (no padding): per layer and
+    token, the Q/K/V/output projections and the feed-forward pair, plus the attention score and value products
+    against the text's own tokens."""
+    hidden, intermediate, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    per_token = 2 * (4 * hidden * hidden + 2 * hidden * intermediate)
+    return float(layers * sum(length * per_token + 4 * length * length * hidden for length in lengths))
+
+
+# ---------------------------------------------------------------------------------------------- data
+def read_jsonl(path: Path, column: str, limit: int | None) -> tuple[list[str], list[str]]:
+    if not path.is_file():
+        sys.exit(f"{path} not found: pass --data pointing at the shared benchmark data folder.")
+    texts, labels = [], []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            texts.append(row["text"])
+            labels.append(row[column])
+            if limit is not None and len(texts) == limit:
+                break
+    return texts, labels
+
+
+def stream_texts(data: Path, count: int) -> list[str]:
+    """`count` real texts: AG News and SST train+test, cycled."""
+    pool = []
+    for folder, column in (("ag_news", "topic"), ("sst5", "sentiment")):
+        for split in ("train", "test"):
+            pool += read_jsonl(data / folder / f"{split}.jsonl", column, None)[0]
+    return [pool[i % len(pool)] for i in range(count)]
+
+
+# ---------------------------------------------------------------------------------------------- heads
+def fit_linear_head(embeddings: torch.Tensor, labels: torch.Tensor, classes: int) -> tuple[torch.Tensor, ...]:
+    """Multinomial logistic regression on frozen embeddings `[n, dim]` (full-batch L-BFGS, light L2)."""
+    torch.manual_seed(0)
+    weight = torch.zeros(classes, embeddings.shape[1], requires_grad=True)
+    bias = torch.zeros(classes, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=300, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(embeddings @ weight.T + bias, labels) + 1e-4 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return weight.detach(), bias.detach()
+
+
+def train_heads(model: MultiTaskEncoderModel, data: Path, n_train: int) -> None:
+    """Fit each task's linear head on exact embeddings of its training texts."""
+    for task, folder, column, names in TASKS:
+        texts, labels = read_jsonl(data / folder / "train.jsonl", column, None)
+        order = np.random.default_rng(0).permutation(len(texts))[:n_train]  # class-mixed sample
+        embeddings = model.encode([texts[i] for i in order], return_tensors="pt").clone()  # autograd-usable
+        targets = torch.tensor([names.index(labels[i]) for i in order])
+        weight, bias = fit_linear_head(embeddings, targets, len(names))
+        with torch.no_grad():
+            model.heads[task].out.weight.copy_(weight)
+            model.heads[task].out.bias.copy_(bias)
+
+
+def accuracies(model: MultiTaskEncoderModel, test_sets: dict, batch_size: int) -> dict[str, float]:
+    result = {}
+    for task, (texts, labels) in test_sets.items():
+        predictions = model.predict(texts, tasks=[task], batch_size=batch_size)
+        result[task] = 100 * float(
+            np.mean([p[task]["label"] == gold for p, gold in zip(predictions, labels)])
+        )
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- streaming RSS
+def stream_child(folder: str, mode: str, count: int, window: int, data: Path) -> None:
+    """Child process: predict `count` texts in `mode` with tokenisation windows of `window`; print RSS."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    texts = stream_texts(data, count)
+    model = MultiTaskEncoderModel.from_pretrained(folder).eval()
+    model.optimize_for_inference(mode, window=window)
+    model.predict(texts[:256])  # warm-up (and compile)
+    before = rss_mb("VmRSS")
+    reset_peak_rss()
+    start = time.perf_counter()
+    results = model.predict(texts)
+    seconds = time.perf_counter() - start
+    report = {"before_mb": before, "peak_mb": rss_mb(), "after_mb": rss_mb("VmRSS"), "seconds": seconds}
+    print(json.dumps({**report, "n": len(results)}))
+
+
+def measure_stream(folder: str, mode: str, count: int, window: int, data: Path) -> dict:
+    command = [
+        sys.executable,
+        __file__,
+        "--data",
+        str(data),
+        "--stream-child",
+        folder,
+        mode,
+        str(count),
+        str(window),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"streaming run failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.stream_child:
+        folder, mode, count, window = args.stream_child
+        stream_child(folder, mode, int(count), int(window), args.data)
+        return
+    if args.wait_for_load is not None:
+        wait_for_load(args.wait_for_load)
+    torch.set_num_threads(args.threads)
+    loads = {"start": load_average()}
+    from sentence_transformers import SentenceTransformer
+
+    backbone = default_backbone()
+    timed_texts: list[str] = []
+    test_sets: dict[str, tuple[list[str], list[str]]] = {}
+    for task, folder, column, _ in TASKS:
+        timed_texts += read_jsonl(args.data / folder / "test.jsonl", column, args.n)[0]
+        test_sets[task] = read_jsonl(args.data / folder / "test.jsonl", column, args.n_test)
+
+    # One trained model, saved, then one copy per mode (modes are per-model state; compiled and int8 keep
+    # their own encoder).
+    torch.manual_seed(0)
+    tasks = {task: {"type": "sequence_classification", "labels": names} for task, _, _, names in TASKS}
+    trained = MultiTaskEncoderModel.from_backbone(backbone, tasks=tasks).eval()
+    start = time.perf_counter()
+    train_heads(trained, args.data, args.n_train)
+    print(f"heads fitted on {args.n_train} frozen embeddings per task in {time.perf_counter() - start:.0f} s")
+    folder = tempfile.mkdtemp(prefix="serve_speed_")
+    trained.save_pretrained(folder)
+    del trained
+
+    models: dict[str, MultiTaskEncoderModel] = {}
+    prepare_seconds: dict[str, float] = {}
+    for mode in args.modes:
+        start = time.perf_counter()
+        model = MultiTaskEncoderModel.from_pretrained(folder).eval()
+        model.optimize_for_inference(mode, **({} if mode == "exact" else {"token_budget": args.token_budget}))
+        model.predict(timed_texts[:: max(1, len(timed_texts) // 128)], batch_size=args.batch_size)  # warm-up
+        prepare_seconds[mode] = time.perf_counter() - start
+        models[mode] = model
+    st_model = SentenceTransformer(backbone, device="cpu")
+    st_model.encode(timed_texts[:128], batch_size=args.batch_size)
+
+    # Agreement with the exact mode: embeddings of the timed texts, task accuracy on the test sets.
+    embeddings = {
+        mode: model.encode(timed_texts, batch_size=args.batch_size) for mode, model in models.items()
+    }
+    st_embeddings = st_model.encode(timed_texts, batch_size=args.batch_size)
+    st_cosine = (st_embeddings * embeddings["exact"]).sum(-1) / np.linalg.norm(st_embeddings, axis=-1)
+    accuracy = {mode: accuracies(model, test_sets, args.batch_size) for mode, model in models.items()}
+    loads["after accuracy"] = load_average()
+
+    peak_before = matmul_peak_gflops()
+    methods: dict[str, Callable[[], object]] = {
+        "sentence-transformers encode": lambda: st_model.encode(timed_texts, batch_size=args.batch_size)
+    }
+    for mode, model in models.items():
+        methods[f"predict, {mode}"] = lambda model=model: model.predict(
+            timed_texts, batch_size=args.batch_size
+        )
+    seconds = median_seconds(methods, args.repeats)
+    loads["after timing"] = load_average()
+    peak = max(peak_before, matmul_peak_gflops())
+    main_rss = rss_mb()
+
+    stream = {}
+    if args.stream_texts and args.stream_mode in SERVING_MODES:
+        stream["windows of 4096 texts"] = measure_stream(
+            folder, args.stream_mode, args.stream_texts, 4096, args.data
+        )
+        if args.stream_compare:
+            stream["one window"] = measure_stream(
+                folder, args.stream_mode, args.stream_texts, args.stream_texts, args.data
+            )
+    loads["end"] = load_average()
+
+    # ------------------------------------------------------------------ report
+    tokenizer = models["exact"].tokenizer
+    max_length = models["exact"].max_seq_length
+    lengths = [
+        len(ids) for ids in tokenizer(timed_texts, truncation=True, max_length=max_length)["input_ids"]
+    ]
+    flops = encoder_flops(lengths, models["exact"].config.encoder_config)
+    counts = {task: len(texts) for task, (texts, _) in test_sets.items()}
+    print(
+        f"\n{len(timed_texts)} timed texts ({args.n} AG News test + {args.n} SST test; mean {np.mean(lengths):.1f} "
+        f"tokens, max {max(lengths)}), packaged all-MiniLM-L6-v2, predict with all {len(TASKS)} heads, "
+        f"batch size {args.batch_size} (token-budget modes: {args.token_budget} padded tokens), "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, median of {args.repeats} alternating runs"
+    )
+    print("load average (1/5/15 min): " + "; ".join(f"{k}: {v}" for k, v in loads.items()))
+    print(
+        f"fp32 matmul peak measured here: {peak:.0f} GFLOP/s; encoder work {flops / len(lengths) / 1e6:.0f} MFLOP/text\n"
+    )
+    baseline = len(timed_texts) / seconds["sentence-transformers encode"]
+    print("| method | median s | sentences/s | tokens/s | GFLOP/s | % of matmul peak | vs ST encode |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, value in seconds.items():
+        rate = len(timed_texts) / value
+        gflops = flops / value / 1e9
+        print(
+            f"| {name} | {value:.2f} | {rate:.0f} | {sum(lengths) / value:.0f} | {gflops:.0f} | "
+            f"{100 * gflops / peak:.0f}% | {rate / baseline:.2f}x |"
+        )
+
+    print(
+        f"\nAgreement with the exact mode (heads fitted on {args.n_train} exact embeddings per task; accuracy on "
+        + ", ".join(f"{counts[task]} {folder} test texts" for task, folder, _, _ in TASKS)
+        + "; cosine on the timed texts)\n"
+    )
+    header = " | ".join(f"{task} acc (Δ)" for task, _, _, _ in TASKS)
+    print(f"| mode | {header} | cosine mean | cosine min | within guard | set-up s |")
+    print("|---|" + "---:|" * len(TASKS) + "---:|---:|---|---:|")
+    for mode in models:
+        similarity = (embeddings[mode] * embeddings["exact"]).sum(-1)  # unit vectors
+        drops = {task: accuracy["exact"][task] - accuracy[mode][task] for task in accuracy[mode]}
+        within = similarity.mean() >= MIN_COSINE and all(drop <= MAX_ACCURACY_DROP for drop in drops.values())
+        cells = " | ".join(f"{accuracy[mode][task]:.2f} ({-drops[task]:+.2f})" for task, _, _, _ in TASKS)
+        print(
+            f"| {mode} | {cells} | {similarity.mean():.5f} | {similarity.min():.5f} | "
+            f"{'yes' if within else 'NO'} | {prepare_seconds[mode]:.0f} |"
+        )
+    print(f"\nsentence-transformers vs exact embeddings: cosine min {st_cosine.min():.6f}")
+    print(f"peak RSS of this process (all {len(models)} models + sentence-transformers): {main_rss:.0f} MB")
+    for name, run in stream.items():
+        held = run["after_mb"] - run["before_mb"]  # the returned results
+        print(
+            f"predict {run['n']} texts ({args.stream_mode}, tokenised in {name}, {run['seconds']:.0f} s): peak RSS "
+            f"{run['peak_mb']:.0f} MB = loaded model {run['before_mb']:.0f} MB + results {held:.0f} MB "
+            f"+ working memory {run['peak_mb'] - run['before_mb'] - held:.0f} MB"
+        )
+
+
+if __name__ == "__main__":
+    main()

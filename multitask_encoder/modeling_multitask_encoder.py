@@ -563,16 +563,15 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             "exact": the default: `batch_size` texts per batch, eager fp32 encoder.
             "token_budget": batches of <= `token_budget` padded tokens (default 4096) instead of `batch_size`
                 texts: long texts get small batches, short ones large batches. Same math as "exact".
-            "compiled": token budget, lengths padded to multiples of 16, the encoder under `torch.compile`
-                (dynamic shapes, capped recompiles). Equal to "exact" up to float rounding. The first batch
-                compiles (tens of seconds).
+            "compiled": token budget, the encoder under `torch.compile` (dynamic shapes, capped
+                recompiles). Equal to "exact" up to float rounding. The first batch compiles (15-40 s).
             "int8": token budget, the encoder's linear layers in int8 (CPU); not exact: embeddings agree with
                 "exact" to cosine >= 0.99, task accuracy within a few tenths of a point (measured in the bench).
 
         `window` texts are tokenised and sorted at a time (default 4096): memory stays flat for any number of
-        texts. In the token-budget modes `batch_size` is not used. The compiled and int8 encoders are built from
-        the current weights: after changing them (training, `load_state_dict`) or moving the model, call this
-        again; encode/predict raise until then. The mode is not saved with the model.
+        texts. In the token-budget modes `batch_size` is not used. The int8 encoder is built from the current
+        weights: after changing them (training, `load_state_dict`) or moving the model, call this again;
+        encode/predict raise until then. The mode is not saved with the model.
         """
         options: dict[str, Any] = {"token_budget": token_budget}
         if window is not None:

@@ -4,6 +4,7 @@
                                                                    │                  │
                                           `batch_size` texts (exact) or         eager fp32 (exact, token_budget),
                                           <= `token_budget` padded tokens        torch.compile (compiled),
+                                                                                 bf16 matrix products (bf16),
                                                                                  int8 linear layers (int8)
 
 `model.optimize_for_inference(mode)` picks a mode; the default ("exact") is the plain eager fp32 path.
@@ -13,10 +14,16 @@
 | `exact`        | `batch_size` texts                          | eager, fp32                      | (reference)             |
 | `token_budget` | <= `token_budget` padded tokens             | eager, fp32                      | same math               |
 | `compiled`     | token budget                                | `torch.compile`, dynamic shapes  | float tolerance         |
+| `bf16`         | token budget                                | bf16 autocast (see below)        | measured, not exact     |
 | `int8`         | token budget                                | int8 linear layers (see below)   | measured, not exact     |
 
 Whatever the mode, texts are tokenised and sorted `window` at a time, so memory does not grow with the
 number of texts (only the results do). A list no longer than one window is batched exactly as a single sort.
+
+bf16 runs the encoder under `torch.autocast(dtype=torch.bfloat16)`: matrix products in bf16 with float32
+accumulation, LayerNorm, softmax and the pooled output in float32. It pays where the hardware multiplies bf16
+natively (CPUs with AMX or AVX512-BF16, recent GPUs); elsewhere bf16 is emulated and slower than fp32, so the
+mode warns.
 
 The int8 encoder is built from the weights as they are when `optimize_for_inference` runs. Changing the
 weights or the device afterwards makes encode/predict raise instead of serving stale numbers; call
@@ -39,7 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
-SERVING_MODES = ("exact", "token_budget", "compiled", "int8")
+SERVING_MODES = ("exact", "token_budget", "compiled", "bf16", "int8")
 # Padded tokens per batch in the token-budget modes: about 64 texts of 64 tokens, where the encoder's matrix
 # products are already large enough to run near the machine's peak on CPU (see bench/serve_speed.py).
 DEFAULT_TOKEN_BUDGET = 4096
@@ -165,6 +172,13 @@ def build_serving_plan(
     plan = ServingPlan(mode=mode, token_budget=token_budget or DEFAULT_TOKEN_BUDGET, window=window)
     if mode == "compiled":
         plan.run_encoder = compile_encoder(encoder, recompile_limit)
+    elif mode == "bf16":
+        problem = native_bf16_missing(next(encoder.parameters()).device)
+        if problem:
+            warnings.warn(
+                f"The bf16 serving mode will likely be slower than exact here: {problem}.", stacklevel=3
+            )
+        plan.run_encoder = Bf16EncoderStates(encoder)
     elif mode == "int8":
         plan.run_encoder = EncoderStates(quantize_encoder_int8(encoder, outlier_channels))
         plan.device = next(encoder.parameters()).device
@@ -182,6 +196,31 @@ class EncoderStates(nn.Module):
 
     def forward(self, encoder_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.encoder(**encoder_inputs).last_hidden_state
+
+
+class Bf16EncoderStates(EncoderStates):
+    """`EncoderStates` under bf16 autocast on the encoder's device; the states come back as float32, so
+    pooling, normalisation and the heads run in float32 as in the exact mode. Reads the live weights."""
+
+    def forward(self, encoder_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        device_type = next(self.encoder.parameters()).device.type
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            states = self.encoder(**encoder_inputs).last_hidden_state
+        return states.float()
+
+
+def native_bf16_missing(device: torch.device) -> str | None:
+    """None when `device` multiplies bf16 natively, else why not (bf16 is then emulated: slow)."""
+    if device.type == "cuda":
+        return (
+            None if torch.cuda.is_bf16_supported(including_emulation=False) else "this GPU has no bf16 units"
+        )
+    if device.type != "cpu":
+        return None  # other accelerators: assume the vendor's autocast knows best
+    # Private torch.cpu probes (torch >= 2.3); a build without them is treated as having neither.
+    has_avx512_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return None if has_avx512_bf16 or has_amx else "this CPU has neither AMX nor AVX512-BF16"
 
 
 def compile_encoder(encoder: nn.Module, recompile_limit: int = COMPILE_RECOMPILE_LIMIT) -> Callable:

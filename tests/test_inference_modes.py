@@ -1,9 +1,9 @@
-"""Serving modes (`optimize_for_inference`): token-budget batching, streaming windows, int8 and compiled
+"""Serving modes (`optimize_for_inference`): token-budget batching, streaming windows, bf16, int8 and compiled
 encoders agree with the exact default on real text; stale serving encoders are refused; the modes work in a
 saved folder loaded with trust_remote_code in a fresh process.
 
 Speed is measured by bench/serve_speed.py, and so is the int8 mode's task accuracy on AG News and SST (heads
-trained on frozen embeddings); here the int8 mode is held to its embedding agreement (cosine) only.
+trained on frozen embeddings); here the bf16 and int8 modes are held to their embedding agreement (cosine).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from multitask_encoder import MultiTaskEncoderModel
 from multitask_encoder.inference_multitask_encoder import (
     SERVING_MODES,
     Int8DynamicLinear,
+    native_bf16_missing,
     plan_batches,
 )
 
@@ -106,7 +107,7 @@ def test_default_mode_is_exact_and_unknown_modes_are_refused(model: MultiTaskEnc
     with pytest.raises(ValueError, match="exact mode batches by count"):
         model.optimize_for_inference("exact", token_budget=512)
     assert model.serving_mode == "exact"
-    assert set(SERVING_MODES) == {"exact", "token_budget", "compiled", "int8"}
+    assert set(SERVING_MODES) == {"exact", "token_budget", "compiled", "bf16", "int8"}
 
 
 # ---------------------------------------------------------------------------------------------- token budget
@@ -159,7 +160,7 @@ def test_errors_name_the_index_in_the_whole_list(model: MultiTaskEncoderModel) -
     assert shapes == []  # refused before any work
 
 
-# ---------------------------------------------------------------------------------------------- int8
+# ---------------------------------------------------------------------------------------------- bf16
 def real_texts(count: int) -> list[str]:
     """`count` AG News and `count` SST test texts from the shared benchmark data (skip when absent)."""
     texts = []
@@ -172,6 +173,53 @@ def real_texts(count: int) -> list[str]:
     return texts
 
 
+def test_bf16_agrees_with_exact_on_real_text(minilm_path: str, example_tasks: dict) -> None:
+    torch.manual_seed(0)
+    model = MultiTaskEncoderModel.from_backbone(minilm_path, tasks=example_tasks).eval()
+    texts = real_texts(48)
+    exact = model.encode(texts)
+    exact_predictions = model.predict(texts, tasks=["topic"])
+    model.optimize_for_inference("bf16")
+    assert model.serving_mode == "bf16"
+    served = model.encode(texts)
+    assert served.dtype == np.float32
+    similarity = cosine(served, exact)
+    assert similarity.min() >= 0.999, similarity.min()
+    assert np.abs(served - exact).max() > 1e-5  # bf16 products really ran: not the fp32 numbers
+    labels = [p["topic"]["label"] for p in model.predict(texts, tasks=["topic"])]
+    agree = np.mean([label == p["topic"]["label"] for label, p in zip(labels, exact_predictions)])
+    assert agree >= 0.95, agree  # random heads: near-ties may flip, almost nothing else does
+    model.optimize_for_inference("exact")
+    np.testing.assert_array_equal(model.encode(texts), exact)
+
+
+def test_bf16_reads_live_weights_and_serves_only_in_inference(model: MultiTaskEncoderModel) -> None:
+    model.optimize_for_inference("bf16")
+    batch = dict(model.tokenizer(TEXTS[:4], padding=True, return_tensors="pt"))
+    with torch.no_grad():
+        model.encoder.encoder.layer[0].output.dense.weight.mul_(1.5)  # no rebuild needed, nothing stale
+        served = model(**batch).embeddings
+    with torch.enable_grad():  # gradients wanted: always the fp32 encoder, untouched by autocast
+        eager = model(**batch).embeddings.detach()
+    assert served.dtype == eager.dtype == torch.float32
+    assert not torch.equal(served, eager)
+    assert cosine(served.numpy(), eager.numpy()).min() >= 0.999
+
+
+def test_bf16_warns_where_the_cpu_has_no_native_bf16(
+    model: MultiTaskEncoderModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert native_bf16_missing(torch.device("cpu")) == "this CPU has neither AMX nor AVX512-BF16"
+    with pytest.warns(UserWarning, match="bf16 serving mode will likely be slower than exact here"):
+        model.optimize_for_inference("bf16")
+    assert model.serving_mode == "bf16"  # a warning, not a refusal: the numbers are as good, only slower
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert native_bf16_missing(torch.device("cpu")) is None
+
+
+# ---------------------------------------------------------------------------------------------- int8
 def test_int8_linear_matches_fp32_and_keeps_outliers_exact() -> None:
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 32)
@@ -301,16 +349,19 @@ def run_modes_in_fresh_process(folder: Path, modes: list[str], tmp_path: Path) -
     return json.loads(out_path.read_text(encoding="utf-8"))
 
 
-def test_saved_folder_serves_token_budget_and_int8_with_remote_code(
+def test_saved_folder_serves_token_budget_bf16_and_int8_with_remote_code(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     assert (tiny_checkpoint / "inference_multitask_encoder.py").is_file()  # copied by save_pretrained
-    results = run_modes_in_fresh_process(tiny_checkpoint, ["token_budget", "int8"], tmp_path)
+    results = run_modes_in_fresh_process(tiny_checkpoint, ["token_budget", "bf16", "int8"], tmp_path)
     exact = np.array(results["exact"]["embeddings"])
     budget = results["token_budget"]
     assert budget["serving_mode"] == "token_budget"
     np.testing.assert_allclose(np.array(budget["embeddings"]), exact, atol=1e-5)
     assert_same_predictions(budget["predictions"], results["exact"]["predictions"], atol=1e-5)
+    bf16 = results["bf16"]
+    assert bf16["serving_mode"] == "bf16"
+    assert cosine(np.array(bf16["embeddings"]), exact).min() >= 0.999
     int8 = results["int8"]
     assert int8["serving_mode"] == "int8"
     assert cosine(np.array(int8["embeddings"]), exact).min() > 0.99

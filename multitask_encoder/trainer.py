@@ -96,6 +96,8 @@ class MultiTaskTrainer(Trainer):
         self.head_learning_rate = head_learning_rate
         self.layerwise_lr_decay = layerwise_lr_decay
         self.detailed_metrics: dict[str, dict[str, Any]] = {}  # last evaluation, non-scalar parts included
+        # Last evaluation's logits and labels per task (gathered from every process), for prediction files.
+        self.task_outputs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._eval_task: str | None = None
         self._task_loss_sums: dict[str, float] = defaultdict(float)
         self._task_loss_counts: dict[str, int] = defaultdict(int)
@@ -217,16 +219,8 @@ class MultiTaskTrainer(Trainer):
         predictions = predictions if isinstance(predictions, tuple) else (predictions,)
         label_ids = label_ids if isinstance(label_ids, (tuple, list)) else (label_ids,)
         position = tasks.index(task)
-        spec = self.model.config.tasks[task]
-        result = task_metrics(spec, np.asarray(predictions[position]), np.asarray(label_ids[position]))
+        logits, labels = np.asarray(predictions[position]), np.asarray(label_ids[position])
+        result = task_metrics(self.model.config.tasks[task], logits, labels)
         self.detailed_metrics[task] = result
+        self.task_outputs[task] = (logits, labels)
         return scalar_metrics(result)
-
-    # ------------------------------------------------------------------ predictions
-    def predict_task(self, task: str, dataset) -> tuple[np.ndarray, np.ndarray]:
-        """Logits and labels of one task on `dataset` (one row per example; token tasks per token)."""
-        output = self.predict(dataset, metric_key_prefix=f"test_{task}")
-        predictions = output.predictions if isinstance(output.predictions, tuple) else (output.predictions,)
-        labels = output.label_ids if isinstance(output.label_ids, (tuple, list)) else (output.label_ids,)
-        position = list(self.model.config.tasks).index(task)
-        return np.asarray(predictions[position]), np.asarray(labels[position])

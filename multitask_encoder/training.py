@@ -281,15 +281,17 @@ def run_training(
         trainer.evaluate()
         results["validation"] = dict(trainer.detailed_metrics)
     trainer.detailed_metrics = {}
+    test_predictions: dict[str, tuple[Any, Any]] = {}
     if test_datasets:
+        # Evaluation is collective in a distributed run (it gathers every process's share); the prediction
+        # files are written from this same pass's logits, not from a second pass over the test sets.
         trainer.evaluate(test_datasets, metric_key_prefix="test")
         results["test"] = dict(trainer.detailed_metrics)
+        test_predictions = {task: trainer.task_outputs[task] for task in test_datasets}
 
-    # Saving and predicting are collective operations in a distributed run (prediction gathers every
-    # process's share): all processes take part, only the main one writes.
+    # Saving is collective too: all processes take part, only the main one writes.
     output_dir = training_args.output_dir
     trainer.save_model(output_dir)  # weights, config, code files and tokenizer
-    test_predictions = {task: trainer.predict_task(task, dataset) for task, dataset in test_datasets.items()}
     if trainer.is_world_process_zero():
         for task, (logits, labels) in test_predictions.items():
             path = os.path.join(output_dir, f"predictions_{task}.csv")

@@ -38,7 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from encode_speed import median_seconds  # the same alternating timer as the encode bench
 
 from multitask_encoder import MultiTaskEncoderModel, default_backbone
-from multitask_encoder.inference_multitask_encoder import DEFAULT_TOKEN_BUDGET, SERVING_MODES
+from multitask_encoder.inference_multitask_encoder import (
+    DEFAULT_TOKEN_BUDGET,
+    SERVING_MODES,
+    native_bf16_missing,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -73,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also run it with one window for all texts (no streaming)",
     )
-    parser.add_argument("--stream-mode", default="int8", help="serving mode of the RSS run")
+    parser.add_argument("--stream-mode", default="token_budget", help="serving mode of the RSS run")
     parser.add_argument("--wait-for-load", type=float, default=None, help="wait until loadavg(1 min) < this")
     parser.add_argument(
         "--stream-child", nargs=4, metavar=("FOLDER", "MODE", "N", "WINDOW"), help=argparse.SUPPRESS
@@ -129,12 +133,12 @@ def reset_peak_rss() -> None:
         f.write("5")
 
 
-def matmul_peak_gflops(repeats: int = 10) -> float:
-    """Best fp32 GFLOP/s of torch matrix products: square ones, and the encoder's own linear-layer shapes."""
+def matmul_peak_gflops(repeats: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    """Best GFLOP/s of torch matrix products in `dtype`: square ones, and the encoder's own linear-layer shapes."""
     best = 0.0
     shapes = [(2048, 2048, 2048), (1024, 1024, 1024), (4096, 384, 1536), (4096, 1536, 384), (4096, 384, 1152)]
     for rows, inner, cols in shapes:
-        a, b = torch.randn(rows, inner), torch.randn(inner, cols)
+        a, b = torch.randn(rows, inner, dtype=dtype), torch.randn(inner, cols, dtype=dtype)
         for _ in range(2):
             a @ b
         for _ in range(repeats):
@@ -318,6 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     seconds = median_seconds(methods, args.repeats)
     loads["after timing"] = load_average()
     peak = max(peak_before, matmul_peak_gflops())
+    bf16_peak = matmul_peak_gflops(dtype=torch.bfloat16)
     main_rss = rss_mb()
 
     stream = {}
@@ -347,10 +352,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     print("load average (1/5/15 min): " + "; ".join(f"{k}: {v}" for k, v in loads.items()))
     print(
-        f"fp32 matmul peak measured here: {peak:.0f} GFLOP/s; encoder work {flops / len(lengths) / 1e6:.0f} MFLOP/text\n"
+        f"matmul peak measured here: fp32 {peak:.0f} GFLOP/s, bf16 {bf16_peak:.0f} GFLOP/s "
+        f"(native bf16: {native_bf16_missing(torch.device('cpu')) or 'yes'}); "
+        f"encoder work {flops / len(lengths) / 1e6:.0f} MFLOP/text (the % column is of the fp32 peak)\n"
     )
     baseline = len(timed_texts) / seconds["sentence-transformers encode"]
-    print("| method | median s | sentences/s | tokens/s | GFLOP/s | % of matmul peak | vs ST encode |")
+    print("| method | median s | sentences/s | tokens/s | GFLOP/s | % of fp32 matmul peak | vs ST encode |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, value in seconds.items():
         rate = len(timed_texts) / value

@@ -387,11 +387,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nsentence-transformers vs exact embeddings: cosine min {st_cosine.min():.6f}")
     print(f"peak RSS of this process (all {len(models)} models + sentence-transformers): {main_rss:.0f} MB")
     for name, run in stream.items():
-        held = run["after_mb"] - run["before_mb"]  # the returned results
+        held = run["after_mb"] - run["before_mb"]  # the returned results, and memory the allocator kept
         print(
             f"predict {run['n']} texts ({args.stream_mode}, tokenised in {name}, {run['seconds']:.0f} s): peak RSS "
-            f"{run['peak_mb']:.0f} MB = loaded model {run['before_mb']:.0f} MB + results {held:.0f} MB "
-            f"+ working memory {run['peak_mb'] - run['before_mb'] - held:.0f} MB"
+            f"{run['peak_mb']:.0f} MB = before the call {run['before_mb']:.0f} MB + still held after it "
+            f"{held:.0f} MB + working memory {run['peak_mb'] - run['before_mb'] - held:.0f} MB"
         )
 
 

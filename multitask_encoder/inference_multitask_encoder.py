@@ -54,8 +54,8 @@ DEFAULT_TOKEN_BUDGET = 4096
 # tokenizer's per-text objects (ids, offsets, word ids) for one window are a few MB.
 STREAM_WINDOW = 4096
 # compiled: compilations allowed per model (dynamic shapes need 1-2: any batch, any length); beyond it torch
-# runs new shapes eagerly (same numbers, slower). With dynamic shapes there is no need to pad lengths to
-# buckets of 8 or 16 for fewer graphs; measured on 2 AVX2 cores, that padding cost 4-10% (short texts grow most).
+# runs new shapes eagerly (same numbers, slower). With dynamic shapes, lengths need no padding to buckets
+# for fewer graphs (padding would only add work).
 COMPILE_RECOMPILE_LIMIT = 8
 # int8: input channels per linear layer, per batch, that bypass quantisation (BERT-style encoders have a few
 # channels with values 10-30x larger than the rest; quantised with them, all other channels lose precision).
@@ -69,7 +69,8 @@ class ServingPlan:
 
     `run_encoder(encoder_inputs) -> token states [batch, seq, hidden]` is None in the eager fp32 modes.
     `weights_version` and `device` record the encoder's state when a serving encoder holding its own copy of
-    the weights (int8) was made: the staleness check.
+    the weights (int8) was made: the staleness check. Other serving encoders read the live weights and leave
+    `device` None: nothing can go stale.
     """
 
     mode: str = "exact"
@@ -173,6 +174,11 @@ def build_serving_plan(
     if mode == "compiled":
         plan.run_encoder = compile_encoder(encoder, recompile_limit)
     elif mode == "bf16":
+        if next(encoder.parameters()).dtype != torch.float32:
+            raise ValueError(
+                "The bf16 serving mode runs a float32 model's encoder under bf16 autocast; this model is "
+                f"{next(encoder.parameters()).dtype} already, so the exact mode serves it in that dtype."
+            )
         problem = native_bf16_missing(next(encoder.parameters()).device)
         if problem:
             warnings.warn(
@@ -212,9 +218,9 @@ class Bf16EncoderStates(EncoderStates):
 def native_bf16_missing(device: torch.device) -> str | None:
     """None when `device` multiplies bf16 natively, else why not (bf16 is then emulated: slow)."""
     if device.type == "cuda":
-        return (
-            None if torch.cuda.is_bf16_supported(including_emulation=False) else "this GPU has no bf16 units"
-        )
+        with torch.cuda.device(device):  # is_bf16_supported asks about the current device
+            supported = torch.cuda.is_bf16_supported(including_emulation=False)
+        return None if supported else "this GPU has no bf16 units"
     if device.type != "cpu":
         return None  # other accelerators: assume the vendor's autocast knows best
     # Private torch.cpu probes (torch >= 2.3); a build without them is treated as having neither.
@@ -228,8 +234,9 @@ def compile_encoder(encoder: nn.Module, recompile_limit: int = COMPILE_RECOMPILE
 
     One compiled graph serves every shape (a second may appear for size-1 batches); after `recompile_limit`
     compilations torch falls back to eager for new shapes, which is slower but gives the same numbers. The
-    first call compiles (15-40 s for a 6-layer encoder on 2 cores). The graph reads the live weights.
-    (Inductor's `freezing`, which pre-packs weights as constants, measured no faster here on AVX2.)
+    first call compiles (tens of seconds for a 6-layer encoder on 2 cores with a cold inductor cache). The
+    graph reads the live weights (no inductor `freezing`, which would bake them in as constants), so training
+    or loading new weights afterwards needs no rebuild.
     """
     options: dict[str, Any] = {"dynamic": True}
     parameters = inspect.signature(torch.compile).parameters

@@ -564,8 +564,9 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             "token_budget": batches of <= `token_budget` padded tokens (default 4096) instead of `batch_size`
                 texts: long texts get small batches, short ones large batches. Same math as "exact".
             "compiled": token budget, the encoder under `torch.compile` (dynamic shapes, capped
-                recompiles). Equal to "exact" up to float rounding. The first batch compiles (15-40 s).
-            "bf16": token budget, the encoder under bf16 autocast (pooling and heads in float32); not exact:
+                recompiles). Equal to "exact" up to float rounding. The first batch compiles (tens of seconds).
+            "bf16": token budget, the encoder of a float32 model under bf16 autocast (pooling and heads in
+                float32); not exact:
                 embeddings agree with "exact" to cosine >= 0.999. Fast only where bf16 is native (CPUs with AMX
                 or AVX512-BF16, recent GPUs); elsewhere it warns.
             "int8": token budget, the encoder's linear layers in int8 (CPU); not exact: embeddings agree with

@@ -166,6 +166,10 @@ def write_predictions_csv(
     """Per-example test predictions of one task: text, gold, predicted, score."""
     spec = model.config.tasks[task]
     texts = dataset["text"] if "text" in dataset.column_names else [""] * len(dataset)
+    if not len(texts) == len(logits) == len(labels):
+        raise ValueError(
+            f"Task {task!r}: {len(logits)} test logits and {len(labels)} labels for {len(texts)} test rows."
+        )
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["text", "gold", "predicted", "score"])
@@ -196,18 +200,27 @@ def run_training(
     """Train, evaluate and save; returns the metrics per split and task. `callbacks` are extra Trainer
     callbacks for programmatic use (e.g. to inspect every process's model in a distributed run)."""
     model_args, mt_args, training_args, tasks, config_path = parse_arguments(argv)
+    if training_args.prediction_loss_only or training_args.batch_eval_metrics:
+        # Both skip compute_metrics over the whole set, which scores each task and keeps its logits.
+        raise ValueError(
+            "prediction_loss_only and batch_eval_metrics are not supported: the multi-task evaluation "
+            "scores every task on its whole evaluation set."
+        )
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(training_args.seed)
     backbone = resolve_backbone(model_args.backbone)
     tokenizer = AutoTokenizer.from_pretrained(backbone)
-    data = load_multitask_data(
-        tasks,
-        tokenizer,
-        max_seq_length=model_args.max_seq_length,
-        base_dir=os.path.dirname(config_path),
-        seed=training_args.seed,
-        cache_dir=mt_args.data_cache_dir,
-    )
+    # In a distributed run the main process tokenises and writes the cache files first; the others then
+    # read them (all writing the same files at once would race).
+    with training_args.main_process_first(desc="loading and tokenising the tasks' data"):
+        data = load_multitask_data(
+            tasks,
+            tokenizer,
+            max_seq_length=model_args.max_seq_length,
+            base_dir=os.path.dirname(config_path),
+            seed=training_args.seed,
+            cache_dir=mt_args.data_cache_dir,
+        )
     model = MultiTaskEncoderModel.from_backbone(
         backbone,
         tasks=data.task_specs,
@@ -275,6 +288,10 @@ def run_training(
         if resume:
             logger.info(f"Resuming from {resume}")
     train_result = trainer.train(resume_from_checkpoint=resume)
+    # Saved before anything else can fail. Saving and evaluating are collective in a distributed run (all
+    # processes take part; evaluation gathers every process's share); only the main process writes.
+    output_dir = training_args.output_dir
+    trainer.save_model(output_dir)  # weights, config, code files and tokenizer
 
     results: dict[str, Any] = {"train": train_result.metrics, "validation": {}, "test": {}}
     if eval_datasets:
@@ -283,15 +300,11 @@ def run_training(
     trainer.detailed_metrics = {}
     test_predictions: dict[str, tuple[Any, Any]] = {}
     if test_datasets:
-        # Evaluation is collective in a distributed run (it gathers every process's share); the prediction
-        # files are written from this same pass's logits, not from a second pass over the test sets.
+        # The prediction files are written from this pass's logits, not from a second pass over the test sets.
         trainer.evaluate(test_datasets, metric_key_prefix="test")
         results["test"] = dict(trainer.detailed_metrics)
         test_predictions = {task: trainer.task_outputs[task] for task in test_datasets}
 
-    # Saving is collective too: all processes take part, only the main one writes.
-    output_dir = training_args.output_dir
-    trainer.save_model(output_dir)  # weights, config, code files and tokenizer
     if trainer.is_world_process_zero():
         for task, (logits, labels) in test_predictions.items():
             path = os.path.join(output_dir, f"predictions_{task}.csv")

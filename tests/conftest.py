@@ -12,6 +12,9 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 import shutil
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from safetensors.torch import load_file
 from transformers import BertConfig, BertModel
 
 from multitask_encoder.backbone import packaged_backbone_path
+from multitask_encoder.hub import BLOCK_PACKAGE_PRELUDE
 
 TINY_NUM_LAYERS = 2
 # Everything a backbone folder needs besides config + weights: the tokenizer, and the sentence-transformers
@@ -91,3 +95,37 @@ def tiny_checkpoint(
     folder = tmp_path_factory.mktemp("tiny_checkpoint")
     model.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def run_without_package(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """`run(script, *args, timeout=300, env=None)`: run the Python source `script` in a fresh interpreter where
+    `import multitask_encoder` fails, so only the code files saved next to a model's weights can serve it
+    (trust_remote_code, as on a user's machine); from a scratch working directory, offline, with a private
+    remote-code modules cache (no stale copy); `env` adds variables. Returns the completed process."""
+
+    def run(script: str, *args: str, timeout: float = 300, env: dict[str, str] | None = None):
+        path = tmp_path / "fresh_process_script.py"
+        path.write_text(BLOCK_PACKAGE_PRELUDE + script, encoding="utf-8")
+        # Not the repo: `import multitask_encoder` cannot come from the working directory.
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir(exist_ok=True)
+        full_env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+        full_env.update(
+            HF_HUB_OFFLINE="1",
+            HF_DATASETS_OFFLINE="1",
+            TOKENIZERS_PARALLELISM="false",
+            HF_MODULES_CACHE=str(tmp_path / "modules"),
+            **(env or {}),
+        )
+        return subprocess.run(
+            [sys.executable, str(path), *args],
+            cwd=elsewhere,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    return run

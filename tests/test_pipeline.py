@@ -7,9 +7,6 @@ from __future__ import annotations
 import ast
 import json
 import math
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -150,23 +147,13 @@ def test_training_mode_model_predicts_in_eval_mode(tiny_checkpoint: Path) -> Non
     assert pipe(TEXTS[2]) == pipe(TEXTS[2])
 
 
-# Runs in a fresh interpreter, from another working directory, with `multitask_encoder` made un-importable:
-# only the code saved in the folder can serve the pipeline.
+# Runs through the `run_without_package` fixture (a fresh interpreter where `multitask_encoder` cannot be
+# imported): only the code saved in the folder can serve the pipeline.
 REMOTE_PIPELINE_SCRIPT = textwrap.dedent(
     """
-    import importlib.abc
     import json
     import sys
 
-
-    class BlockPackage(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "multitask_encoder" or name.startswith("multitask_encoder."):
-                raise ImportError(f"{name} is blocked: the saved folder must be self-contained")
-            return None
-
-
-    sys.meta_path.insert(0, BlockPackage())
     import torch
     from transformers import pipeline
 
@@ -193,29 +180,13 @@ REMOTE_PIPELINE_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_remote_code_pipeline_in_fresh_process(model, tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_remote_code_pipeline_in_fresh_process(
+    model, tiny_checkpoint: Path, tmp_path: Path, run_without_package
+) -> None:
     texts_path, out_path, resaved = tmp_path / "texts.json", tmp_path / "out.json", tmp_path / "resaved"
     texts_path.write_text(json.dumps(TEXTS), encoding="utf-8")
-    script = tmp_path / "remote_pipeline.py"
-    script.write_text(REMOTE_PIPELINE_SCRIPT, encoding="utf-8")
-    elsewhere = tmp_path / "elsewhere"  # not the repo: `import multitask_encoder` cannot come from the cwd
-    elsewhere.mkdir()
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(
-        HF_HUB_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        HF_MODULES_CACHE=str(tmp_path / "modules"),  # a private copy of the remote code
-    )
     args = [str(tiny_checkpoint), str(texts_path), str(resaved), str(out_path), str(torch.get_num_threads())]
-    result = subprocess.run(
-        [sys.executable, str(script), *args],
-        cwd=elsewhere,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = run_without_package(REMOTE_PIPELINE_SCRIPT, *args)
     assert result.returncode == 0, result.stderr[-4000:]
     outputs = json.loads(out_path.read_text(encoding="utf-8"))
 

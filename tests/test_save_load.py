@@ -5,11 +5,8 @@ checkpoints whose heads do not match their config."""
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -27,29 +24,19 @@ TEXTS = [
     "Why is the sky blue?",
 ]
 
-# Runs in a fresh interpreter, from another working directory, with `multitask_encoder` made un-importable,
-# so only the code files saved next to the weights (trust_remote_code) can be used.
+# Runs through the `run_without_package` fixture: a fresh interpreter where `multitask_encoder` cannot be
+# imported, so only the code files saved next to the weights (trust_remote_code) can be used.
 REMOTE_CODE_SCRIPT = textwrap.dedent(
     """
-    import importlib.abc
-    import json
-    import sys
-
-
-    class BlockPackage(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "multitask_encoder" or name.startswith("multitask_encoder."):
-                raise ImportError(f"{name} is blocked: the saved folder must be self-contained")
-            return None
-
-
-    sys.meta_path.insert(0, BlockPackage())
     try:
         import multitask_encoder  # noqa: F401
     except ImportError:
         pass
     else:
         raise SystemExit("multitask_encoder is still importable")
+
+    import json
+    import sys
 
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -84,19 +71,6 @@ def reference_outputs(model: MultiTaskEncoderModel) -> dict[str, torch.Tensor]:
         outputs[name] = forward[f"{name}_logits"]
     outputs["task_order"] = torch.tensor([ord(c) for c in ",".join(model.config.tasks)])
     return outputs
-
-
-def fresh_python(args: list[str], cwd: Path, modules_cache: Path) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-        HF_MODULES_CACHE=str(modules_cache),  # a private copy of the remote code, no stale cached module
-    )
-    return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False
-    )
 
 
 @pytest.fixture(scope="module")
@@ -147,20 +121,14 @@ def test_saved_folder_contents(saved) -> None:
         assert (folder / name).read_text() == (source_dir / name).read_text(), name
 
 
-def test_remote_code_reload_in_fresh_process_is_bit_exact(saved, tmp_path: Path) -> None:
+def test_remote_code_reload_in_fresh_process_is_bit_exact(saved, tmp_path: Path, run_without_package) -> None:
     model, folder = saved
     expected = reference_outputs(model)
     texts_path, out_path = tmp_path / "texts.json", tmp_path / "outputs.pt"
     texts_path.write_text(json.dumps(TEXTS), encoding="utf-8")
-    script = tmp_path / "reload.py"
-    script.write_text(REMOTE_CODE_SCRIPT, encoding="utf-8")
-    elsewhere = tmp_path / "elsewhere"  # not the repo: `import multitask_encoder` cannot come from the cwd
-    elsewhere.mkdir()
 
-    result = fresh_python(
-        [str(script), str(folder), str(texts_path), str(out_path), str(torch.get_num_threads())],
-        cwd=elsewhere,
-        modules_cache=tmp_path / "modules",
+    result = run_without_package(
+        REMOTE_CODE_SCRIPT, str(folder), str(texts_path), str(out_path), str(torch.get_num_threads())
     )
     assert result.returncode == 0, result.stderr[-4000:]
     reloaded = torch.load(out_path, weights_only=True)

@@ -534,13 +534,18 @@ def test_frozen_encoder_fast_path_trains_the_heads_the_slow_path_trains(
 
 
 # ---------------------------------------------------------------------------------------------- 5. errors
-@pytest.mark.parametrize("problem", ["unknown_option", "missing_file", "undeclared_label"])
+@pytest.mark.parametrize(
+    "problem", ["unknown_option", "missing_file", "undeclared_label", "prediction_loss_only"]
+)
 def test_bad_config_or_data_fails_before_training(
     problem: str, toy_data: Path, tiny_backbone: str, tmp_path: Path
 ) -> None:
     tasks = toy_tasks(toy_data, ner=False)
-    options = {}
-    if problem == "unknown_option":
+    options: dict[str, object] = {}
+    if problem == "prediction_loss_only":  # would evaluate without scoring any task or keeping its logits
+        options["prediction_loss_only"] = True
+        error, pattern = ValueError, r"prediction_loss_only and batch_eval_metrics are not supported"
+    elif problem == "unknown_option":
         options["learnig_rate"] = 1e-3
         error, pattern = ValueError, r"unknown option 'learnig_rate'; did you mean 'learning_rate'\?"
     elif problem == "missing_file":

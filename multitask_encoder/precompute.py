@@ -55,7 +55,7 @@ def precompute_features(
         }
         token_states = model.encoder(**encoder_inputs).last_hidden_state
         pooled = model.pooling(token_states, batch["attention_mask"]).float().cpu()
-        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        real_tokens = batch["attention_mask"].bool()  # padding on either side (the tokenizer's padding_side)
         for row, index in enumerate(indices):
             item = rows[index]
             item["pooled_embeddings"] = pooled[row]
@@ -63,12 +63,12 @@ def precompute_features(
                 if key.startswith("labels_"):
                     item[key] = value[row].cpu()
             has_token_labels = any((item[f"labels_{name}"] != IGNORE_INDEX).any() for name in token_tasks)
-            if has_token_labels:
-                length = int(lengths[row])
-                item["token_states"] = token_states[row, :length].to(torch.float16).cpu()
-                item["attention_mask"] = batch["attention_mask"][row, :length].cpu()
+            if has_token_labels:  # the real tokens only; PrecomputedCollator pads them on the right
+                keep = real_tokens[row]
+                item["token_states"] = token_states[row, keep].to(torch.float16).cpu()
+                item["attention_mask"] = batch["attention_mask"][row, keep].cpu()
                 for name in token_tasks:
-                    item[f"labels_{name}"] = item[f"labels_{name}"][:length]
+                    item[f"labels_{name}"] = item[f"labels_{name}"][keep.cpu()]
     model.train(was_training)
     return PrecomputedFeatures(rows)
 

@@ -20,6 +20,7 @@ from multitask_encoder.collator import MultiTaskCollator, align_word_tags, tasks
 from multitask_encoder.configuration_multitask_encoder import TaskSpec
 from multitask_encoder.data import load_multitask_data
 from multitask_encoder.modeling_multitask_encoder import MultiTaskEncoderModel
+from multitask_encoder.precompute import precompute_features
 
 CONLL = "Arnold\tB-person\nSchwarzenegger\tI-person\nvisited\tO\nKilimanjaro\tB-geo-loc\n\nMount\tB-geo-loc\nFuji\tI-geo-loc\n"
 
@@ -203,3 +204,22 @@ def test_batch_runs_through_the_model(collator, data):
     validation_like = collator([data.train[0]])  # sentence row only: other tasks all -100, loss still finite
     with torch.no_grad():
         assert torch.isfinite(model(**validation_like).loss)
+
+
+def test_precomputed_token_rows_keep_the_real_tokens_whatever_the_padding_side(tokenizer, data):
+    """The frozen-encoder fast path stores each row's real tokens only, with their own tags, for tokenizers
+    that pad on the left as well as on the right."""
+    torch.manual_seed(0)
+    model = MultiTaskEncoderModel.from_backbone(default_backbone(), tasks=data.task_specs)
+    ner_rows = [i for i in range(len(data.train)) if data.train[i].get("labels_ner")]
+    assert len(ner_rows) == 2 and len({len(data.train[i]["input_ids"]) for i in ner_rows}) == 2
+    for side in ("right", "left"):
+        padded = copy.deepcopy(tokenizer)
+        padded.padding_side = side
+        features = precompute_features(model, data.train, MultiTaskCollator(padded, data.task_specs), 8)
+        for i in ner_rows:
+            alone = MultiTaskCollator(tokenizer, data.task_specs)([data.train[i]])  # no padding at all
+            item = features[i]
+            assert item["token_states"].shape == (len(data.train[i]["input_ids"]), 384), side
+            assert item["attention_mask"].tolist() == [1] * len(data.train[i]["input_ids"]), side
+            assert item["labels_ner"].tolist() == alone["labels_ner"][0].tolist(), side

@@ -174,12 +174,13 @@ def build_serving_plan(
     if mode == "compiled":
         plan.run_encoder = compile_encoder(encoder, recompile_limit)
     elif mode == "bf16":
-        if next(encoder.parameters()).dtype != torch.float32:
+        weight = next(encoder.parameters())
+        if weight.dtype != torch.float32:
             raise ValueError(
                 "The bf16 serving mode runs a float32 model's encoder under bf16 autocast; this model is "
-                f"{next(encoder.parameters()).dtype} already, so the exact mode serves it in that dtype."
+                f"{weight.dtype} already, so the exact mode serves it in that dtype."
             )
-        problem = native_bf16_missing(next(encoder.parameters()).device)
+        problem = native_bf16_missing(weight.device)
         if problem:
             warnings.warn(
                 f"The bf16 serving mode will likely be slower than exact here: {problem}.", stacklevel=3

@@ -566,9 +566,8 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             "compiled": token budget, the encoder under `torch.compile` (dynamic shapes, capped
                 recompiles). Equal to "exact" up to float rounding. The first batch compiles (tens of seconds).
             "bf16": token budget, the encoder of a float32 model under bf16 autocast (pooling and heads in
-                float32); not exact:
-                embeddings agree with "exact" to cosine >= 0.999. Fast only where bf16 is native (CPUs with AMX
-                or AVX512-BF16, recent GPUs); elsewhere it warns.
+                float32); not exact: embeddings agree with "exact" to cosine >= 0.999. Fast only where bf16 is
+                native (CPUs with AMX or AVX512-BF16, recent GPUs); elsewhere it warns.
             "int8": token budget, the encoder's linear layers in int8 (CPU); not exact: embeddings agree with
                 "exact" to cosine >= 0.99, task accuracy within a few tenths of a point (measured in the bench).
 

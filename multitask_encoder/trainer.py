@@ -185,7 +185,8 @@ class MultiTaskTrainer(Trainer):
             return super().evaluate(datasets, ignore_keys, metric_key_prefix)
         metrics: dict[str, float] = {}
         main_scores = []
-        self.task_outputs = {}  # this evaluation's only: never an earlier split's logits under the same task
+        # This evaluation's only: never an earlier split's metrics or logits under the same task name.
+        self.detailed_metrics, self.task_outputs = {}, {}
         for task, dataset in datasets.items():
             self._eval_task = task
             try:

@@ -297,7 +297,6 @@ def run_training(
     if eval_datasets:
         trainer.evaluate()
         results["validation"] = dict(trainer.detailed_metrics)
-    trainer.detailed_metrics = {}
     test_predictions: dict[str, tuple[Any, Any]] = {}
     if test_datasets:
         # The prediction files are written from this pass's logits, not from a second pass over the test sets.

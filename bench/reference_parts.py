@@ -61,11 +61,12 @@ from transformers import (
     set_seed,
 )
 
+import multitask_encoder.trainer as trainer_module
 import multitask_encoder.training as training_job
 from multitask_encoder import MultiTaskEncoderConfig, MultiTaskEncoderModel, default_backbone
 from multitask_encoder.collator import MultiTaskCollator
 from multitask_encoder.data import load_multitask_data
-from multitask_encoder.metrics import classification_metrics, entity_metrics
+from multitask_encoder.metrics_multitask_encoder import classification_metrics, entity_metrics
 from multitask_encoder.precompute import precompute_features
 from multitask_encoder.sampling import MultiTaskBatchSampler
 
@@ -342,9 +343,9 @@ class TrainingClock(TrainerCallback):
 
 @contextlib.contextmanager
 def timed_precompute(seconds: dict[str, float]):
-    """Time the training job's frozen-encoder encoding passes by description ("Encoding train", "Encoding
+    """Time the trainer's frozen-encoder encoding passes by description ("Encoding train", "Encoding
     <task>"), so the encoding of test sets is not counted as training time."""
-    original = training_job.precompute_features
+    original = trainer_module.precompute_features
 
     def timed(model, dataset, collator, batch_size=64, description="Encoding"):
         start = time.perf_counter()
@@ -353,11 +354,11 @@ def timed_precompute(seconds: dict[str, float]):
         finally:
             seconds[description] = seconds.get(description, 0.0) + time.perf_counter() - start
 
-    training_job.precompute_features = timed
+    trainer_module.precompute_features = timed
     try:
         yield seconds
     finally:
-        training_job.precompute_features = original
+        trainer_module.precompute_features = original
 
 
 def planned_task_batches(

@@ -209,7 +209,6 @@ class Bench:
             train_dataset=train_dataset,
             data_collator=CountingCollator(collator),
             group_sizes=self.data[heads].group_sizes,  # one group: every row carries every head's label
-            sampler_kwargs={"composition": "mixed"},
         )
 
     def run_plain(self, seed: int = 0, max_steps: int = -1) -> Run:

@@ -12,7 +12,6 @@ when complete: a failed run never leaves a half-written file under the requested
 from __future__ import annotations
 
 import argparse
-import codecs
 import csv
 import itertools
 import json
@@ -22,6 +21,8 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO, TextIO
 
+from .data.readers import DelimitedReader, ReadError, decoded_lines, read_jsonl, read_text_lines
+
 PROG = "multitask-encoder-predict"
 INPUT_FORMATS = {".txt": "txt", ".text": "txt", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv"}
 INPUT_FORMATS.update({".jsonl": "jsonl", ".ndjson": "jsonl"})
@@ -29,13 +30,6 @@ OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 # Texts are sorted by length (less padding) within a window of this many batches; larger windows pad less
 # but delay the first rows and hold more texts.
 WINDOW_BATCHES = 8
-# The fields of each task's prediction dict (see MultiTaskEncoderModel.predict), one CSV column each.
-PREDICTION_FIELDS = {
-    "sequence_classification": ("label", "score", "scores"),
-    "multi_label_classification": ("labels", "scores"),
-    "token_classification": ("entities",),
-}
-
 EPILOG = """\
 input formats (from the extension, or --input-format):
   txt    one text per line (.txt, .text)
@@ -99,80 +93,35 @@ def open_input(path: str) -> BinaryIO:
         raise BatchPredictError(f"cannot read {path}: {error.strerror or error}") from None
 
 
-def decoded_lines(f: BinaryIO, path: str) -> Iterator[str]:
-    """The file's lines as str, line ends kept (csv needs them to see newlines inside quoted fields).
-
-    Each line is decoded on its own, so a byte that is not UTF-8 is reported with its exact line.
-    """
-    for line_number, raw in enumerate(f, start=1):
-        if line_number == 1:
-            raw = raw.removeprefix(codecs.BOM_UTF8)
-        try:
-            yield raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise BatchPredictError(
-                f"{path} line {line_number} is not UTF-8 text: {error.reason} at byte {error.start + 1}"
-            ) from None
-
-
-def read_text_lines(lines: Iterable[str]) -> Iterator[tuple[int, str]]:
-    for line_number, line in enumerate(lines, start=1):
-        yield line_number, line.rstrip("\r\n")
-
-
 def read_delimited(
     lines: Iterable[str], path: str, delimiter: str, text_column: str
 ) -> Iterator[tuple[int, str]]:
-    """Records of a csv (`delimiter=","`, quoting as Excel) or tsv (tab, no quoting) file with a header row.
-
-    The header is read on the first `next()`, so a missing column fails before the model is loaded.
-    """
-    if delimiter == "\t":
-        reader = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
-    else:
-        reader = csv.reader(lines, delimiter=delimiter)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise BatchPredictError(f"{path} is empty: expected a header row naming the columns") from None
-    except csv.Error as error:
-        raise BatchPredictError(f"{path} line 1: {error}") from None
-    if text_column not in header:
+    """(line, text) of a csv or tsv file with a header row (see `DelimitedReader`); a blank line is ""."""
+    reader = DelimitedReader(lines, path, delimiter)  # reads the header: a missing column fails first
+    if text_column not in reader.header:
         raise BatchPredictError(
             f"{path} has no column {text_column!r} (pass --text-column); its columns are: "
-            + ", ".join(repr(name) for name in header)
+            + ", ".join(repr(name) for name in reader.header)
         )
-    column = header.index(text_column)
-    while True:
-        start_line = reader.line_num + 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as error:
-            raise BatchPredictError(f"{path} line {reader.line_num}: {error}") from None
+    return _delimited_texts(reader, reader.header.index(text_column), text_column)
+
+
+def _delimited_texts(reader: DelimitedReader, column: int, text_column: str) -> Iterator[tuple[int, str]]:
+    for line, row in reader.rows():
         if not row:  # a blank line
-            yield start_line, ""
+            yield line, ""
         elif column >= len(row):
-            raise BatchPredictError(
-                f"{path} line {start_line} has {len(row)} field(s) but the header has {len(header)}: "
-                f"no {text_column!r} value"
-            )
+            raise reader.short_row(line, row, text_column)
         else:
-            yield start_line, row[column]
+            yield line, row[column]
 
 
-def read_jsonl(lines: Iterable[str], path: str, key: str) -> Iterator[tuple[int, str]]:
-    for line_number, line in enumerate(lines, start=1):
-        if not line.strip():
+def read_jsonl_texts(lines: Iterable[str], path: str, key: str) -> Iterator[tuple[int, str]]:
+    """(line, text under `key`) of a JSON Lines file; a blank line is ""."""
+    for line_number, record in read_jsonl(lines, path):
+        if record is None:
             yield line_number, ""
             continue
-        try:
-            record = json.loads(line.rstrip("\r\n"))  # an error at the end names the line's last column
-        except json.JSONDecodeError as error:
-            raise BatchPredictError(
-                f"{path} line {line_number} is not valid JSON: {error.msg} (column {error.colno})"
-            ) from None
         if not isinstance(record, dict):
             raise BatchPredictError(
                 f"{path} line {line_number} is a JSON {type(record).__name__}, not an object with a {key!r} key"
@@ -197,7 +146,7 @@ def read_records(f: BinaryIO, path: str, input_format: str, text_column: str) ->
     if input_format == "txt":
         return read_text_lines(lines)
     if input_format == "jsonl":
-        return read_jsonl(lines, path, text_column)
+        return read_jsonl_texts(lines, path, text_column)
     return read_delimited(lines, path, "," if input_format == "csv" else "\t", text_column)
 
 
@@ -243,13 +192,6 @@ def output_format_of(path: str, given: str | None) -> str:
             "use .csv or .jsonl, or pass --format"
         )
     return OUTPUT_FORMATS[extension]
-
-
-def prediction_fields(spec: Any) -> tuple[str, ...]:
-    """The keys of one task's prediction dict, known before any prediction (the CSV header)."""
-    if spec.type == "regression":
-        return ("value",) if len(spec.labels) == 1 else ("values",)
-    return PREDICTION_FIELDS[spec.type]
 
 
 class JsonlRows:
@@ -415,13 +357,15 @@ def run(args: argparse.Namespace) -> None:
         tasks = None
         if requested_tasks is not None:
             try:
-                tasks = model._check_tasks(requested_tasks)
+                tasks = model.resolve_tasks(requested_tasks)
             except ValueError as error:
                 raise BatchPredictError(str(error)) from None
         task_names = tasks or list(model.config.tasks)
         if output_format == "csv":
             columns = [
-                (name, field) for name in task_names for field in prediction_fields(model.config.tasks[name])
+                (name, field)
+                for name in task_names
+                for field in model.config.tasks[name].task_type.prediction_fields(model.config.tasks[name])
             ]
             rows: CsvRows | JsonlRows = CsvRows(output_file, columns)
         else:
@@ -452,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except BatchPredictError as error:
+    except (BatchPredictError, ReadError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
     return 0

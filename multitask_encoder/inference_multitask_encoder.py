@@ -35,6 +35,7 @@ transformers and the standard library.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import itertools
@@ -124,29 +125,49 @@ def plan_batches(lengths: list[int], batch_size: int, token_budget: int | None) 
     return batches
 
 
-def iter_sorted_batches(
-    model: Any, texts: list[str], batch_size: int, with_offsets: bool, plan: ServingPlan
-) -> Iterator[tuple[list[int], dict[str, torch.Tensor], list]]:
-    """Yield `(indices into texts, padded batch on the model's device, Encodings)` for every text once.
+@dataclass
+class TextBatch:
+    """One padded batch of texts, as `MultiTaskEncoderModel.preprocess` yields them.
 
-    Texts are tokenised by `model._tokenize` a window at a time and sorted longest first within the window;
-    batches follow `plan_batches`. `texts` must already be checked (non-empty strings).
+    `indices` are the rows' positions in the texts given; `inputs` the padded model inputs `[batch, seq]` on
+    the model's device; `texts` the rows' texts and `encodings` their tokenizer `Encoding`s (word ids, and
+    character offsets when they were asked for), both in row order.
     """
+
+    indices: list[int]
+    inputs: dict[str, torch.Tensor]
+    texts: list[str]
+    encodings: list[Any]
+
+
+def iter_sorted_batches(
+    texts: list[str],
+    tokenize: Callable[[list[str], bool], tuple[list[dict[str, list[int]]], list[Any]]],
+    pad: Callable[..., Any],
+    device: torch.device,
+    batch_size: int,
+    with_offsets: bool,
+    plan: ServingPlan,
+) -> Iterator[TextBatch]:
+    """Every text once, in `TextBatch`es: `window` texts at a time are tokenised (`tokenize(texts,
+    with_offsets) -> (unpadded features, encodings)`) and sorted longest first; batches follow
+    `plan_batches` and are padded by `pad` (the tokenizer's). `texts` must already be checked."""
     window = plan.window
     if plan.token_budget is None:  # whole batches per window: no short batch in the middle of a long list
         window = max(1, -(-window // batch_size)) * batch_size
-    tokenizer = model.tokenizer
     for window_start in range(0, len(texts), window):
-        features, encodings = model._tokenize(texts[window_start : window_start + window], with_offsets)
+        window_texts = texts[window_start : window_start + window]
+        features, encodings = tokenize(window_texts, with_offsets)
         order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))
         lengths = [len(features[i]["input_ids"]) for i in order]
         for start, end in plan_batches(lengths, batch_size, plan.token_budget):
             rows = order[start:end]
-            batch = tokenizer.pad([features[i] for i in rows], return_tensors="pt")
-            yield (
-                [window_start + i for i in rows],
-                {key: value.to(model.device) for key, value in batch.items()},
-                [encodings[i] for i in rows],
+            padded = pad([features[i] for i in rows], return_tensors="pt")
+            yield TextBatch(
+                indices=[window_start + i for i in rows],
+                inputs={key: value.to(device) for key, value in padded.items()},
+                texts=[window_texts[i] for i in rows],
+                encodings=[encodings[i] for i in rows],
             )
 
 
@@ -187,7 +208,7 @@ def build_serving_plan(
             )
         plan.run_encoder = Bf16EncoderStates(encoder)
     elif mode == "int8":
-        plan.run_encoder = EncoderStates(quantize_encoder_int8(encoder, outlier_channels))
+        plan.run_encoder = Int8EncoderStates(quantize_encoder_int8(encoder, outlier_channels))
         plan.device = next(encoder.parameters()).device
         plan.weights_version = weights_version(encoder)
     return plan
@@ -245,9 +266,16 @@ def compile_encoder(encoder: nn.Module, recompile_limit: int = COMPILE_RECOMPILE
         options["recompile_limit"] = recompile_limit
         if "isolate_recompiles" in parameters:
             options["isolate_recompiles"] = True
-    else:
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, recompile_limit)
-    return torch.compile(EncoderStates(encoder), **options)
+        return torch.compile(EncoderStates(encoder), **options)
+    # Older torch: the cap is a process-wide dynamo setting, raised for these calls only.
+    compiled = torch.compile(EncoderStates(encoder), **options)
+
+    def run_compiled(encoder_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        limit = max(torch._dynamo.config.recompile_limit, recompile_limit)
+        with torch._dynamo.config.patch(recompile_limit=limit):
+            return compiled(encoder_inputs)
+
+    return run_compiled
 
 
 # ---------------------------------------------------------------------------------------------- int8
@@ -267,7 +295,7 @@ class Int8DynamicLinear(nn.Module):
         scales = weight.abs().amax(dim=1).clamp(min=1e-8) / 63
         zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
         bias = None if linear.bias is None else linear.bias.detach().float()
-        with warnings.catch_warnings():  # torch marks its quantized tensors deprecated in favour of torchao
+        with warnings.catch_warnings(), fbgemm_engine():  # deprecated in favour of torchao: no warning
             warnings.simplefilter("ignore")
             quantized = torch.quantize_per_channel(weight, scales.double(), zero_points, 0, torch.qint8)
             self._packed = torch.ops.quantized.linear_prepack(quantized, bias)
@@ -290,6 +318,29 @@ class Int8DynamicLinear(nn.Module):
         return out.reshape(*hidden.shape[:-1], out.shape[-1])
 
 
+@contextlib.contextmanager
+def fbgemm_engine() -> Iterator[None]:
+    """Run the block with torch's quantized engine on fbgemm kernels ("x86" unless "fbgemm" is already set),
+    then restore the caller's engine: serving int8 changes no process-wide setting."""
+    previous = torch.backends.quantized.engine
+    if previous in ("x86", "fbgemm"):
+        yield
+        return
+    torch.backends.quantized.engine = "x86"
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+class Int8EncoderStates(EncoderStates):
+    """`EncoderStates` of an int8 encoder (`quantize_encoder_int8`), run on fbgemm kernels."""
+
+    def forward(self, encoder_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        with fbgemm_engine():
+            return super().forward(encoder_inputs)
+
+
 def int8_supported() -> str | None:
     """None when this torch build can run `Int8DynamicLinear`, else the reason it cannot."""
     engines = torch.backends.quantized.supported_engines
@@ -310,8 +361,6 @@ def quantize_encoder_int8(encoder: nn.Module, outlier_channels: int = INT8_OUTLI
         raise ValueError("The int8 serving mode runs on CPU (fbgemm kernels); move the model to CPU first.")
     if next(encoder.parameters()).dtype != torch.float32:
         raise ValueError("The int8 serving mode quantises fp32 weights; load the model in float32 first.")
-    if torch.backends.quantized.engine not in ("x86", "fbgemm"):
-        torch.backends.quantized.engine = "x86"
     # deepcopy with every tensor pre-registered in the memo copies the module tree but shares the tensors.
     shared = {id(tensor): tensor for tensor in itertools.chain(encoder.parameters(), encoder.buffers())}
     quantized = copy.deepcopy(encoder, memo=shared)

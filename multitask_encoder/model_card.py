@@ -7,7 +7,7 @@ a repository checkout and an installed wheel find the same file; there is delibe
 root (one source of truth). The wheel must ship it as package data (`templates/*.md`).
 
     render_model_card(config, results, training, repo_id, revision, datasets)  -> the card's text
-    write_model_card(output_dir, config, results, training_args, mt_args, model_args, tasks)  -> README.md path
+    write_model_card(output_dir, config, results, training_args, model_args, tasks, examples)  -> README.md path
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import Any
 
 import jinja2
 from huggingface_hub import EvalResult, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from .arguments import MULTITASK_OPTIONS
 from .backbone import DEFAULT_BACKBONE_HUB_ID, PACKAGED_BACKBONE
 from .configuration_multitask_encoder import MultiTaskEncoderConfig, TaskSpec
 
@@ -32,62 +33,6 @@ TEMPLATE_PACKAGE = "multitask_encoder"
 TEMPLATE_NAME = "model_card.md"
 CARD_FILENAME = "README.md"
 
-# Hub task ids for the model-index. The Hub has no regression task id: regression heads are reported as
-# text-classification, as the Hub does for STS-B-style models (AutoModelForSequenceClassification, 1 output).
-HUB_TASK_TYPES = {
-    "sequence_classification": "text-classification",
-    "multi_label_classification": "text-classification",
-    "regression": "text-classification",
-    "token_classification": "token-classification",
-}
-TASK_TYPE_NAMES = {
-    "sequence_classification": "Text Classification",
-    "multi_label_classification": "Multi-label Text Classification",
-    "regression": "Text Regression",
-    "token_classification": "Named Entity Recognition",
-}
-
-
-class IndexedMetric(NamedTuple):
-    """One metric of metrics.py as it goes into the model-index: `type` is an id from hf.co/metrics."""
-
-    key: str
-    type: str
-    name: str
-    args: dict[str, str] | None = None
-
-
-MODEL_INDEX_METRICS: dict[str, tuple[IndexedMetric, ...]] = {
-    "sequence_classification": (
-        IndexedMetric("accuracy", "accuracy", "Accuracy"),
-        IndexedMetric("macro_f1", "f1", "Macro F1", {"average": "macro"}),
-        IndexedMetric("weighted_f1", "f1", "Weighted F1", {"average": "weighted"}),
-    ),
-    "multi_label_classification": (
-        IndexedMetric("micro_f1", "f1", "Micro F1", {"average": "micro"}),
-        IndexedMetric("macro_f1", "f1", "Macro F1", {"average": "macro"}),
-        IndexedMetric("exact_match", "exact_match", "Exact match (subset accuracy)"),
-    ),
-    "regression": (
-        IndexedMetric("mse", "mse", "MSE"),
-        IndexedMetric("mae", "mae", "MAE"),
-        IndexedMetric("pearson", "pearsonr", "Pearson r"),
-        IndexedMetric("spearman", "spearmanr", "Spearman rho"),
-    ),
-    "token_classification": (
-        IndexedMetric("precision", "precision", "Entity precision"),
-        IndexedMetric("recall", "recall", "Entity recall"),
-        IndexedMetric("f1", "f1", "Entity F1"),
-        IndexedMetric("accuracy", "accuracy", "Token accuracy"),
-    ),
-}
-# Rows of the body's metric tables, per task type (metrics.py keys); unlisted scalar metrics follow them.
-BODY_METRICS = {
-    "sequence_classification": ("accuracy", "macro_f1", "weighted_f1", "support"),
-    "multi_label_classification": ("micro_f1", "macro_f1", "exact_match", "support"),
-    "regression": ("mse", "rmse", "mae", "pearson", "spearman", "support"),
-    "token_classification": ("precision", "recall", "f1", "accuracy", "support"),
-}
 METRIC_NAMES = {
     "accuracy": "Accuracy",
     "macro_f1": "Macro F1",
@@ -102,19 +47,6 @@ METRIC_NAMES = {
     "precision": "Precision",
     "recall": "Recall",
     "f1": "F1",
-}
-SUPPORT_NAMES = {
-    "sequence_classification": "Support (examples)",
-    "multi_label_classification": "Support (examples)",
-    "regression": "Support (labelled values)",
-    "token_classification": "Support (gold entities)",
-}
-# What one count of `label_counts` is, per task type (see data.count_labels).
-COUNT_UNITS = {
-    "sequence_classification": "examples",
-    "multi_label_classification": "examples carrying the label",
-    "regression": "labelled values",
-    "token_classification": "words with the tag",
 }
 METRIC_DECIMALS = 4
 # A label this many times rarer in training than the most frequent one gets a line under Limitations.
@@ -146,8 +78,6 @@ TRAINING_ARGUMENT_FIELDS = (
     "seed",
     "metric_for_best_model",
 )
-# Paths and demo sentences say nothing about how the model was trained.
-SKIPPED_MULTITASK_FIELDS = ("example_sentences", "data_cache_dir")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -196,16 +126,9 @@ def pipeline_tag(config: MultiTaskEncoderConfig) -> str:
 
 
 def card_tags(config: MultiTaskEncoderConfig) -> list[str]:
-    types = {spec.type for spec in config.tasks.values()}
     tags = ["multitask-encoder", "sentence-embeddings", "multi-task"]
-    if types - {"token_classification"}:
-        tags.append("text-classification")
-    if "multi_label_classification" in types:
-        tags.append("multi-label-classification")
-    if "regression" in types:
-        tags.append("regression")
-    if "token_classification" in types:
-        tags += ["token-classification", "ner"]
+    for spec in config.tasks.values():
+        tags += [tag for tag in spec.task_type.card_tags if tag not in tags]
     # The Hub adds custom_code itself when config.json has an auto_map; saying it up front shows it in search.
     tags.append("custom_code")
     return tags
@@ -236,19 +159,20 @@ def eval_results(
         metrics = results[split][task]
         dataset = task_datasets.get(task) or f"{task} data"
         dataset_type = dataset if looks_like_hub_id(dataset) else _slug(dataset)
-        identifier = (HUB_TASK_TYPES[spec.type], dataset_type, split)
+        task_type = spec.task_type
+        identifier = (task_type.hub_task, dataset_type, split)
         # The model-index groups results by (task type, dataset, config, split): two heads evaluated on the
         # same data would merge into one entry when huggingface_hub rewrites the card, so the second one
         # names its head as the dataset config.
         dataset_config = task if identifier in seen_identifiers else None
         seen_identifiers.add(identifier)
-        for metric in MODEL_INDEX_METRICS[spec.type]:
+        for metric in task_type.model_index_metrics:
             if metric.key not in metrics:
                 continue
             evals.append(
                 EvalResult(
-                    task_type=HUB_TASK_TYPES[spec.type],
-                    task_name=f"{task} ({TASK_TYPE_NAMES[spec.type]})",
+                    task_type=task_type.hub_task,
+                    task_name=f"{task} ({task_type.display_name})",
                     dataset_type=dataset_type,
                     dataset_name=dataset,
                     dataset_config=dataset_config,
@@ -311,50 +235,50 @@ def _heads(config: MultiTaskEncoderConfig) -> list[dict[str, Any]]:
     heads = []
     for name, spec in config.tasks.items():
         reads = "each token state" if spec.is_token_level else "the sentence embedding"
-        in_features = hidden_size if spec.is_token_level else config.embedding_size
-        kind = {
-            "sequence_classification": "classification (softmax)",
-            "multi_label_classification": f"multi-label (sigmoid ≥ {spec.threshold:g})",
-            "regression": "regression",
-            "token_classification": "token classification (IOB2)",
-        }[spec.type]
+        in_features = spec.task_type.head_in_features(hidden_size, config.embedding_size)
         heads.append(
             {
                 "name": name,
-                "kind": kind,
+                "kind": spec.task_type.head_kind(spec),
                 "shape": f"`{_head_shape(spec, in_features)}` on {reads}",
                 "labels": spec.labels,
                 "loss_weight": spec.loss_weight,
-                "logits_shape": f"[batch, seq, {spec.num_outputs}]"
-                if spec.is_token_level
-                else f"[batch, {spec.num_outputs}]",
+                "logits_shape": spec.task_type.logits_shape(spec),
             }
         )
     return heads
 
 
-def _example_prediction(config: MultiTaskEncoderConfig) -> list[str]:
-    """Lines of an illustrative `predict` result, with this model's task names and labels."""
-    parts = []
-    for name, spec in config.tasks.items():
-        first = repr(spec.labels[0])
-        if spec.type == "sequence_classification":
-            value = "{'label': " + first + ", 'score': 0.91, 'scores': {" + first + ": 0.91, ...}}"
-        elif spec.type == "multi_label_classification":
-            value = "{'labels': [" + first + "], 'scores': {" + first + ": 0.83, ...}}"
-        elif spec.type == "regression" and spec.num_outputs == 1:
-            value = "{'value': 0.42}"
-        elif spec.type == "regression":
-            value = "{'values': {" + ", ".join(f"{label!r}: 0.42" for label in spec.labels) + "}}"
-        else:
-            entity = next((tag[2:] for tag in spec.labels if tag.startswith("B-")), "X")
-            span = "'text': 'Ada Lovelace', 'start': 0, 'end': 12, 'score': 0.97"
-            value = "{'entities': [{'entity': " + repr(entity) + ", " + span + "}]}"
-        parts.append(f"{name!r}: {value}")
-    lines = ["  " + part + "," for part in parts] or ["  "]
-    lines[0] = "[{" + lines[0][2:]
-    lines[-1] = lines[-1].rstrip(",") + "}]"
-    return lines
+def _example_predictions(
+    config: MultiTaskEncoderConfig, examples: list[tuple[str, dict[str, Any]]] | None
+) -> tuple[list[str], list[str]]:
+    """(the texts, the comment lines) of the usage example: the model's real predictions on `examples`
+    (sentence, predict() result) when a training run made them, else the fields each task returns."""
+    if examples:
+        texts = [text for text, _ in examples]
+        lines = []
+        for _, prediction in examples:
+            lines.append("{")
+            for task, result in prediction.items():
+                lines.append(f"  {task!r}: {_rounded(result)!r},")
+            lines.append("}")
+        return texts, lines
+    fields = [
+        f"{name!r}: {{{', '.join(repr(key) + ': ...' for key in spec.task_type.prediction_fields(spec))}}}"
+        for name, spec in config.tasks.items()
+    ]
+    return ["Ada Lovelace wrote the first program."], ["[{" + ", ".join(fields) + "}]"]
+
+
+def _rounded(value: Any) -> Any:
+    """Scores to 3 decimals, so a card shows what matters."""
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_rounded(item) for item in value]
+    return value
 
 
 def _label_distribution(
@@ -367,7 +291,7 @@ def _label_distribution(
         if not splits:
             continue
         rows = [(label, [per_split[split].get(label, 0) for split in splits]) for label in spec.labels]
-        tables.append({"task": task, "unit": COUNT_UNITS[spec.type], "splits": splits, "rows": rows})
+        tables.append({"task": task, "unit": spec.task_type.count_unit, "splits": splits, "rows": rows})
     return tables
 
 
@@ -376,12 +300,9 @@ def _imbalance_notes(config: MultiTaskEncoderConfig, label_counts: Mapping[str, 
     notes = []
     for task, spec in config.tasks.items():
         counts = ((label_counts.get(task) or {}).get("train")) or {}
-        if not counts or spec.type == "regression":
+        counts = spec.task_type.entity_counts(counts) if counts else None
+        if not counts:
             continue
-        if spec.is_token_level:  # entities start with B-, so B- counts are entity counts per type
-            counts = {tag[2:]: n for tag, n in counts.items() if tag.startswith("B-")}
-            if not counts:
-                continue
         missing = sorted(label for label, n in counts.items() if n == 0)
         present = {label: n for label, n in counts.items() if n > 0}
         if missing:
@@ -400,11 +321,11 @@ def _imbalance_notes(config: MultiTaskEncoderConfig, label_counts: Mapping[str, 
 
 def _metric_rows(spec: TaskSpec, per_split: list[Mapping[str, Any]]) -> list[tuple[str, list[Any]]]:
     """(display name, value per split) for every scalar metric, the type's usual ones first."""
-    keys = [key for key in BODY_METRICS[spec.type] if any(key in metrics for metrics in per_split)]
+    keys = [key for key in spec.task_type.body_metrics if any(key in metrics for metrics in per_split)]
     for metrics in per_split:
         keys += [k for k, v in metrics.items() if isinstance(v, (int, float)) and k not in keys]
-    names = {metric.key: metric.name for metric in MODEL_INDEX_METRICS[spec.type]}
-    names["support"] = SUPPORT_NAMES[spec.type]
+    names = {metric.key: metric.name for metric in spec.task_type.model_index_metrics}
+    names["support"] = spec.task_type.support_name
     return [(names.get(k) or METRIC_NAMES.get(k, k), [metrics.get(k) for metrics in per_split]) for k in keys]
 
 
@@ -418,14 +339,14 @@ def _evaluations(config: MultiTaskEncoderConfig, results: Mapping[str, Any]) -> 
         rows = _metric_rows(spec, per_split)
         main_split = evaluation_split(results, task)
         main = results[main_split][task]
-        confusion = main.get("confusion_matrix") if spec.type == "sequence_classification" else None
+        confusion = main.get("confusion_matrix")
         if confusion is not None and (len(confusion) != spec.num_outputs):
             confusion = None  # metrics of another label set: a table with wrong names is worse than none
-        per_type = main.get("per_type") if spec.is_token_level else None
+        per_type = main.get("per_type")
         evaluations.append(
             {
                 "task": task,
-                "kind": TASK_TYPE_NAMES[spec.type],
+                "kind": spec.task_type.display_name,
                 "splits": splits,
                 "rows": rows,
                 "main_split": main_split,
@@ -492,6 +413,7 @@ def render_model_card(
     datasets: list[str] | None = None,
     license: str = "apache-2.0",
     task_datasets: dict[str, str] | None = None,
+    examples: list[tuple[str, dict[str, Any]]] | None = None,
 ) -> str:
     """The model card of `config`'s model as markdown with YAML front matter.
 
@@ -506,8 +428,11 @@ def render_model_card(
         license: a Hub licence id.
         task_datasets: task -> the name of its data, for the model-index (default: the only entry of
             `datasets` when there is exactly one).
+        examples: (text, `predict` result) pairs of the trained model, shown in the usage example (without
+            them the example lists the fields each task returns, never invented values).
     """
     results = results or {}
+    example_texts, example_lines = _example_predictions(config, examples)
     datasets = list(dict.fromkeys(datasets or []))
     if task_datasets is None:
         task_datasets = dict.fromkeys(config.tasks, datasets[0]) if len(datasets) == 1 else {}
@@ -530,7 +455,9 @@ def render_model_card(
         "config": config,
         "max_seq_length": config.max_seq_length or encoder_config.max_position_embeddings,
         "heads": _heads(config),
-        "example_prediction": _example_prediction(config),
+        "example_texts": example_texts,
+        "example_is_real": bool(examples),
+        "example_prediction": example_lines,
         "datasets": datasets,
         "task_datasets": task_datasets,
         "label_tables": _label_distribution(config, results.get("label_counts") or {}),
@@ -542,9 +469,11 @@ def render_model_card(
         },
         "evaluations": _evaluations(config, results),
         "imbalance_notes": _imbalance_notes(config, results.get("label_counts") or {}),
-        "has_token_task": any(spec.is_token_level for spec in config.tasks.values()),
-        "has_multi_label": any(spec.type == "multi_label_classification" for spec in config.tasks.values()),
-        "has_regression": any(spec.type == "regression" for spec in config.tasks.values()),
+        "type_limitations": list(
+            dict.fromkeys(
+                spec.task_type.limitation for spec in config.tasks.values() if spec.task_type.limitation
+            )
+        ),
     }
     return _environment().get_template(TEMPLATE_NAME).render(context)
 
@@ -591,31 +520,29 @@ def task_data_name(entry: Mapping[str, Any]) -> str | None:
     return ", ".join(dict.fromkeys(describe_data(p) for p in paths))
 
 
-def training_hyperparameters(training_args: Any, mt_args: Any, model_args: Any) -> dict[str, Any]:
-    """The hyper-parameters worth reporting, named as train.py's flags, None values dropped."""
+def training_hyperparameters(training_args: Any, model_args: Any) -> dict[str, Any]:
+    """The hyper-parameters worth reporting, named as train.py's flags, None values dropped: the usual
+    TrainingArguments, the multi-task options (when `training_args` has them) and the model options."""
     values: dict[str, Any] = {}
     if training_args is not None:
-        for name in TRAINING_ARGUMENT_FIELDS:
-            value = getattr(training_args, name, None)
-            values[name] = value.value if isinstance(value, Enum) else value
+        for name in (*TRAINING_ARGUMENT_FIELDS, *MULTITASK_OPTIONS):
+            if hasattr(training_args, name):
+                value = getattr(training_args, name)
+                values[name] = value.value if isinstance(value, Enum) else value
+        values.pop("remove_unused_columns", None)  # plumbing, not a choice that shaped the model
         if values.get("max_steps") is not None and values["max_steps"] <= 0:
             del values["max_steps"]  # -1: epochs decide
         for flag in ("bf16", "fp16"):
             if not values.get(flag):
                 values.pop(flag, None)
+        if values.get("sampling") != "temperature":
+            values.pop("temperature", None)
         per_device = getattr(training_args, "per_device_train_batch_size", None)
         if per_device:
             accumulation = getattr(training_args, "gradient_accumulation_steps", 1) or 1
             values["total_train_batch_size"] = (
                 per_device * accumulation * getattr(training_args, "world_size", 1)
             )
-    if mt_args is not None:
-        multitask = asdict(mt_args) if is_dataclass(mt_args) else dict(mt_args)
-        for name in SKIPPED_MULTITASK_FIELDS:
-            multitask.pop(name, None)
-        if multitask.get("sampling") != "temperature":
-            multitask.pop("temperature", None)
-        values.update(multitask)
     if model_args is not None:
         values.update(asdict(model_args) if is_dataclass(model_args) else dict(model_args))
     return {name: value for name, value in values.items() if value is not None}
@@ -626,9 +553,9 @@ def write_model_card(
     config: MultiTaskEncoderConfig,
     results: dict | None,
     training_args: Any,
-    mt_args: Any,
     model_args: Any,
     tasks: Mapping[str, Mapping[str, Any]] | None,
+    examples: list[tuple[str, dict[str, Any]]] | None = None,
 ) -> str:
     """Render the card of a finished training run into `output_dir/README.md`; returns the file's path."""
     task_datasets = {}
@@ -639,10 +566,11 @@ def write_model_card(
     content = render_model_card(
         config,
         results=results,
-        training=training_hyperparameters(training_args, mt_args, model_args),
+        training=training_hyperparameters(training_args, model_args),
         repo_id=getattr(training_args, "hub_model_id", None),
         datasets=list(task_datasets.values()),
         task_datasets=task_datasets,
+        examples=examples,
     )
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, CARD_FILENAME)

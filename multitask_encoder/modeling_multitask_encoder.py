@@ -8,7 +8,8 @@ of task heads, all in one forward pass.
 
 This file is copied next to the weights by `save_pretrained`, so a saved model loads with
 `trust_remote_code=True` on a machine without the `multitask_encoder` package: it imports only torch,
-transformers, the standard library and its sibling configuration file.
+transformers, the standard library and its sibling files. What differs between task types (the head's input,
+the loss, decoding into `predict`'s dicts) is asked of `spec.task_type` (tasks_multitask_encoder.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import copy
 import json
 import logging
 import os
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,12 +28,20 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .configuration_multitask_encoder import HeadSpec, MultiTaskEncoderConfig, TaskSpec
-from .inference_multitask_encoder import SERVING_MODES, ServingPlan, build_serving_plan, iter_sorted_batches
+from .configuration_multitask_encoder import MultiTaskEncoderConfig
+from .inference_multitask_encoder import (
+    SERVING_MODES,
+    ServingPlan,
+    TextBatch,
+    build_serving_plan,
+    iter_sorted_batches,
+)
+from .tasks_multitask_encoder import EncoderFeatures, HeadSpec
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100  # label value meaning "this row/token carries no label for this task"
+# What a tokenizer gives the model (the third only for encoders with segment embeddings, e.g. BERT).
+MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass
@@ -96,35 +106,6 @@ class TaskHead(nn.Module):
         return self.out(self.hidden(self.dropout(features)))
 
 
-def task_loss(spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
-    """Loss of one task over the rows (or tokens) that carry a label; None when none does.
-
-    Labels: `sequence_classification` `[batch]` ids; `token_classification` `[batch, seq]` ids;
-    `multi_label_classification` `[batch, num_labels]` 0/1; `regression` `[batch]` or `[batch, n]` floats.
-    Missing = -100 (a whole row of -100 for multi-label).
-    """
-    logits = logits.float()
-    if spec.type in ("sequence_classification", "token_classification"):
-        labels = labels.long()
-        if not (labels != IGNORE_INDEX).any():
-            return None  # cross-entropy over nothing is NaN
-        return F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX
-        )
-    if spec.type == "multi_label_classification":
-        labels = labels.float().reshape(logits.shape)
-        labelled_rows = (labels != IGNORE_INDEX).all(dim=-1)
-        if not labelled_rows.any():
-            return None
-        return F.binary_cross_entropy_with_logits(logits[labelled_rows], labels[labelled_rows])
-    # regression
-    labels = labels.float().reshape(logits.shape)
-    labelled = labels != IGNORE_INDEX
-    if not labelled.any():
-        return None
-    return F.mse_loss(logits[labelled], labels[labelled])
-
-
 class MultiTaskEncoderPreTrainedModel(PreTrainedModel):
     config_class = MultiTaskEncoderConfig
     config: MultiTaskEncoderConfig
@@ -169,7 +150,9 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         self.heads = nn.ModuleDict(
             {
                 name: TaskHead(
-                    hidden_size if spec.is_token_level else config.embedding_size, spec.num_outputs, spec.head
+                    spec.task_type.head_in_features(hidden_size, config.embedding_size),
+                    spec.num_outputs,
+                    spec.head,
                 )
                 for name, spec in config.tasks.items()
             }
@@ -315,9 +298,8 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
-        tasks: list[str] | None = None,
-        pooled_embeddings: torch.Tensor | None = None,
-        token_states: torch.Tensor | None = None,
+        tasks: list[str] | str | None = None,
+        encoder_outputs: dict[str, torch.Tensor] | None = None,
         return_dict: bool | None = None,
         **labels: torch.Tensor,
     ) -> MultiTaskEncoderOutput:
@@ -326,43 +308,46 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         Args:
             input_ids, attention_mask, token_type_ids: `[batch, seq]`, as the tokenizer returns them.
             tasks: names of the heads to run (default: all). Heads that do not run have no logits.
-            pooled_embeddings: `[batch, hidden]` pooled encoder output computed earlier (the frozen-encoder
-                fast path); skips the encoder when no token task runs.
-            token_states: `[batch, seq, hidden]` encoder output computed earlier (with `attention_mask`).
-            labels_<task>: labels for that task (see [`task_loss`] for shapes); -100 marks missing.
+            encoder_outputs: the encoder's output computed earlier, which skips the encoder (as in HF
+                encoder-decoder models; the frozen-encoder fast path): `pooled_embeddings` `[batch, hidden]`
+                and, when a token task runs, `last_hidden_state` `[batch, seq, hidden]` with `attention_mask`.
+            labels_<task>: labels for that task (shapes: the task type's `collate_labels`); -100 = missing.
 
         Returns:
             [`MultiTaskEncoderOutput`] with `loss` (when any labels were given), `embeddings`,
             `task_losses` and one `<task>_logits` per task that ran.
         """
-        task_names = self._check_tasks(tasks)
+        task_names = self.resolve_tasks(tasks)
         unknown = [
             key for key in labels if not key.startswith("labels_") or key[len("labels_") :] not in self.heads
         ]
         if unknown:
             raise ValueError(f"Unexpected forward arguments {unknown}; labels are passed as labels_<task>.")
+        encoder_outputs = encoder_outputs or {}
+        token_states = encoder_outputs.get("last_hidden_state")
+        pooled = encoder_outputs.get("pooled_embeddings")
         needs_tokens = any(self.config.tasks[name].is_token_level for name in task_names)
-        if token_states is None and (pooled_embeddings is None or needs_tokens):
+        if token_states is None and (pooled is None or needs_tokens):
             if input_ids is None:
-                raise ValueError("forward needs input_ids (or precomputed pooled_embeddings/token_states).")
+                raise ValueError("forward needs input_ids (or precomputed encoder_outputs).")
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
             encoder_inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
             if token_type_ids is not None:
                 encoder_inputs["token_type_ids"] = token_type_ids
             token_states = self._encoder_states(encoder_inputs)
-        if pooled_embeddings is None:
-            pooled_embeddings = self.pooling(token_states, attention_mask)
-        embeddings = self.project(pooled_embeddings)
+        if pooled is None:
+            pooled = self.pooling(token_states, attention_mask)
+        features = EncoderFeatures(token_states, attention_mask, self.project(pooled))
 
-        output = MultiTaskEncoderOutput(embeddings=embeddings)
+        output = MultiTaskEncoderOutput(embeddings=features.embeddings)
         losses: dict[str, torch.Tensor] = {}
         total_loss = None
         for position, name in enumerate(self.config.tasks):
             if name not in task_names:
                 continue
             spec = self.config.tasks[name]
-            logits = self.heads[name](token_states if spec.is_token_level else embeddings)
+            logits = self.heads[name](spec.task_type.head_input(features))
             output[f"{name}_logits"] = logits
             task_labels = labels.get(f"labels_{name}")
             if task_labels is None:
@@ -372,7 +357,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             loss = 0.0 * logits.float().sum()
             if self.task_log_vars is not None:
                 loss = loss + 0.0 * self.task_log_vars[position]
-            value = task_loss(spec, logits, task_labels)
+            value = spec.task_type.loss(spec, logits, task_labels)
             if value is not None:
                 losses[name] = value.detach()
                 if self.task_log_vars is not None:
@@ -394,51 +379,63 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             pooled = F.normalize(pooled, p=2, dim=-1)
         return pooled
 
-    def _check_tasks(self, tasks: list[str] | str | None) -> list[str]:
+    def resolve_tasks(self, tasks: list[str] | str | None) -> list[str]:
+        """The task names a call asks for (None: all, in config order); refuses unknown names and an empty
+        selection (which would silently predict nothing)."""
         if tasks is None:
             return list(self.config.tasks)
         if isinstance(tasks, str):
             tasks = [tasks]
+        elif not isinstance(tasks, (list, tuple)) or not all(isinstance(task, str) for task in tasks):
+            raise TypeError(f"tasks must be a task name or a list of task names, got {tasks!r}.")
+        if not tasks:
+            raise ValueError(
+                f"tasks is empty: name at least one of {list(self.config.tasks)} (or None for all)."
+            )
         unknown = [task for task in tasks if task not in self.config.tasks]
         if unknown:
             raise ValueError(f"Unknown task(s) {unknown}; this model has {list(self.config.tasks)}.")
-        return list(tasks)
+        return list(dict.fromkeys(tasks))
 
-    # ------------------------------------------------------------------ inference
-    def _tokenize(self, texts: list[str], with_offsets: bool) -> tuple[list[dict[str, list[int]]], list]:
-        """Validate `texts` (a non-empty list) and tokenise each, unpadded and truncated to
-        `max_seq_length` (warning once when a text is cut).
+    # ------------------------------------------------------------------ pre- and post-processing
+    def preprocess(
+        self, texts: list[str] | str, tasks: list[str] | str | None = None, batch_size: int = 64
+    ) -> Iterator[TextBatch]:
+        """Texts -> padded batches for `forward`: checked once (a text that is not a non-empty string raises,
+        naming its index), tokenised `window` texts at a time, truncated to `max_seq_length` (one warning),
+        sorted longest first and batched as the serving mode says (`batch_size` texts, or a token budget).
 
-        Returns, per text, the model inputs (`input_ids`, `attention_mask`[, `token_type_ids`], lists of
-        `seq` ints) and the tokenizer's `Encoding` (word ids; character offsets with `with_offsets`).
-        Shared by `predict` and the `multitask-text-classification` pipeline.
+        Each `TextBatch` holds `indices` (positions in `texts`), `inputs` (`input_ids`, `attention_mask`[,
+        `token_type_ids`] `[batch, seq]` on the model's device), the batch's `texts` and their tokenizer
+        `encodings` (with character offsets when one of `tasks` is a token task). Used by `predict`, the
+        pipeline and the batch CLI through `predict`; give the batches to `postprocess` after `forward`.
         """
-        self._check_texts(texts)
-        max_length = self.max_seq_length
-        encoded = self.tokenizer(
-            texts, truncation=True, max_length=max_length, return_offsets_mapping=with_offsets, padding=False
-        )
-        truncated = sum(1 for enc in encoded.encodings if enc.overflowing)
-        if truncated and not self._warned_truncation:
-            logger.warning(
-                f"{truncated} text(s) longer than {max_length} tokens were truncated to fit the model."
-            )
-            self._warned_truncation = True
-        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
-        features = [{k: encoded[k][i] for k in keys} for i in range(len(texts))]
-        return features, encoded.encodings
+        texts = self._checked_texts(texts)
+        with_offsets = any(self.config.tasks[name].is_token_level for name in self.resolve_tasks(tasks))
+        return self._batches(texts, batch_size, with_offsets)
 
-    def _tokenize_sorted(self, texts: list[str], batch_size: int, with_offsets: bool):
-        """Validate and tokenise `texts`, then yield (original indices, padded batch, encodings) batches of
-        similar length (sorted longest first), so padding is minimal. No texts, no batches."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-        if not texts:
-            return  # the tokenizer fails on an empty list; callers return their empty results
-        self._check_texts(texts)  # every text before any work, with its index in the whole list
-        # Tokenised and sorted a window of texts at a time (flat memory); batches as the serving mode says.
-        plan = self._serving_plan or ServingPlan()
-        yield from iter_sorted_batches(self, texts, batch_size, with_offsets, plan)
+    def postprocess(
+        self,
+        outputs: Mapping[str, Any],
+        texts: list[str],
+        encodings: list[Any],
+        tasks: list[str] | str | None = None,
+        top_k: int | None = None,
+    ) -> list[dict[str, dict[str, Any]]]:
+        """One batch's forward outputs (any mapping with `<task>_logits` for each of `tasks`: `[batch, n]`
+        or `[batch, seq, n]`) -> one `{task: prediction}` dict per row, as `predict` returns them. `texts` and
+        `encodings` are the batch's (a `TextBatch`'s); token tasks read their character offsets. `top_k`
+        keeps the best k class scores of classification tasks."""
+        task_names = self.resolve_tasks(tasks)
+        _check_top_k(top_k)
+        predictions: list[dict[str, Any]] = [{} for _ in texts]
+        for name in task_names:
+            spec = self.config.tasks[name]
+            logits = outputs[f"{name}_logits"].float().cpu()
+            decoded = spec.task_type.decode(spec, logits, texts, encodings, top_k)
+            for prediction, task_prediction in zip(predictions, decoded):
+                prediction[name] = task_prediction
+        return predictions
 
     @torch.inference_mode()
     def encode(
@@ -453,16 +450,17 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         `normalize` overrides `config.normalize` (L2) for this call. A single string gives `[embedding_size]`.
         """
         single = isinstance(texts, str)
-        texts = [texts] if single else list(texts)
+        texts = self._checked_texts(texts)
+        if return_tensors not in ("np", "pt"):
+            raise ValueError(f"return_tensors must be 'np' or 'pt', got {return_tensors!r}.")
         embeddings = torch.zeros(len(texts), self.config.embedding_size)
         was_training = self.training
         self.eval()
         try:
-            for indices, batch, _ in self._tokenize_sorted(texts, batch_size, with_offsets=False):
-                token_states = self._encoder_states(batch)
-                pooled = self.pooling(token_states, batch["attention_mask"])
-                batch_embeddings = self.project(pooled).float()
-                embeddings[indices] = batch_embeddings.cpu()
+            for batch in self._batches(texts, batch_size, with_offsets=False):
+                token_states = self._encoder_states(batch.inputs)
+                pooled = self.pooling(token_states, batch.inputs["attention_mask"])
+                embeddings[batch.indices] = self.project(pooled).float().cpu()
         finally:
             self.train(was_training)
         if normalize is not None and normalize != self.config.normalize:
@@ -486,65 +484,74 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
     ) -> list[dict[str, dict[str, Any]]]:
         """Predictions for every text and task (all tasks unless `tasks` narrows it), in input order.
 
-        Per task, by type:
-          sequence_classification: `{"label", "score", "scores": {label: probability}}` (scores sorted,
+        Per task, the dict its type decodes (tasks_multitask_encoder.py):
+          sequence classification: `{"label", "score", "scores": {label: probability}}` (scores sorted,
               the best `top_k` only when given);
-          multi_label_classification: `{"labels": [labels with sigmoid >= threshold], "scores": {...}}`;
+          multi-label classification: `{"labels": [labels with sigmoid >= threshold], "scores": {...}}`;
           regression: `{"value": float}` (one output) or `{"values": {name: float}}`;
-          token_classification: `{"entities": [{"entity", "text", "start", "end", "score"}]}` with
+          token classification: `{"entities": [{"entity", "text", "start", "end", "score"}]}` with
               character offsets into the text, words merged from their sub-tokens.
         A single string gives a single dict.
         """
         single = isinstance(texts, str)
-        texts = [texts] if single else list(texts)
-        task_names = self._check_tasks(tasks)
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}.")
-        needs_offsets = any(self.config.tasks[name].is_token_level for name in task_names)
+        task_names = self.resolve_tasks(tasks)
+        texts = self._checked_texts(texts)
+        _check_top_k(top_k)
+        with_offsets = any(self.config.tasks[name].is_token_level for name in task_names)
         results: list[dict[str, Any]] = [{} for _ in texts]
         was_training = self.training
         self.eval()
         try:
-            for indices, batch, encodings in self._tokenize_sorted(
-                texts, batch_size, with_offsets=needs_offsets
-            ):
-                output = self(**batch, tasks=task_names)
-                batch_texts = [texts[index] for index in indices]
-                predictions = self._decode_predictions(output, batch_texts, encodings, task_names, top_k)
-                for index, prediction in zip(indices, predictions):
+            for batch in self._batches(texts, batch_size, with_offsets):
+                outputs = self(**batch.inputs, tasks=task_names)
+                predictions = self.postprocess(outputs, batch.texts, batch.encodings, task_names, top_k)
+                for index, prediction in zip(batch.indices, predictions):
                     results[index] = prediction
         finally:
             self.train(was_training)
         return results[0] if single else results
 
-    def _decode_predictions(
-        self,
-        output: Any,
-        texts: list[str],
-        encodings: list,
-        tasks: list[str],
-        top_k: int | None = None,
-    ) -> list[dict[str, dict[str, Any]]]:
-        """One batch's logits -> one prediction dict per text (the dicts `predict` returns, see there).
+    def _checked_texts(self, texts: Any) -> list[str]:
+        """`texts` as a list, every element checked: a string (not bytes, not None), with something to
+        encode. A single string is a list of one. Raises naming the first bad index."""
+        if isinstance(texts, str):
+            texts = [texts]
+        elif isinstance(texts, (bytes, Mapping)) or not isinstance(texts, Iterable):
+            raise TypeError(f"texts must be a string or a list of strings, got {type(texts).__name__}.")
+        texts = list(texts)
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise TypeError(f"Text #{index} is {type(text).__name__}, not str.")
+            if not text.strip():
+                raise ValueError(f"Text #{index} is empty or whitespace only; there is nothing to encode.")
+        return texts
 
-        Args:
-            output: the forward output, or any mapping, with `<task>_logits` for each of `tasks`:
-                `[batch, num_outputs]` (sentence tasks) or `[batch, seq, num_tags]` (token tasks).
-            texts: the batch's texts, row by row (entities quote their characters).
-            encodings: the batch's tokenizer `Encoding`s, row by row, with offsets (read by token tasks only).
-            tasks: checked task names, in the order the dicts list them.
-        Shared by `predict` and the `multitask-text-classification` pipeline.
-        """
-        predictions: list[dict[str, Any]] = [{} for _ in texts]
-        for name in tasks:
-            spec = self.config.tasks[name]
-            logits = output[f"{name}_logits"].float().cpu()
-            for row, prediction in enumerate(predictions):
-                if spec.is_token_level:
-                    prediction[name] = {"entities": _entities(texts[row], encodings[row], logits[row], spec)}
-                else:
-                    prediction[name] = _sentence_prediction(logits[row], spec, top_k)
-        return predictions
+    def _tokenize(self, texts: list[str], with_offsets: bool) -> tuple[list[dict[str, list[int]]], list]:
+        """Checked texts -> per text, the unpadded model inputs (`input_ids`, `attention_mask`[,
+        `token_type_ids`], lists of `seq` ints, truncated to `max_seq_length`, warning once when a text is
+        cut) and the tokenizer's `Encoding` (word ids; character offsets with `with_offsets`)."""
+        max_length = self.max_seq_length
+        encoded = self.tokenizer(
+            texts, truncation=True, max_length=max_length, return_offsets_mapping=with_offsets, padding=False
+        )
+        truncated = sum(1 for enc in encoded.encodings if enc.overflowing)
+        if truncated and not self._warned_truncation:
+            logger.warning(
+                f"{truncated} text(s) longer than {max_length} tokens were truncated to fit the model."
+            )
+            self._warned_truncation = True
+        keys = [k for k in MODEL_INPUT_NAMES if k in encoded]
+        features = [{k: encoded[k][i] for k in keys} for i in range(len(texts))]
+        return features, encoded.encodings
+
+    def _batches(self, texts: list[str], batch_size: int, with_offsets: bool) -> Iterator[TextBatch]:
+        """Checked texts -> length-sorted padded batches, as the serving mode batches them."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+        plan = self._serving_plan or ServingPlan()
+        return iter_sorted_batches(
+            texts, self._tokenize, self.tokenizer.pad, self.device, batch_size, with_offsets, plan
+        )
 
     # ------------------------------------------------------------------ serving modes
     _serving_plan: ServingPlan | None = None  # set by optimize_for_inference; None is the exact mode
@@ -598,86 +605,10 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         plan.check_fresh(self.encoder)
         return plan.run_encoder(encoder_inputs)
 
-    @staticmethod
-    def _check_texts(texts: list[str]) -> None:
-        """Refuse, naming its index, a text that is not a string or is empty / whitespace only."""
-        for index, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"Text #{index} is {type(text).__name__}, not str.")
-            if not text.strip():
-                raise ValueError(f"Text #{index} is empty or whitespace only; there is nothing to encode.")
 
-
-def _sentence_prediction(logits: torch.Tensor, spec: TaskSpec, top_k: int | None) -> dict[str, Any]:
-    """One text's logits `[num_outputs]` -> the prediction dict of a sentence-level task."""
-    if spec.type == "regression":
-        values = logits.tolist()
-        return {"value": values[0]} if len(values) == 1 else {"values": dict(zip(spec.labels, values))}
-    if spec.type == "multi_label_classification":
-        probabilities = torch.sigmoid(logits).tolist()
-        ranked = sorted(zip(spec.labels, probabilities), key=lambda pair: -pair[1])
-        return {
-            "labels": [label for label, p in ranked if p >= spec.threshold],
-            "scores": dict(ranked[:top_k] if top_k else ranked),
-        }
-    probabilities = torch.softmax(logits, dim=-1).tolist()
-    ranked = sorted(zip(spec.labels, probabilities), key=lambda pair: -pair[1])
-    return {"label": ranked[0][0], "score": ranked[0][1], "scores": dict(ranked[:top_k] if top_k else ranked)}
-
-
-def iob2_spans(tags: list[str]) -> list[tuple[str, int, int]]:
-    """IOB2 tags -> entity spans `(type, start, end_exclusive)` over tag positions.
-
-    Lenient, as conlleval/seqeval's default mode: an `I-X` that does not continue an `X` entity starts one.
-    """
-    spans: list[tuple[str, int, int]] = []
-    current_type, start = None, 0
-    for position, tag in enumerate([*tags, "O"]):
-        prefix, _, entity_type = tag.partition("-")
-        continues = prefix == "I" and entity_type == current_type
-        if current_type is not None and not continues:
-            spans.append((current_type, start, position))
-            current_type = None
-        if prefix in ("B", "I") and not continues:
-            current_type, start = entity_type, position
-    return spans
-
-
-def _entities(text: str, encoding, logits: torch.Tensor, spec: TaskSpec) -> list[dict[str, Any]]:
-    """A text's token logits `[seq, num_tags]` -> entity spans with character offsets.
-
-    Each word takes the tag of its first sub-token (as in training); a word's character span runs from its
-    first sub-token's start to its last sub-token's end; consecutive words are merged by their IOB2 tags.
-    """
-    probabilities = torch.softmax(logits, dim=-1)
-    words: dict[int, list[int]] = {}  # word id -> [first token, char start, char end]
-    for token, word_id in enumerate(encoding.word_ids):
-        if word_id is None:
-            continue
-        start, end = encoding.offsets[token]
-        if word_id not in words:
-            words[word_id] = [token, start, end]
-        else:
-            words[word_id][2] = end
-    ordered = [words[word_id] for word_id in sorted(words)]
-    tags, scores = [], []
-    for first_token, _, _ in ordered:
-        score, tag_id = probabilities[first_token].max(dim=-1)
-        tags.append(spec.labels[int(tag_id)])
-        scores.append(float(score))
-    entities = []
-    for entity_type, first, last in iob2_spans(tags):
-        start, end = ordered[first][1], ordered[last - 1][2]
-        entities.append(
-            {
-                "entity": entity_type,
-                "text": text[start:end],
-                "start": start,
-                "end": end,
-                "score": sum(scores[first:last]) / (last - first),
-            }
-        )
-    return entities
+def _check_top_k(top_k: Any) -> None:
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}.")
 
 
 def _sentence_transformers_max_length(name_or_path: str) -> int | None:

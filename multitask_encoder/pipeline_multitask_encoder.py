@@ -7,14 +7,14 @@
 `save_pretrained` copies this file next to the weights and records it in `config.custom_pipelines`, so
 `pipeline("multitask-text-classification", model=dir_or_repo, trust_remote_code=True)` works on a machine
 without the `multitask_encoder` package. It therefore imports only torch, transformers and the standard
-library; tokenisation and decoding are the model's own methods, so the pipeline cannot drift from `predict`.
+library; tokenisation and decoding are the model's public `preprocess`/`postprocess`, the ones `predict` uses, so
+the pipeline cannot drift from `predict`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import torch
 from transformers import Pipeline
 
 PIPELINE_TASK = "multitask-text-classification"
@@ -68,28 +68,23 @@ class MultiTaskTextClassificationPipeline(Pipeline):
     def _sanitize_parameters(self, tasks=None, top_k=None):
         preprocess_params, forward_params, postprocess_params = {}, {}, {}
         if tasks is not None:
-            tasks = self.model._check_tasks(tasks)  # unknown names fail here, before any text is read
+            tasks = self.model.resolve_tasks(tasks)  # unknown names fail here, before any text is read
             preprocess_params["tasks"] = forward_params["tasks"] = postprocess_params["tasks"] = tasks
         if top_k is not None:
-            if not isinstance(top_k, int) or top_k < 1:
+            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
                 raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}.")
             postprocess_params["top_k"] = top_k
         return preprocess_params, forward_params, postprocess_params
 
     def preprocess(self, text: str, tasks: list[str] | None = None) -> dict[str, Any]:
         """One text -> model inputs `[1, seq]` plus the text and its `Encoding` (offsets for token tasks)."""
-        tasks = self.model._check_tasks(tasks)
-        with_offsets = any(self.model.config.tasks[name].is_token_level for name in tasks)
-        features, encodings = self.model._tokenize([text], with_offsets=with_offsets)
-        model_inputs: dict[str, Any] = {key: torch.tensor([ids]) for key, ids in features[0].items()}
-        model_inputs["text"] = text
-        model_inputs["encoding"] = encodings[0]
-        return model_inputs
+        (batch,) = self.model.preprocess([text], tasks=tasks, batch_size=1)
+        return {**batch.inputs, "text": batch.texts[0], "encoding": batch.encodings[0]}
 
     def _forward(self, model_inputs: dict[str, Any], tasks: list[str] | None = None) -> dict[str, Any]:
         """Padded batch `[batch, seq]` -> `<task>_logits` for the asked tasks, with the texts and encodings
         passed through (the pipeline's batching splits every entry back into rows)."""
-        tasks = self.model._check_tasks(tasks)
+        tasks = self.model.resolve_tasks(tasks)
         texts, encodings = model_inputs.pop("text"), model_inputs.pop("encoding")
         output = self.model(**model_inputs, tasks=tasks)
         # The logits come first: the pipeline reads the batch size off the first entry.
@@ -103,9 +98,8 @@ class MultiTaskTextClassificationPipeline(Pipeline):
         self, model_outputs: dict[str, Any], tasks: list[str] | None = None, top_k: int | None = None
     ) -> dict[str, dict[str, Any]]:
         """One row of `_forward`'s output (logits `[1, ...]`) -> `{task: prediction}`."""
-        tasks = self.model._check_tasks(tasks)
-        text, encoding = model_outputs["text"], model_outputs["encoding"]
-        return self.model._decode_predictions(model_outputs, [text], [encoding], tasks, top_k)[0]
+        texts, encodings = [model_outputs["text"]], [model_outputs["encoding"]]
+        return self.model.postprocess(model_outputs, texts, encodings, tasks, top_k)[0]
 
 
 __all__ = ["CUSTOM_PIPELINES", "PIPELINE_TASK", "MultiTaskTextClassificationPipeline"]

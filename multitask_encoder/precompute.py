@@ -1,6 +1,7 @@
 """Frozen-encoder fast path: run the encoder once over the data, keep its output, and train only the heads
-on it. The model is the same object (its forward takes `pooled_embeddings`/`token_states` in place of
-`input_ids`), so it is saved, evaluated and reloaded exactly like a model trained the slow way.
+on it. The model is the same object (its forward takes the precomputed `encoder_outputs` in place of
+`input_ids`, as HF encoder-decoder models do), so it is saved, evaluated and reloaded exactly like a model
+trained the slow way.
 
 Sentence tasks keep one pooled vector per row `[hidden]`; token tasks keep the row's token states
 `[seq, hidden]` (memory grows with the data: a CoNLL-sized set at 384 dims is about 0.5 GB in float16).
@@ -14,7 +15,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .modeling_multitask_encoder import IGNORE_INDEX, MultiTaskEncoderModel
+from .modeling_multitask_encoder import MODEL_INPUT_NAMES, MultiTaskEncoderModel
+from .tasks_multitask_encoder import IGNORE_INDEX
 
 
 class PrecomputedFeatures(Dataset):
@@ -50,9 +52,7 @@ def precompute_features(
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collator)
     for indices, batch in zip(batches, tqdm(loader, desc=description, leave=False)):
         batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        encoder_inputs = {
-            k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch
-        }
+        encoder_inputs = {k: batch[k] for k in MODEL_INPUT_NAMES if k in batch}
         token_states = model.encoder(**encoder_inputs).last_hidden_state
         pooled = model.pooling(token_states, batch["attention_mask"]).float().cpu()
         real_tokens = batch["attention_mask"].bool()  # padding on either side (the tokenizer's padding_side)
@@ -74,7 +74,9 @@ def precompute_features(
 
 
 class PrecomputedCollator:
-    """Stacks precomputed rows into a batch for `MultiTaskEncoderModel.forward`.
+    """Stacks precomputed rows into a batch for `MultiTaskEncoderModel.forward`: `encoder_outputs`
+    (`pooled_embeddings` `[batch, hidden]`, and with token tasks `last_hidden_state` `[batch, seq, hidden]`),
+    `attention_mask` and every `labels_<task>`.
 
     Token states, masks and token labels are padded to the longest row with token states; rows without
     any (sentence-only rows in a mixed batch) get zero states, a zero mask and -100 token labels.
@@ -85,7 +87,8 @@ class PrecomputedCollator:
         self.hidden_size = model.config.encoder_config.hidden_size
 
     def __call__(self, rows: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
-        batch: dict[str, Any] = {"pooled_embeddings": torch.stack([row["pooled_embeddings"] for row in rows])}
+        encoder_outputs = {"pooled_embeddings": torch.stack([row["pooled_embeddings"] for row in rows])}
+        batch: dict[str, Any] = {"encoder_outputs": encoder_outputs}
         for key in rows[0]:
             if key.startswith("labels_") and key[len("labels_") :] not in self.token_tasks:
                 batch[key] = torch.stack([row[key] for row in rows])
@@ -103,7 +106,7 @@ class PrecomputedCollator:
             mask[i, :length] = row["attention_mask"]
             for name in self.token_tasks:
                 token_labels[name][i, :length] = row[f"labels_{name}"]
-        batch["token_states"] = states
+        encoder_outputs["last_hidden_state"] = states
         batch["attention_mask"] = mask
         for name in self.token_tasks:
             batch[f"labels_{name}"] = token_labels[name]

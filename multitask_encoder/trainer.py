@@ -1,11 +1,14 @@
 """`MultiTaskTrainer`: the HF `Trainer`, taught four multi-task things:
 
+0. the options (arguments.py): freezing, the frozen-encoder fast path, early stopping, the default collator;
 1. batches come from `MultiTaskBatchSampler` (mixed or per-task batches, proportional/uniform/temperature
    task sampling), the same on every process;
 2. each task is evaluated on its own split with its own metrics, logged as `eval_<task>_<metric>`, plus
    `eval_combined_score` (the mean of each task's main metric) for best-checkpoint selection and early stopping;
 3. per-task training losses are logged as `loss_<task>`;
 4. the optimizer can give heads and encoder separate learning rates, with layer-wise decay.
+
+Its options are `MultiTaskTrainingArguments` (arguments.py).
 """
 
 from __future__ import annotations
@@ -15,42 +18,13 @@ from typing import Any
 
 import numpy as np
 from torch.utils.data import DataLoader
-from transformers import Trainer
+from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
-from .configuration_multitask_encoder import TaskSpec
-from .metrics import classification_metrics, entity_metrics, multi_label_metrics, regression_metrics
-from .modeling_multitask_encoder import IGNORE_INDEX
-from .optimization import parameter_groups
+from .arguments import MultiTaskTrainingArguments
+from .collator import MultiTaskCollator
+from .optimization import apply_freezing, parameter_groups
+from .precompute import PrecomputedCollator, PrecomputedFeatures, precompute_features
 from .sampling import MultiTaskBatchSampler
-
-# The metric that stands for each task type in the combined score (higher is better for all of them).
-MAIN_METRIC = {
-    "sequence_classification": "accuracy",
-    "multi_label_classification": "micro_f1",
-    "regression": "spearman",
-    "token_classification": "f1",
-}
-
-
-def task_metrics(spec: TaskSpec, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """Metrics of one task from its gathered logits and labels (shapes as in `task_loss`)."""
-    if spec.type == "sequence_classification":
-        return classification_metrics(logits.argmax(-1), labels, spec.labels)
-    if spec.type == "multi_label_classification":
-        predicted = (1.0 / (1.0 + np.exp(-logits)) >= spec.threshold).astype(np.int64)
-        return multi_label_metrics(predicted, labels, spec.labels)
-    if spec.type == "regression":
-        return regression_metrics(logits.reshape(labels.shape), labels)
-    # token_classification: score words (first sub-token positions carry the labels), as seqeval does.
-    predicted_ids = logits.argmax(-1)
-    predicted_tags, gold_tags = [], []
-    for row_predictions, row_labels in zip(predicted_ids, labels):
-        scored = row_labels != IGNORE_INDEX
-        if not scored.any():
-            continue
-        predicted_tags.append([spec.labels[i] for i in row_predictions[scored]])
-        gold_tags.append([spec.labels[i] for i in row_labels[scored]])
-    return entity_metrics(predicted_tags, gold_tags)
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -62,39 +36,50 @@ class MultiTaskTrainer(Trainer):
     """HF `Trainer` for a [`MultiTaskEncoderModel`].
 
     Args (besides the `Trainer`'s own):
-        group_sizes: rows per data group of `train_dataset`, in concatenation order.
-        sampler_kwargs: `MultiTaskBatchSampler` options (composition, sampling, temperature, caps...).
+        args: `MultiTaskTrainingArguments` (plain `TrainingArguments` are copied into them, with the
+            multi-task defaults; the caller's object is never changed).
+        group_sizes: rows per data group of `train_dataset`, in concatenation order (without it, batches
+            are the plain Trainer's).
         eval_dataset: a dict task name -> that task's evaluation split.
-        encoder_learning_rate, head_learning_rate, layerwise_lr_decay: see `optimization.parameter_groups`.
     """
 
     def __init__(
         self,
-        *args: Any,
+        model=None,
+        args: TrainingArguments | None = None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        *more: Any,
         group_sizes: dict[str, int] | None = None,
-        sampler_kwargs: dict[str, Any] | None = None,
-        encoder_learning_rate: float | None = None,
-        head_learning_rate: float | None = None,
-        layerwise_lr_decay: float = 1.0,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("compute_metrics", self._compute_task_metrics)
-        training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
-        if training_args is not None and training_args.ddp_find_unused_parameters is None:
-            # The model gives every trainable parameter a gradient each step (heads without labels in the
-            # batch get a zero one), so DDP needs no unused-parameter search. The Trainer would turn it on,
-            # and DDP then rebuilds the output from its keys, which fails on the per-task `<task>_logits`.
-            training_args.ddp_find_unused_parameters = False
-        super().__init__(*args, **kwargs)
-        # Our collator needs word_ids/group columns that the model's forward does not take.
-        self.args.remove_unused_columns = False
+        args = MultiTaskTrainingArguments.from_training_arguments(
+            args if args is not None else TrainingArguments(output_dir="trainer_output")
+        )
+        if model is not None:
+            apply_freezing(model, args.freeze_encoder, args.freeze_embeddings, args.freeze_bottom_layers)
+        if data_collator is None and processing_class is not None and model is not None:
+            data_collator = MultiTaskCollator(
+                processing_class, model.config.tasks, label_all_subtokens=args.label_all_subtokens
+            )
+        self.precomputed = args.precompute_embeddings
+        if self.precomputed:
+            # The frozen encoder's output, computed once: the heads then train at the cost of their own layers.
+            batch = args.per_device_eval_batch_size
+            train_dataset = precompute_features(model, train_dataset, data_collator, batch, "Encoding train")
+            eval_dataset = self._precomputed_eval_sets(eval_dataset, model, data_collator)
+            self.text_collator, data_collator = data_collator, PrecomputedCollator(model)
+        super().__init__(
+            model, args, data_collator, train_dataset, eval_dataset, processing_class, *more, **kwargs
+        )
+        if args.early_stopping_patience:
+            self.add_callback(EarlyStoppingCallback(early_stopping_patience=args.early_stopping_patience))
         tasks = self.model.config.tasks
         self.label_names = [f"labels_{name}" for name in tasks]
         self.group_sizes = group_sizes
-        self.sampler_kwargs = sampler_kwargs or {}
-        self.encoder_learning_rate = encoder_learning_rate
-        self.head_learning_rate = head_learning_rate
-        self.layerwise_lr_decay = layerwise_lr_decay
         self.detailed_metrics: dict[str, dict[str, Any]] = {}  # last evaluation, non-scalar parts included
         # Last evaluation's logits and labels per task (gathered from every process), for prediction files.
         self.task_outputs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -103,16 +88,43 @@ class MultiTaskTrainer(Trainer):
         self._task_loss_counts: dict[str, int] = defaultdict(int)
         self.batch_sampler: MultiTaskBatchSampler | None = None
 
+    def _precomputed_eval_sets(self, datasets, model=None, collator=None):
+        """Evaluation sets (a dict task -> set) as precomputed features, for the fast path."""
+        if not isinstance(datasets, dict):
+            return datasets
+        model = model if model is not None else self.model
+        collator = collator if collator is not None else self.text_collator
+        batch = self.args.per_device_eval_batch_size if hasattr(self, "args") else 64
+        return {
+            task: dataset
+            if isinstance(dataset, PrecomputedFeatures)
+            else precompute_features(model, dataset, collator, batch, f"Encoding {task}")
+            for task, dataset in datasets.items()
+        }
+
     # ------------------------------------------------------------------ training data
     def get_train_dataloader(self) -> DataLoader:
         if self.group_sizes is None:
             return super().get_train_dataloader()
         if self.batch_sampler is None:
+            args = self.args
+            per_group = {
+                name: None if limit is None else dict.fromkeys(self.group_sizes, limit)
+                for name, limit in (
+                    ("max", args.max_examples_per_group),
+                    ("min", args.min_examples_per_group),
+                )
+            }
             self.batch_sampler = MultiTaskBatchSampler(
                 self.group_sizes,
                 batch_size=self._train_batch_size,
-                seed=self.args.seed,
-                **self.sampler_kwargs,
+                composition=args.composition,
+                sampling=args.sampling,
+                temperature=args.temperature,
+                max_examples=per_group["max"],
+                min_examples=per_group["min"],
+                seed=args.seed,
+                drop_last=args.dataloader_drop_last,
             )
         dataloader = DataLoader(
             self.train_dataset,
@@ -165,9 +177,9 @@ class MultiTaskTrainer(Trainer):
                 learning_rate=self.args.learning_rate,
                 weight_decay=self.args.weight_decay,
                 decay_parameter_names=set(self.get_decay_parameter_names(opt_model)),
-                encoder_learning_rate=self.encoder_learning_rate,
-                head_learning_rate=self.head_learning_rate,
-                layerwise_lr_decay=self.layerwise_lr_decay,
+                encoder_learning_rate=self.args.encoder_learning_rate,
+                head_learning_rate=self.args.head_learning_rate,
+                layerwise_lr_decay=self.args.layerwise_lr_decay,
             )
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             optimizer_kwargs.pop("lr", None)  # every group carries its own
@@ -183,12 +195,16 @@ class MultiTaskTrainer(Trainer):
         datasets = eval_dataset if eval_dataset is not None else self.eval_dataset
         if not isinstance(datasets, dict):
             return super().evaluate(datasets, ignore_keys, metric_key_prefix)
+        if self.precomputed:
+            datasets = self._precomputed_eval_sets(datasets)
         metrics: dict[str, float] = {}
         main_scores = []
         # This evaluation's only: never an earlier split's metrics or logits under the same task name.
         self.detailed_metrics, self.task_outputs = {}, {}
+        label_names = self.label_names
         for task, dataset in datasets.items():
-            self._eval_task = task
+            # Only this task's head runs, and only its labels are gathered.
+            self._eval_task, self.label_names = task, [f"labels_{task}"]
             try:
                 output = self.evaluation_loop(
                     self.get_eval_dataloader(dataset),
@@ -197,11 +213,10 @@ class MultiTaskTrainer(Trainer):
                     metric_key_prefix=f"{metric_key_prefix}_{task}",
                 )
             finally:
-                self._eval_task = None
+                self._eval_task, self.label_names = None, label_names
             metrics.update(output.metrics)
-            main = output.metrics.get(
-                f"{metric_key_prefix}_{task}_{MAIN_METRIC[self.model.config.tasks[task].type]}"
-            )
+            spec = self.model.config.tasks[task]
+            main = output.metrics.get(f"{metric_key_prefix}_{task}_{spec.task_type.main_metric}")
             if main is not None:
                 main_scores.append(main)
         if main_scores:
@@ -210,19 +225,22 @@ class MultiTaskTrainer(Trainer):
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if self._eval_task is not None:
+            inputs = {**inputs, "tasks": [self._eval_task]}
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+
     def _compute_task_metrics(self, eval_prediction) -> dict[str, float]:
-        """`compute_metrics` for the task being evaluated: picks its logits and labels out of the tuples
-        (ordered as `config.tasks`), keeps the full result in `self.detailed_metrics`."""
+        """`compute_metrics` for the task being evaluated (its head's logits, its labels); keeps the full
+        result in `self.detailed_metrics` and the arrays in `self.task_outputs`."""
         task = self._eval_task
-        tasks = list(self.model.config.tasks)
         if task is None:
             return {}
-        predictions, label_ids = eval_prediction.predictions, eval_prediction.label_ids
-        predictions = predictions if isinstance(predictions, tuple) else (predictions,)
-        label_ids = label_ids if isinstance(label_ids, (tuple, list)) else (label_ids,)
-        position = tasks.index(task)
-        logits, labels = np.asarray(predictions[position]), np.asarray(label_ids[position])
-        result = task_metrics(self.model.config.tasks[task], logits, labels)
+        logits, labels = eval_prediction.predictions, eval_prediction.label_ids
+        logits = np.asarray(logits[0] if isinstance(logits, tuple) else logits)
+        labels = np.asarray(labels[0] if isinstance(labels, (tuple, list)) else labels)
+        spec = self.model.config.tasks[task]
+        result = spec.task_type.metrics(spec, logits, labels)
         self.detailed_metrics[task] = result
         self.task_outputs[task] = (logits, labels)
         return scalar_metrics(result)

@@ -40,10 +40,13 @@ def test_config_loads_with_accelerate(name: str) -> None:
 
 def test_cpu_config_starts_two_processes(tmp_path: Path) -> None:
     script = tmp_path / "ranks.py"
+    # One file per rank: two processes printing to one pipe can interleave their lines.
     script.write_text(
+        "import sys\n"
         "from accelerate import PartialState\n"
         "state = PartialState(cpu=True)\n"
-        "print(f'rank {state.process_index} of {state.num_processes}', flush=True)\n"
+        "with open(f'{sys.argv[1]}/rank-{state.process_index}.txt', 'w') as f:\n"
+        "    f.write(f'rank {state.process_index} of {state.num_processes}')\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
@@ -54,8 +57,13 @@ def test_cpu_config_starts_two_processes(tmp_path: Path) -> None:
         str(CONFIGS / "cpu_2proc.yaml"),
     ]
     result = subprocess.run(
-        [*command, str(script)], capture_output=True, text=True, env=env, timeout=180, check=False
+        [*command, str(script), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    ranks = sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))
+    ranks = sorted(path.read_text() for path in tmp_path.glob("rank-*.txt"))
     assert ranks == ["rank 0 of 2", "rank 1 of 2"]

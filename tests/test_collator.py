@@ -16,11 +16,12 @@ import torch
 from transformers import AutoTokenizer
 
 from multitask_encoder.backbone import default_backbone
-from multitask_encoder.collator import MultiTaskCollator, align_word_tags, tasks_present
+from multitask_encoder.collator import MultiTaskCollator, tasks_present
 from multitask_encoder.configuration_multitask_encoder import TaskSpec
 from multitask_encoder.data import load_multitask_data
 from multitask_encoder.modeling_multitask_encoder import MultiTaskEncoderModel
 from multitask_encoder.precompute import precompute_features
+from multitask_encoder.tasks_multitask_encoder import align_word_tags, continuation_tags
 
 CONLL = "Arnold\tB-person\nSchwarzenegger\tI-person\nvisited\tO\nKilimanjaro\tB-geo-loc\n\nMount\tB-geo-loc\nFuji\tI-geo-loc\n"
 
@@ -165,7 +166,7 @@ def test_first_sub_token_gets_the_tag(collator, data):
 def test_label_all_subtokens_turns_b_into_i():
     spec = TaskSpec(type="token_classification", labels=["O", "B-LOC", "I-LOC"])
     collator = MultiTaskCollator(tokenizer=None, task_specs={"ner": spec}, label_all_subtokens=True)
-    continuation = collator.continuations["ner"]
+    continuation = continuation_tags(collator.task_specs["ner"])
     # [CLS] ki ##lim ##an [SEP] [PAD]: word 0 is B-LOC, its later pieces I-LOC
     assert align_word_tags([-1, 0, 0, 0, -1], [1], 6, 0, continuation) == [-100, 1, 2, 2, -100, -100]
     assert align_word_tags([-1, 0, 0, 0, -1], [1], 6, 0, None) == [-100, 1, -100, -100, -100, -100]

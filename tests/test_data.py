@@ -175,8 +175,17 @@ def test_label_order_numeric_declared_and_label_map(load, tmp_path):
 def test_model_task_specs_has_exactly_the_model_keys():
     tasks = {"topic": {"type": "sequence_classification", "train": "x.csv", "head": "mlp", "loss_weight": 2}}
     specs = model_task_specs(tasks, {"topic": ["a", "b"]})
-    assert set(specs["topic"]) == {"type", "labels", "head", "loss_weight", "threshold"}
+    # The common model keys; a type adds its own options (the task-type registry), e.g. multi-label's threshold.
+    assert set(specs["topic"]) == {"type", "labels", "head", "loss_weight"}
     assert specs["topic"]["labels"] == ["a", "b"] and specs["topic"]["head"]["type"] == "mlp"
+    tags = {"type": "multi_label_classification", "train": "x.csv"}
+    assert set(model_task_specs({"tags": tags}, {"tags": ["x"]})["tags"]) == {
+        "type",
+        "labels",
+        "head",
+        "loss_weight",
+        "threshold",
+    }
 
 
 def test_multi_label_and_regression(load, tmp_path):

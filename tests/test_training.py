@@ -30,7 +30,7 @@ from transformers import AutoModel, TrainerCallback
 import multitask_encoder  # noqa: F401  (registers the Auto classes: saved folders load without remote code)
 from multitask_encoder import MultiTaskEncoderModel
 from multitask_encoder.data import DataError
-from multitask_encoder.modeling_multitask_encoder import iob2_spans
+from multitask_encoder.metrics_multitask_encoder import extract_entities
 from multitask_encoder.sampling import MultiTaskBatchSampler
 from multitask_encoder.trainer import scalar_metrics
 from multitask_encoder.training import run_training
@@ -315,7 +315,7 @@ def test_e2e_test_predictions_and_reload(e2e, toy_data: Path) -> None:
     for row, prediction in zip(rows, predictions):
         words, tags = row["text"].split(), row["predicted"].split()
         assert len(tags) == len(words)
-        expected = [(kind, " ".join(words[a:b])) for kind, a, b in iob2_spans(tags)]
+        expected = [(kind, " ".join(words[a:b])) for kind, a, b in extract_entities(tags)]
         assert [(e["entity"], e["text"]) for e in prediction["ner"]["entities"]] == expected
     assert any(prediction["ner"]["entities"] for prediction in predictions)
 

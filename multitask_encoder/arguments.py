@@ -1,0 +1,203 @@
+"""The options of a multi-task run, as `HfArgumentParser` dataclasses (so `train.py --help` lists them and a
+Python user builds them the same way):
+
+    ModelArguments               how the model is built (backbone, pooling, projection, max length, ...)
+    MultiTaskTrainingArguments   TrainingArguments + the multi-task options: batch composition and task
+                                 sampling, caps, freezing, head/encoder learning rates, layer-wise decay,
+                                 the frozen-encoder fast path, NER sub-token labels, early stopping
+    JobArguments                 what only the train.py job does (example sentences, the data cache)
+
+The `tasks:` section of a config file is described by `tasks_help()`, generated from the task-type registry
+(docs/config.md is the long form; a test keeps both in sync with the registry).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from transformers import TrainingArguments
+
+from .configuration_multitask_encoder import LOSS_WEIGHTINGS, POOLING_MODES
+from .data.spec import COMMON_DATA_KEYS
+from .sampling import COMPOSITIONS, SAMPLING_STRATEGIES
+from .tasks_multitask_encoder import SPEC_KEYS, TASK_TYPES
+
+
+def _choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"{name} must be one of {list(valid)}, got {value!r}.")
+
+
+@dataclass
+class ModelArguments:
+    _argument_group_name: ClassVar[str] = "model"
+
+    backbone: str | None = field(
+        default=None,
+        metadata={"help": "Encoder to start from (Hub id or folder). Default: packaged all-MiniLM-L6-v2."},
+    )
+    pooling: str = field(default="mean", metadata={"help": " | ".join(POOLING_MODES)})
+    normalize: bool = field(default=True, metadata={"help": "L2-normalise the sentence embedding."})
+    projection_dim: int | None = field(
+        default=None, metadata={"help": "Project the pooled vector to this size."}
+    )
+    max_seq_length: int = field(
+        default=128, metadata={"help": "Longest input in tokens (training and inference)."}
+    )
+    loss_weighting: str = field(
+        default="static",
+        metadata={"help": "static | uncertainty (learned per-task weights, Kendall et al. 2018)"},
+    )
+    attn_implementation: str | None = field(default=None, metadata={"help": "sdpa | eager (default: sdpa)"})
+
+    def __post_init__(self) -> None:
+        _choice("pooling", self.pooling, POOLING_MODES)
+        _choice("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
+        if (
+            isinstance(self.max_seq_length, bool)
+            or not isinstance(self.max_seq_length, int)
+            or self.max_seq_length < 1
+        ):
+            raise ValueError(f"max_seq_length must be a positive integer, got {self.max_seq_length!r}.")
+
+
+@dataclass
+class MultiTaskTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the multi-task options, read by `MultiTaskTrainer`.
+
+    Two defaults differ from `TrainingArguments`: `remove_unused_columns=False` (the collator reads the rows'
+    `word_ids`, which the model's forward does not take) and `ddp_find_unused_parameters=False` (every head
+    gets a gradient each step, a zero one without labels, so DDP needs no search; with it DDP would rebuild
+    the output from its keys and fail on the per-task logits).
+    """
+
+    composition: str = field(
+        default="mixed",
+        metadata={"help": "mixed (tasks share batches) | per_task (one data group per batch)"},
+    )
+    sampling: str = field(
+        default="proportional",
+        metadata={"help": "proportional | uniform | temperature: each group's share of an epoch"},
+    )
+    temperature: float = field(default=2.0, metadata={"help": "T of temperature sampling: p ~ n^(1/T)"})
+    max_examples_per_group: int | None = field(
+        default=None, metadata={"help": "Per-epoch cap on each data group (a fresh subset every epoch)."}
+    )
+    min_examples_per_group: int | None = field(
+        default=None, metadata={"help": "Oversample smaller data groups to this many rows per epoch."}
+    )
+    freeze_encoder: bool = field(default=False, metadata={"help": "Train the heads only."})
+    freeze_embeddings: bool = field(default=False, metadata={"help": "Freeze the encoder's embedding layer."})
+    freeze_bottom_layers: int = field(
+        default=0, metadata={"help": "Freeze this many encoder layers from the bottom."}
+    )
+    encoder_learning_rate: float | None = field(default=None, metadata={"help": "Default: learning_rate."})
+    head_learning_rate: float | None = field(default=None, metadata={"help": "Default: learning_rate."})
+    layerwise_lr_decay: float = field(
+        default=1.0, metadata={"help": "Encoder learning-rate factor per layer downwards, in (0, 1]."}
+    )
+    precompute_embeddings: bool = field(
+        default=False, metadata={"help": "With freeze_encoder: encode the data once, train the heads on it."}
+    )
+    label_all_subtokens: bool = field(
+        default=False,
+        metadata={"help": "Token tasks: label every word piece (B-X -> I-X), not the first only."},
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after this many evaluations without improvement."}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep False: the collator needs the rows' word_ids."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.ddp_find_unused_parameters is None:
+            self.ddp_find_unused_parameters = False
+        super().__post_init__()
+        _choice("composition", self.composition, COMPOSITIONS)
+        _choice("sampling", self.sampling, SAMPLING_STRATEGIES)
+        if not self.temperature > 0:  # also refuses NaN
+            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+        if not 0.0 < self.layerwise_lr_decay <= 1.0:
+            raise ValueError(f"layerwise_lr_decay must be in (0, 1], got {self.layerwise_lr_decay}.")
+        for name in ("max_examples_per_group", "min_examples_per_group", "early_stopping_patience"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}.")
+        if self.freeze_bottom_layers < 0:
+            raise ValueError(f"freeze_bottom_layers must be >= 0, got {self.freeze_bottom_layers}.")
+        if self.prediction_loss_only or self.batch_eval_metrics:
+            # Both skip compute_metrics over the whole set, which scores each task and keeps its logits.
+            raise ValueError(
+                "prediction_loss_only and batch_eval_metrics are not supported: the multi-task evaluation "
+                "scores every task on its whole evaluation set."
+            )
+        if self.precompute_embeddings and not self.freeze_encoder:
+            raise ValueError(
+                "precompute_embeddings needs freeze_encoder: a training encoder changes its output."
+            )
+
+    @classmethod
+    def from_training_arguments(cls, args: TrainingArguments) -> MultiTaskTrainingArguments:
+        """A copy of plain `TrainingArguments` with the multi-task defaults (the given object is not changed)."""
+        if isinstance(args, cls):
+            return args
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainingArguments) if f.init}
+        values["remove_unused_columns"] = False
+        if values.get("ddp_find_unused_parameters") is None:
+            values["ddp_find_unused_parameters"] = False
+        return cls(**values)
+
+
+@dataclass
+class JobArguments:
+    _argument_group_name: ClassVar[str] = "train.py job"
+
+    example_sentences: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Sentences to predict at the end (printed, and shown in the card)."},
+    )
+    data_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Cache for read and tokenised datasets (default: the datasets cache)."},
+    )
+
+
+ARGUMENT_CLASSES = (ModelArguments, MultiTaskTrainingArguments, JobArguments)
+# Multi-task options the model card reports next to the TrainingArguments ones.
+MULTITASK_OPTIONS = tuple(
+    f.name
+    for f in dataclasses.fields(MultiTaskTrainingArguments)
+    if f.name not in {g.name for g in dataclasses.fields(TrainingArguments)}
+)
+
+
+def tasks_help() -> str:
+    """The `tasks:` section of a config file: the keys every task takes, then each type's own keys with their
+    defaults (from the task-type registry)."""
+    lines = [
+        "tasks: (in the config file; see docs/config.md)",
+        "  <name>:                 a Python identifier; the head's name",
+        f"    common keys:          {', '.join([*SPEC_KEYS, *COMMON_DATA_KEYS])}",
+    ]
+    for task_type in TASK_TYPES.values():
+        keys = {**task_type.options, **task_type.data_options}
+        described = ", ".join(
+            f"{key}={'<task name>' if default is None and key == 'label_column' else default!r}"
+            for key, default in keys.items()
+        )
+        lines.append(f"    type: {task_type.name}")
+        lines.append(f"      {described}")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "ARGUMENT_CLASSES",
+    "MULTITASK_OPTIONS",
+    "JobArguments",
+    "ModelArguments",
+    "MultiTaskTrainingArguments",
+    "tasks_help",
+]

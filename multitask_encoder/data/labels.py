@@ -1,0 +1,210 @@
+"""Tables -> labelled rows: each row's content checked (a text, or a list of words), each task's label cell
+read, checked and encoded by its task type (tasks_multitask_encoder.py), in batches over the Arrow rows.
+
+    table rows ─► raw labels (label_map applied, checked)  ─► label sets (declared, else inferred from train)
+               ─► rows: text (and tokens), labels_<task> for EVERY task (missing where the task has none),
+                  group; rows without a label for any of the tasks read are dropped
+
+A bad cell raises DataError naming the task, the file, the row and the column.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from datasets import Dataset, Features, Sequence, Value
+
+from ..tasks_multitask_encoder import LabelError, TaskSpec, cell_list, is_missing
+from .spec import DataError, TaskDataSpec, tasks_label
+from .tables import LOCATION, Table, TableLayout, quiet_datasets
+
+logger = logging.getLogger(__name__)
+
+BATCH_ROWS = 10_000  # rows read at a time: memory is bounded by a batch, not by the file
+
+
+def label_column(table: Table, task: TaskDataSpec) -> str:
+    return table.layout.label_column or task.label_column
+
+
+def content_column(table: Table, task: TaskDataSpec) -> str:
+    return table.layout.content_column or task.content_column
+
+
+def read_label(layout: TableLayout, task: TaskDataSpec, column: str, value: Any, where: str) -> Any:
+    """One label cell -> its raw label (None = missing), checked by the task type."""
+    value = layout.cell(column, value)
+    if is_missing(value):
+        return None
+    try:
+        return task.task_type.read_label(value, task.options, f"{where}, column {column!r}")
+    except LabelError as error:
+        raise DataError(f"Task {task.name!r}: {error}") from None
+
+
+def raw_labels(table: Table, task: TaskDataSpec) -> Iterator[Any]:
+    """The task's raw labels in `table`, row by row (None = missing): what label inference reads. Token
+    tasks' rows are checked to have one tag per word here too, before any label set is built from them."""
+    column = label_column(table, task)
+    content = content_column(table, task)
+    tokens = task.task_type.input_kind == "tokens"
+    try:
+        table.check_column(column)
+        if tokens:
+            table.check_column(content)
+    except DataError as error:
+        raise DataError(f"Task {task.name!r}: {error}") from None
+    columns = list(
+        dict.fromkeys([column, *([content] if tokens else []), *([LOCATION] if table.layout.located else [])])
+    )
+    layout = table.layout
+    for start in range(0, table.rows.num_rows, BATCH_ROWS):
+        batch = table.rows.select_columns(columns)[start : start + BATCH_ROWS]
+        for offset, value in enumerate(batch[column]):
+            where = layout.where(start + offset, batch[LOCATION][offset] if layout.located else None)
+            raw = read_label(layout, task, column, value, where)
+            if tokens and raw is not None:
+                words = read_content(layout, "tokens", content, batch[content][offset], where)
+                if len(raw) != len(words):
+                    raise DataError(f"Task {task.name!r}: {where}: {len(words)} tokens but {len(raw)} tags.")
+            yield raw
+
+
+def read_content(
+    layout: TableLayout, input_kind: str, column: str, value: Any, where: str
+) -> str | list[str]:
+    """A text (a non-empty string) or a word list (a non-empty list of strings)."""
+    value = layout.cell(column, value)
+    tokens = input_kind == "tokens"
+    if tokens and not is_missing(value):
+        value = cell_list(value, None)
+        if any(not isinstance(token, str) or not token.strip() for token in value):
+            raise DataError(
+                f"{where}: the words in column {column!r} must be non-empty strings, got {value!r}."
+            )
+    if is_missing(value) or (tokens and not value):
+        raise DataError(f"{where}: empty {'tokens' if tokens else 'text'} in column {column!r}.")
+    if not tokens and not isinstance(value, str):
+        raise DataError(f"{where}: the text in column {column!r} is {type(value).__name__}, not a string.")
+    return value
+
+
+def label_feature(spec: TaskSpec):
+    dtype, is_list = spec.task_type.label_feature(spec)
+    return Sequence(Value(dtype)) if is_list else Value(dtype)
+
+
+def row_features(specs: dict[str, TaskSpec], input_kind: str, with_text: bool = True) -> Features:
+    """The columns of labelled rows: text (and tokens), labels_<task> for every task, group."""
+    features = {"text": Value("string")} if with_text else {}
+    if input_kind == "tokens":
+        features["tokens"] = Sequence(Value("string"))
+    features.update({f"labels_{name}": label_feature(spec) for name, spec in specs.items()})
+    features["group"] = Value("int32")
+    return Features(features)
+
+
+def _labelled_batch(
+    batch: dict[str, list],
+    indices: list[int],
+    layout: TableLayout,
+    tasks: tuple[TaskDataSpec, ...],
+    specs: dict[str, TaskSpec],
+    group: int,
+    content: str,
+) -> dict[str, list]:
+    """One batch of table rows -> its labelled rows (see `labelled_rows`)."""
+    input_kind = tasks[0].task_type.input_kind
+    out: dict[str, list] = {column: [] for column in row_features(specs, input_kind)}
+    names = [task.name for task in tasks]
+    for offset, index in enumerate(indices):
+        where = layout.where(index, batch[LOCATION][offset] if layout.located else None)
+        try:
+            value = read_content(layout, input_kind, content, batch[content][offset], where)
+        except DataError as error:
+            raise DataError(f"{tasks_label(names)}: {error}") from None
+        encoded = {}
+        for task in tasks:
+            column = layout.label_column or task.label_column
+            raw = read_label(layout, task, column, batch[column][offset], where)
+            spec = specs[task.name]
+            if raw is None:
+                encoded[task.name] = spec.task_type.missing_label(spec)
+                continue
+            if input_kind == "tokens" and len(raw) != len(value):
+                raise DataError(f"Task {task.name!r}: {where}: {len(value)} tokens but {len(raw)} tags.")
+            try:
+                encoded[task.name] = spec.task_type.encode_label(spec, raw, where)
+            except LabelError as error:
+                raise DataError(f"Task {task.name!r}: {error}") from None
+        if not any(specs[name].task_type.has_label(encoded[name]) for name in names):
+            continue  # nothing to learn from (or evaluate on) here
+        out["text"].append(" ".join(value) if input_kind == "tokens" else value)
+        if input_kind == "tokens":
+            out["tokens"].append(value)
+        for name, spec in specs.items():
+            out[f"labels_{name}"].append(
+                encoded[name] if name in encoded else spec.task_type.missing_label(spec)
+            )
+        out["group"].append(group)
+    return out
+
+
+def labelled_rows(table: Table, tasks: list[TaskDataSpec], specs: dict[str, TaskSpec], group: int) -> Dataset:
+    """The rows of `table` for `tasks` (one group, or one eval task): content checked, each task's label
+    encoded, every other task of `specs` missing, `group` set; rows without any label of `tasks` dropped."""
+    content = content_column(table, tasks[0])
+    try:
+        table.check_column(content)
+        for task in tasks:
+            table.check_column(label_column(table, task))
+    except DataError as error:
+        raise DataError(f"{tasks_label([task.name for task in tasks])}: {error}") from None
+    input_kind = tasks[0].task_type.input_kind
+    with quiet_datasets():
+        rows = table.rows.map(
+            _labelled_batch,
+            batched=True,
+            batch_size=BATCH_ROWS,
+            with_indices=True,
+            remove_columns=table.rows.column_names,
+            features=row_features(specs, input_kind),
+            fn_kwargs={
+                "layout": table.layout,
+                "tasks": tuple(tasks),
+                "specs": specs,
+                "group": group,
+                "content": content,
+            },
+        )
+    dropped = table.rows.num_rows - rows.num_rows
+    if dropped:
+        logger.info(
+            f"{tasks_label([task.name for task in tasks])}: skipped {dropped} row(s) without a label."
+        )
+    return rows
+
+
+def labelled_count(rows: Dataset, name: str, spec: TaskSpec) -> int:
+    """Rows of `rows` that carry a label of task `name`."""
+    column = rows.select_columns([f"labels_{name}"])
+    return sum(
+        spec.task_type.has_label(value)
+        for start in range(0, rows.num_rows, BATCH_ROWS)
+        for value in column[start : start + BATCH_ROWS][f"labels_{name}"]
+    )
+
+
+def count_labels(spec: TaskSpec, rows: Dataset, name: str) -> dict[str, int]:
+    """Label counts of one task in one set, read a batch at a time."""
+    counts: Counter = Counter()
+    column = rows.select_columns([f"labels_{name}"])
+    for start in range(0, rows.num_rows, BATCH_ROWS):
+        counts.update(spec.task_type.count_labels(spec, column[start : start + BATCH_ROWS][f"labels_{name}"]))
+    return {label: counts[label] for label in spec.labels}
+
+
+__all__ = ["count_labels", "label_feature", "labelled_count", "labelled_rows", "raw_labels", "row_features"]

@@ -1,0 +1,199 @@
+"""The entry point: the `tasks:` section of a training config -> one tokenised training set and per-task
+evaluation sets (see the package docstring for the flow)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+from datasets import Dataset
+
+from ..tasks_multitask_encoder import TaskSpec, parse_task_spec
+from .labels import count_labels, labelled_count, labelled_rows, raw_labels
+from .sources import Source, group_train_sources, resolve_sources
+from .spec import EVAL_SPLITS, DataError, TaskDataSpec, parse_task_entries, tasks_label
+from .splits import cap_rows, hold_out, label_array, task_eval_rows
+from .tables import SourceReader, quiet_datasets
+from .tokenize import DatasetTokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MultiTaskData:
+    """Everything the trainer needs from the `tasks:` section.
+
+    Rows (train and eval) have `input_ids`, `attention_mask` (+ `token_type_ids`) as unpadded lists,
+    `labels_<task>` for every task, `word_ids` (token rows: word index per token, -1 for special tokens;
+    sentence rows: []) and `group` (the row's train group; -1 in eval sets); eval rows also keep `text`
+    (for token rows, the words joined by spaces). Rows without any label of their group are skipped. The sets
+    are Arrow datasets on disk (memory-mapped): memory does not grow with the data.
+    """
+
+    task_specs: dict[str, dict[str, Any]]  # model-side specs (type, labels, head, loss_weight, type options)
+    train: Dataset  # the groups concatenated in the order of group_sizes
+    group_sizes: dict[str, int]  # group name ("domain+sentiment") -> rows, in concatenation order
+    group_tasks: dict[str, list[str]]  # group name -> the tasks its rows carry labels for
+    validation: dict[str, Dataset]  # task -> its validation set (absent when the task has none)
+    test: dict[str, Dataset]  # task -> its test set (absent when the task has none)
+    label_counts: dict[str, dict[str, dict[str, int]]]  # task -> split -> label -> count
+
+
+def model_task_specs(
+    tasks: dict[str, Any] | dict[str, TaskDataSpec], inferred_labels: dict[str, list[str]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The model side of each task entry (type, labels, head, loss_weight, the type's options), validated and
+    with defaults filled in; `inferred_labels` fills label sets the entries do not declare."""
+    entries = {
+        name: entry if isinstance(entry, TaskDataSpec) else parse_task_entries({name: entry})[name]
+        for name, entry in tasks.items()
+    }
+    specs = {}
+    for name, entry in entries.items():
+        spec = dict(entry.model)
+        if not spec.get("labels") and inferred_labels and name in inferred_labels:
+            spec["labels"] = inferred_labels[name]
+        try:
+            specs[name] = parse_task_spec(name, spec).to_dict()
+        except ValueError as error:
+            raise DataError(str(error)) from None
+    return specs
+
+
+def _inferred_labels(task: TaskDataSpec, tables: list, source: Source) -> list[str]:
+    """The task's label set, read from its train tables in one streaming pass; refuses train data without
+    a single label."""
+    present = False
+
+    def marked():
+        nonlocal present
+        for table in tables:
+            for value in raw_labels(table, task):
+                if value is not None:
+                    present = True
+                yield value
+
+    labels = task.task_type.infer_labels(marked())
+    if not present:
+        raise DataError(f"Task {task.name!r}: no labels in the train data ({source.describe()}).")
+    return labels
+
+
+def load_multitask_data(
+    tasks: dict[str, dict[str, Any]],
+    tokenizer,
+    max_seq_length: int,
+    base_dir: str,
+    seed: int = 0,
+    cache_dir: str | None = None,
+) -> MultiTaskData:
+    """Read, check, label and tokenise the data of every task (see the package docstring).
+
+    Everything is read and checked before anything is tokenised, so bad input fails fast. `base_dir` is
+    the folder of the config file (relative paths resolve against it); `seed` draws the held-out splits and
+    the `max_train_examples` subsets; read tables and tokenised sets are cached in `cache_dir` (default: the
+    datasets cache).
+    """
+    entries = parse_task_entries(tasks)
+    sources = resolve_sources(entries, base_dir)
+    groups = group_train_sources(entries, sources)
+    cache_dir = cache_dir or os.path.join(datasets.config.HF_DATASETS_CACHE, "multitask_encoder")
+    os.makedirs(cache_dir, exist_ok=True)
+    reader = SourceReader(cache_dir)
+
+    # 1. Train: each group's tables read once; label sets declared, else inferred from the train labels.
+    train_tables = {group: reader.read(names, sources[names[0]]["train"]) for group, names in groups.items()}
+    inferred = {
+        name: _inferred_labels(entries[name], train_tables[group], sources[name]["train"])
+        for group, names in groups.items()
+        for name in names
+        if not entries[name].model.get("labels")
+    }
+    task_specs = model_task_specs(entries, inferred)
+    specs: dict[str, TaskSpec] = {name: parse_task_spec(name, spec) for name, spec in task_specs.items()}
+
+    # 2. Labelled rows of every split, all checked before any tokenisation. Held-out splits
+    #    (validation_fraction / test_fraction) are carved from the group's rows before the train cap, the same
+    #    rows for every task of the group.
+    train_rows: dict[str, Dataset] = {}
+    held_out: dict[str, dict[str, Dataset]] = {split: {} for split in EVAL_SPLITS}
+    for index, (group, names) in enumerate(groups.items()):
+        group_entries = [entries[name] for name in names]
+        parts = [labelled_rows(table, group_entries, specs, index) for table in train_tables[group]]
+        rows = _concatenate(parts)
+        if rows.num_rows == 0:
+            raise DataError(f"{tasks_label(names)}: no labelled rows in the train data.")
+        for name in names:
+            if not labelled_count(rows, name, specs[name]):
+                raise DataError(
+                    f"Task {name!r}: no labels in the train data ({sources[name]['train'].describe()})."
+                )
+        fractions = entries[names[0]].holdout
+        if fractions:
+            classes = [name for name in names if specs[name].task_type.stratify]
+            strata = label_array(rows, classes[0]) if classes else None
+            rows, carved = hold_out(rows, fractions, strata, seed)
+            for split, split_rows in carved.items():
+                for name in names:
+                    held_out[split][name] = task_eval_rows(split_rows, name, specs)
+        train_rows[group] = cap_rows(rows, entries[names[0]].max_train_examples, seed)
+    eval_rows: dict[str, dict[str, Dataset]] = {split: {} for split in EVAL_SPLITS}
+    for split, by_task in eval_rows.items():
+        for name, entry in entries.items():
+            source = sources[name][split]
+            if name in held_out[split]:
+                rows = held_out[split][name]
+            elif source is None or (tables := reader.read([name], source)) is None:
+                continue
+            else:
+                rows = _concatenate([labelled_rows(table, [entry], specs, -1) for table in tables])
+            if rows.num_rows == 0:
+                where = source.describe() if source is not None else f"held out of train by {split}_fraction"
+                raise DataError(f"Task {name!r}: no labelled rows in the {split} data ({where}).")
+            by_task[name] = cap_rows(rows, entry.max_eval_examples, seed)
+
+    label_counts: dict[str, dict[str, dict[str, int]]] = {name: {} for name in entries}
+    for group, names in groups.items():
+        for name in names:
+            label_counts[name]["train"] = count_labels(specs[name], train_rows[group], name)
+    for split, by_task in eval_rows.items():
+        for name, rows in by_task.items():
+            label_counts[name][split] = count_labels(specs[name], rows, name)
+
+    # 3. Tokenise (cached), train groups concatenated in group order.
+    tokenize = DatasetTokenizer(tokenizer, max_seq_length, specs, cache_dir)
+    train_sets = [
+        tokenize(rows, keep_text=False, description=f"train {group}") for group, rows in train_rows.items()
+    ]
+    train = train_sets[0] if len(train_sets) == 1 else datasets.concatenate_datasets(train_sets)
+    evaluation = {
+        split: {
+            name: tokenize(rows, keep_text=True, description=f"{split} {name}")
+            for name, rows in by_task.items()
+        }
+        for split, by_task in eval_rows.items()
+    }
+    group_sizes = {group: rows.num_rows for group, rows in train_rows.items()}
+    logger.info(f"Training groups (rows): {group_sizes}")
+    return MultiTaskData(
+        task_specs=task_specs,
+        train=train,
+        group_sizes=group_sizes,
+        group_tasks=dict(groups),
+        validation=evaluation["validation"],
+        test=evaluation["test"],
+        label_counts=label_counts,
+    )
+
+
+def _concatenate(parts: list[Dataset]) -> Dataset:
+    if len(parts) == 1:
+        return parts[0]
+    with quiet_datasets():
+        return datasets.concatenate_datasets(parts)
+
+
+__all__ = ["MultiTaskData", "load_multitask_data", "model_task_specs"]

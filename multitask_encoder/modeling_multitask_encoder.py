@@ -161,6 +161,9 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             nn.Parameter(torch.zeros(len(config.tasks))) if config.loss_weighting == "uncertainty" else None
         )
         self._tokenizer = None
+        self._trust_remote_code = (
+            False  # may the tokenizer run code from the model's folder (from_pretrained)
+        )
         self._warned_truncation = False
         self.post_init()
 
@@ -228,19 +231,33 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args: Any, **kwargs: Any):
-        """`PreTrainedModel.from_pretrained`, stricter in two ways that protect users of shared checkpoints:
+        """`PreTrainedModel.from_pretrained`, stricter in the ways that protect users of shared checkpoints:
 
         - only safetensors weights are read by default (never a pickle), unless `use_safetensors=False`;
-        - weights that do not match the config fail loudly: a head the config declares but the checkpoint lacks
-          (it would be silently re-initialised at random) or checkpoint weights the config has no place for
-          (silently dropped) raise a `ValueError` naming the keys.
+        - weights that do not match the config fail loudly, naming the keys: a head the config declares but
+          the checkpoint lacks (it would be silently re-initialised at random), checkpoint weights the config
+          has no place for (silently dropped), a head whose shape is not the config's (labels edited);
+        - weights holding NaN or infinity are refused;
+        - the tokenizer is loaded now, with the trust decision made for the model (`trust_remote_code`, or
+          whether the model's own class came from the folder's code), and refused when its vocabulary does not
+          fit the encoder's embedding matrix (damaged or missing tokenizer files).
         """
+        trust_remote_code = kwargs.pop("trust_remote_code", None)
         kwargs.setdefault("use_safetensors", True)
         wants_info = kwargs.pop("output_loading_info", False)
+        # Mismatched shapes are reported below, naming the task, instead of deep inside transformers.
+        kwargs.setdefault("ignore_mismatched_sizes", True)
         model, info = super().from_pretrained(
             pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
         )
+        source = pretrained_model_name_or_path
         problems = []
+        if info.get("mismatched_keys"):
+            shapes = [
+                f"{key} is {list(saved)} in the weights but {list(wanted)} for config.json"
+                for key, saved, wanted in info["mismatched_keys"]
+            ]
+            problems.append("; ".join(shapes))
         if info.get("missing_keys"):
             problems.append(f"weights missing from the checkpoint: {sorted(info['missing_keys'])}")
         if info.get("unexpected_keys"):
@@ -249,26 +266,70 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             )
         if problems:
             raise ValueError(
-                f"The checkpoint {pretrained_model_name_or_path} does not match its config (tasks "
-                f"{list(model.config.tasks)}): " + "; ".join(problems) + ". Was config.json edited, or the "
-                "weights saved from another model?"
+                f"The checkpoint {source} does not match its config (tasks {list(model.config.tasks)}, labels "
+                f"{ {name: len(spec.labels) for name, spec in model.config.tasks.items()} }): "
+                + "; ".join(problems)
+                + ". Was config.json edited (a task's labels changed?), or the weights saved from another model?"
             )
+        broken = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
+        if broken:
+            raise ValueError(
+                f"The weights of {source} hold NaN or infinite values in {broken[:5]}"
+                + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
+                + ": the weights file is damaged (or the model diverged in training)."
+            )
+        if not getattr(model.config, "auto_map", None):
+            logger.warning(
+                f"{source}: config.json has no auto_map, so the folder will not load with "
+                "trust_remote_code=True where the multitask_encoder package is not installed. Re-save it with "
+                "save_pretrained."
+            )
+        remote = type(model).__module__.startswith("transformers_modules.")
+        model._trust_remote_code = bool(trust_remote_code) if trust_remote_code is not None else remote
+        model._tokenizer = model._load_tokenizer(source)
         return (model, info) if wants_info else model
 
     @property
     def tokenizer(self):
-        """The tokenizer saved with the model (loaded on first use from the folder the model came from)."""
+        """The tokenizer saved with the model (loaded with the model by `from_pretrained`)."""
         if self._tokenizer is None:
             source = self.config.name_or_path
             if not source:
                 raise ValueError(
                     "This model has no tokenizer: set `model.tokenizer = ...` or load a saved model."
                 )
-            # The commit the weights came from (None for a local folder): a model loaded with a pinned
-            # `revision` must not pair with the tokenizer of a later push.
-            revision = getattr(self.config, "_commit_hash", None)
-            self._tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=True, revision=revision)
+            self._tokenizer = self._load_tokenizer(source)
         return self._tokenizer
+
+    def _load_tokenizer(self, source: str):
+        """The tokenizer saved at `source`, at the weights' commit, run with the model's trust decision and
+        checked against the encoder's vocabulary."""
+        # The commit the weights came from (None for a local folder): a model loaded with a pinned `revision`
+        # must not pair with the tokenizer of a later push.
+        revision = getattr(self.config, "_commit_hash", None)
+        trust = getattr(self, "_trust_remote_code", False)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust, revision=revision)
+        except ValueError as error:
+            if "trust_remote_code" not in str(error):
+                raise ValueError(f"Cannot load the tokenizer of {source}: {error}") from None
+            raise ValueError(
+                f"The tokenizer of {source} needs code from its folder (tokenizer_config.json names custom "
+                "classes), which runs only when you trust it: load the model with trust_remote_code=True after "
+                "reading that code, or replace the tokenizer files."
+            ) from None
+        except Exception as error:  # a damaged tokenizer.json surfaces as various tokenizers/json errors
+            raise ValueError(
+                f"Cannot read the tokenizer files of {source}: {type(error).__name__}: {error}"
+            ) from None
+        vocab_size = getattr(self.config.encoder_config, "vocab_size", None)
+        if vocab_size and not vocab_size // 2 <= len(tokenizer) <= vocab_size:
+            raise ValueError(
+                f"The tokenizer of {source} has {len(tokenizer)} tokens, but the encoder's embedding matrix has "
+                f"{vocab_size} rows: its tokenizer files (tokenizer.json, vocab.txt, ...) are missing or damaged "
+                "or belong to another model, and every prediction would be garbage."
+            )
+        return tokenizer
 
     @tokenizer.setter
     def tokenizer(self, tokenizer) -> None:

@@ -2,7 +2,7 @@
 
 Every compared row of a part gets the same budget (`Budget`): optimizer steps per task, batch size,
 max_seq_length, learning rates, training rows and test rows. Multi-task rows go through the package's
-training job (`multitask_encoder.training.run_training` on a generated YAML config); single-task rows are
+training job (`multitask_encoder.train.run_training` on a generated YAML config); single-task rows are
 plain Hugging Face `AutoModelFor{Sequence,Token}Classification` + `Trainer`; every row is scored with the
 package's metrics (`classification_metrics`, `entity_metrics`) on the same test rows.
 
@@ -61,8 +61,8 @@ from transformers import (
     set_seed,
 )
 
+import multitask_encoder.train as training_job
 import multitask_encoder.trainer as trainer_module
-import multitask_encoder.training as training_job
 from multitask_encoder import MultiTaskEncoderConfig, MultiTaskEncoderModel, default_backbone
 from multitask_encoder.collator import MultiTaskCollator
 from multitask_encoder.data import load_multitask_data

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from batch_predict_memory import WORDS  # the same vocabulary of short words  # noqa: E402
+from reference import cpu_model  # noqa: E402
 
 TOPICS = ("world", "sports", "business", "tech")
 SENTIMENTS = ("negative", "neutral", "positive")
@@ -94,9 +94,7 @@ def main() -> None:
             f"# python bench/train_data_memory.py --rows {' '.join(map(str, args.rows))}"
             + (f" --pythonpath {args.pythonpath}" if args.pythonpath else "")
         )
-        print(
-            f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; code: {args.pythonpath or REPO}"
-        )
+        print(f"# {cpu_model()}, {os.cpu_count()} CPUs; code: {args.pythonpath or REPO}")
         print("| train rows | file MB | peak RSS MB | seconds |")
         print("|---:|---:|---:|---:|")
         for rows in args.rows:

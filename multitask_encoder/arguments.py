@@ -17,12 +17,18 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
 from transformers import TrainingArguments
 
 from .configuration_multitask_encoder import LOSS_WEIGHTINGS, POOLING_MODES
 from .data.spec import COMMON_DATA_KEYS
 from .sampling import COMPOSITIONS, SAMPLING_STRATEGIES
 from .tasks_multitask_encoder import SPEC_KEYS, TASK_TYPES
+
+
+def _has_accelerator() -> bool:
+    accelerator = getattr(torch, "accelerator", None)
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
 
 
 def _choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
@@ -115,6 +121,10 @@ class MultiTaskTrainingArguments(TrainingArguments):
     def __post_init__(self) -> None:
         if self.ddp_find_unused_parameters is None:
             self.ddp_find_unused_parameters = False
+        if self.dataloader_pin_memory and not _has_accelerator():
+            self.dataloader_pin_memory = (
+                False  # pinning serves GPU copies; torch warns for every loader without one
+            )
         super().__post_init__()
         _choice("composition", self.composition, COMPOSITIONS)
         _choice("sampling", self.sampling, SAMPLING_STRATEGIES)
@@ -162,6 +172,20 @@ class JobArguments:
     data_cache_dir: str | None = field(
         default=None,
         metadata={"help": "Cache for read and tokenised datasets (default: the datasets cache)."},
+    )
+    drop_held_out_duplicates: bool = field(
+        default=False,
+        metadata={"help": "Drop validation/test rows whose text is also a train row (counted either way)."},
+    )
+    keep_checkpoints: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep output_dir's checkpoint-* folders after a successful run (deleted by default)."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace a finished run, or another run's checkpoints, in output_dir."},
     )
 
 

@@ -469,6 +469,7 @@ def render_model_card(
         },
         "evaluations": _evaluations(config, results),
         "imbalance_notes": _imbalance_notes(config, results.get("label_counts") or {}),
+        "run_warnings": list(results.get("warnings") or []),
         "type_limitations": list(
             dict.fromkeys(
                 spec.task_type.limitation for spec in config.tasks.values() if spec.task_type.limitation

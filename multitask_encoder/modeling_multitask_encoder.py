@@ -227,6 +227,8 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
                 f"Backbone {name_or_path!r} does not fit its own config: missing {missing}, unexpected {unexpected}."
             )
         model.tokenizer = AutoTokenizer.from_pretrained(name_or_path, **hub_kwargs)
+        # The padding id the tokenizer uses; without it the Trainer "aligns" config and tokenizer, noisily.
+        model.config.pad_token_id = model.tokenizer.pad_token_id
         return model
 
     @classmethod

@@ -363,6 +363,10 @@ class TaskType:
         """One test row's (gold, predicted, score) for the prediction file (score "" when it has none)."""
         raise NotImplementedError
 
+    def collapse_note(self, spec: TaskSpec, metrics: Mapping[str, Any]) -> str | None:
+        """A warning when an evaluation's predictions collapsed (e.g. one class for every row), else None."""
+        return None
+
     # -------------------------------------------------------------- card
     def head_kind(self, spec: TaskSpec) -> str:
         return self.display_name.lower()
@@ -450,6 +454,19 @@ class SequenceClassification(_SingleLabel):
         best = int(probabilities.argmax())
         gold = spec.labels[int(labels)] if labels != IGNORE_INDEX else ""
         return gold, spec.labels[best], f"{probabilities[best]:.4f}"
+
+    def collapse_note(self, spec, metrics):
+        confusion = np.asarray(metrics.get("confusion_matrix") or [[]])
+        if confusion.size == 0 or confusion.shape[0] != spec.num_outputs:
+            return None
+        predicted, gold = confusion.sum(axis=0), confusion.sum(axis=1)
+        if (predicted > 0).sum() == 1 and (gold > 0).sum() > 1:
+            label = spec.labels[int(predicted.argmax())]
+            return (
+                f"the head predicts `{label}` for every one of the {int(predicted.sum())} rows (collapsed to one "
+                "class: too few steps, a learning rate too high or too low, or one class dominating the data)."
+            )
+        return None
 
     def head_kind(self, spec):
         return "classification (softmax)"

@@ -13,14 +13,17 @@ Its options are `MultiTaskTrainingArguments` (arguments.py).
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 from torch.utils.data import DataLoader
-from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+from transformers import EarlyStoppingCallback, ProgressCallback, Trainer, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .arguments import MultiTaskTrainingArguments
+from .checkpoints import write_manifest
 from .collator import MultiTaskCollator
 from .optimization import apply_freezing, parameter_groups
 from .precompute import PrecomputedCollator, PrecomputedFeatures, precompute_features
@@ -40,6 +43,8 @@ class MultiTaskTrainer(Trainer):
             multi-task defaults; the caller's object is never changed).
         group_sizes: rows per data group of `train_dataset`, in concatenation order (without it, batches
             are the plain Trainer's).
+        run_fingerprint: what makes this run this run (checkpoints.run_fingerprint), recorded in every
+            checkpoint's manifest so that only this run resumes from it.
         eval_dataset: a dict task name -> that task's evaluation split.
     """
 
@@ -53,6 +58,7 @@ class MultiTaskTrainer(Trainer):
         processing_class=None,
         *more: Any,
         group_sizes: dict[str, int] | None = None,
+        run_fingerprint: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("compute_metrics", self._compute_task_metrics)
@@ -80,6 +86,7 @@ class MultiTaskTrainer(Trainer):
         tasks = self.model.config.tasks
         self.label_names = [f"labels_{name}" for name in tasks]
         self.group_sizes = group_sizes
+        self.run_fingerprint = run_fingerprint or {"digest": None}
         self.detailed_metrics: dict[str, dict[str, Any]] = {}  # last evaluation, non-scalar parts included
         # Last evaluation's logits and labels per task (gathered from every process), for prediction files.
         self.task_outputs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -186,6 +193,30 @@ class MultiTaskTrainer(Trainer):
             self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **optimizer_kwargs)
         return self.optimizer
 
+    # ------------------------------------------------------------------ checkpoints
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, then its manifest (checkpoints.py), and only then the rotation that deletes
+        older checkpoints: a run killed while saving still has its previous, intact checkpoint."""
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None  # (our own copy of the arguments, restored below)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()  # every process has written its RNG state
+        if self.args.should_save:
+            run_dir = self._get_output_dir(trial=trial)
+            write_manifest(
+                os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"),
+                self.run_fingerprint,
+            )
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+
     # ------------------------------------------------------------------ evaluation
     def evaluate(
         self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
@@ -214,6 +245,7 @@ class MultiTaskTrainer(Trainer):
                 )
             finally:
                 self._eval_task, self.label_names = None, label_names
+                self._close_prediction_bars()  # one bar per task, with that task's total
             metrics.update(output.metrics)
             spec = self.model.config.tasks[task]
             main = output.metrics.get(f"{metric_key_prefix}_{task}_{spec.task_type.main_metric}")
@@ -224,6 +256,15 @@ class MultiTaskTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    def _close_prediction_bars(self) -> None:
+        for callback in self.callback_handler.callbacks:
+            bar = (
+                getattr(callback, "prediction_bar", None) if isinstance(callback, ProgressCallback) else None
+            )
+            if bar is not None:
+                bar.close()
+                callback.prediction_bar = None
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         if self._eval_task is not None:

@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -29,11 +30,12 @@ from transformers import AutoModel, TrainerCallback
 
 import multitask_encoder  # noqa: F401  (registers the Auto classes: saved folders load without remote code)
 from multitask_encoder import MultiTaskEncoderModel
+from multitask_encoder.checkpoints import MANIFEST_FILE, RUN_FILE
 from multitask_encoder.data import DataError
 from multitask_encoder.metrics_multitask_encoder import extract_entities
 from multitask_encoder.sampling import MultiTaskBatchSampler
+from multitask_encoder.train import DEMO_CONFIG, run_training
 from multitask_encoder.trainer import scalar_metrics
-from multitask_encoder.training import run_training
 
 REPO = Path(__file__).resolve().parents[1]
 SENTENCE_TASKS = ("topic", "sentiment")
@@ -217,7 +219,7 @@ def e2e(toy_data: Path, tiny_backbone: str, tmp_path_factory: pytest.TempPathFac
     config = write_config(folder / "config.yaml", toy_tasks(toy_data), head_learning_rate=3e-3)
     output_dir = folder / "out"
     flags = ["--max_steps", str(E2E_STEPS), "--logging_steps", "1", "--save_steps", "12"]
-    flags += ["--eval_strategy", "steps", "--eval_steps", "12"]
+    flags += ["--eval_strategy", "steps", "--eval_steps", "12", "--keep_checkpoints"]
     results, recorder = train([config, *job_flags(tiny_backbone, output_dir, toy_data / "cache"), *flags])
     return output_dir, results, recorder
 
@@ -322,9 +324,9 @@ def test_e2e_test_predictions_and_reload(e2e, toy_data: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- 2. resuming
 def complete_checkpoints(output_dir: Path) -> list[int]:
-    """Steps of the checkpoints whose trainer_state.json (the Trainer's last file) is written and parses."""
+    """Steps of the checkpoints whose manifest (written last, once every file is saved) is there and parses."""
     steps = []
-    for path in output_dir.glob("checkpoint-*/trainer_state.json"):
+    for path in output_dir.glob(f"checkpoint-*/{MANIFEST_FILE}"):
         try:
             json.loads(path.read_text())
         except ValueError:
@@ -376,12 +378,19 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint_bit_for_bit(
     assert restart.returncode == 0, restart.stderr[-3000:]
     assert f"Resuming from {killed / f'checkpoint-{resume_step}'}" in restart.stderr
     # The restarted process trained only the missing steps (one logged loss per step).
-    assert restart.stdout.count("{'loss': ") == steps - resume_step
+    assert restart.stdout.count("] train loss ") == steps - resume_step
 
     expected = load_file(uninterrupted / "model.safetensors")
     resumed = load_file(killed / "model.safetensors")
     assert expected.keys() == resumed.keys()
     assert all(torch.equal(expected[k], resumed[k]) for k in expected), max_difference(expected, resumed)
+
+
+def mark_unfinished(output_dir: Path) -> None:
+    """The state a killed run leaves: no final model, the run file not marked finished."""
+    (output_dir / "model.safetensors").unlink()
+    run_file = output_dir / RUN_FILE
+    run_file.write_text(json.dumps({**json.loads(run_file.read_text()), "finished": False}))
 
 
 def test_resume_skips_a_checkpoint_left_half_written(
@@ -390,14 +399,16 @@ def test_resume_skips_a_checkpoint_left_half_written(
     config = write_config(tmp_path / "config.yaml", toy_tasks(toy_data, ner=False))
     output_dir = tmp_path / "out"
     argv = [config, *job_flags(tiny_backbone, output_dir, toy_data / "cache")]
-    argv += ["--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no"]
+    argv += ["--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no", "--keep_checkpoints"]
     run_training(argv)
     expected = load_file(output_dir / "model.safetensors")
 
-    # A kill while checkpoint-4 was being saved: its weights are there, trainer_state.json (written last) not.
+    # A kill while checkpoint-4 was being saved: its weights are there, trainer_state.json and the manifest
+    # (written last) not, and the run never finished.
     (output_dir / "checkpoint-4" / "trainer_state.json").unlink()
-    (output_dir / "model.safetensors").unlink()
-    with caplog.at_level("INFO", logger="multitask_encoder.training"):
+    (output_dir / "checkpoint-4" / MANIFEST_FILE).unlink()
+    mark_unfinished(output_dir)
+    with caplog.at_level("INFO", logger="multitask_encoder.train"):
         _, recorder = train(argv)
     assert f"Not resuming from {output_dir / 'checkpoint-4'}" in caplog.text
     assert f"Resuming from {output_dir / 'checkpoint-2'}" in caplog.text
@@ -413,7 +424,7 @@ DDP_ENTRY = textwrap.dedent(
     import json, os, sys
     from safetensors.torch import save_file
     from transformers import TrainerCallback
-    from multitask_encoder.training import run_training
+    from multitask_encoder.train import run_training
 
     class DumpReplica(TrainerCallback):
         def on_train_end(self, args, state, control, model=None, **kwargs):
@@ -437,8 +448,8 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_two_process_ddp_run_of_the_demo_tasks(tiny_backbone: str, tmp_path: Path) -> None:
-    """configs/demo.yaml's tasks (packaged corpora, per-task batches), capped small, on two CPU processes."""
-    demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    """The packaged demo config's tasks (packaged corpora, per-task batches), capped small, on two CPU processes."""
+    demo = yaml.safe_load(DEMO_CONFIG.read_text())
     caps = {"topic": 40, "sentiment": 57}  # 97 rows: 13 per-task batches of 8, an odd number to shard
     tasks = {
         name: {**entry, "max_train_examples": caps[name], "max_eval_examples": 7}
@@ -631,3 +642,163 @@ def test_layerwise_learning_rates_of_an_unfrozen_encoder(
     for name, lr in lr_of.items():
         prefix = next(p for p in expected if name.startswith(p))
         assert lr == pytest.approx(expected[prefix]), name
+
+
+# ---------------------------------------------------------------------------------------------- 8. a user's run
+# What the output folder holds after a run, which checkpoint a restart may use, and how the command refuses.
+SHORT_RUN = ["--max_steps", "4", "--save_steps", "2", "--eval_strategy", "no"]
+
+
+def short_run_argv(toy_data: Path, tiny_backbone: str, tmp_path: Path, **options) -> tuple[list[str], Path]:
+    config = write_config(tmp_path / "config.yaml", toy_tasks(toy_data, ner=False), **options)
+    output_dir = tmp_path / "out"
+    return [config, *job_flags(tiny_backbone, output_dir, toy_data / "cache"), *SHORT_RUN], output_dir
+
+
+def run_command(argv: list[str], **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "multitask_encoder.train", *argv],
+        cwd=REPO,
+        env={**subprocess_env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def test_a_finished_run_keeps_the_model_and_results_and_removes_its_checkpoints(
+    toy_data: Path, tiny_backbone: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv, output_dir = short_run_argv(toy_data, tiny_backbone, tmp_path)
+    run_training(argv)
+    names = {path.name for path in output_dir.iterdir()}
+    assert {"model.safetensors", "eval_results.json", "README.md", RUN_FILE} <= names
+    assert not [name for name in names if name.startswith("checkpoint-")]
+    assert json.loads((output_dir / RUN_FILE).read_text())["finished"] is True
+    out = capsys.readouterr().out
+    size = sum(path.stat().st_size for path in output_dir.rglob("*") if path.is_file()) / 2**20
+    assert f"Model saved to {output_dir} ({size:.0f} MB; 2 checkpoint(s) removed" in out
+    assert f"multitask-encoder-predict {output_dir} texts.txt -o predictions.csv" in out
+
+
+def test_a_finished_run_is_not_trained_again_unless_overwritten(
+    toy_data: Path, tiny_backbone: str, tmp_path: Path
+) -> None:
+    argv, output_dir = short_run_argv(toy_data, tiny_backbone, tmp_path)
+    run_training(argv)
+    card = (output_dir / "README.md").read_text()
+    with pytest.raises(ValueError, match=r"holds a finished run .*--overwrite_output_dir"):
+        run_training(argv)
+    assert (output_dir / "README.md").read_text() == card  # nothing was overwritten
+    _, recorder = train([*argv, "--overwrite_output_dir"])
+    assert recorder.start_step == 0 and recorder.state.global_step == 4
+
+
+def test_another_runs_checkpoints_are_not_resumed(toy_data: Path, tiny_backbone: str, tmp_path: Path) -> None:
+    argv, output_dir = short_run_argv(toy_data, tiny_backbone, tmp_path)
+    run_training([*argv, "--keep_checkpoints"])
+    mark_unfinished(output_dir)  # as if killed after checkpoint-4
+    changed = [*argv, "--learning_rate", "5e-4"]
+    with pytest.raises(
+        ValueError,
+        match=r"checkpoints of another run \(what differs from this one: training\.learning_rate\)",
+    ):
+        run_training(changed)
+    _, recorder = train(argv)  # the same run resumes
+    assert recorder.start_step == 4
+
+
+@pytest.mark.parametrize("damage", ["truncated_weights", "corrupted_weights", "missing_optimizer"])
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_previous_one(
+    damage: str, toy_data: Path, tiny_backbone: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    argv, output_dir = short_run_argv(toy_data, tiny_backbone, tmp_path)
+    run_training([*argv, "--keep_checkpoints"])
+    expected = load_file(output_dir / "model.safetensors")
+    mark_unfinished(output_dir)
+    newest = output_dir / "checkpoint-4"
+    weights = newest / "model.safetensors"
+    if damage == "truncated_weights":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        reason = "model.safetensors has .* bytes, not the .* it was saved with"
+    elif (
+        damage == "corrupted_weights"
+    ):  # same size, a flipped byte deep in a tensor: NaN-free, silently wrong
+        data = bytearray(weights.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        weights.write_bytes(bytes(data))
+        reason = "model.safetensors is not the file that was saved"
+    else:
+        (newest / "optimizer.pt").unlink()
+        reason = "optimizer.pt is missing"
+    with caplog.at_level("INFO", logger="multitask_encoder.train"):
+        _, recorder = train(argv)
+    assert re.search(rf"Not resuming from {re.escape(str(newest))}: {reason}", caplog.text), caplog.text
+    assert f"Resuming from {output_dir / 'checkpoint-2'}" in caplog.text
+    assert recorder.start_step == 2
+    resumed = load_file(output_dir / "model.safetensors")
+    assert all(torch.equal(expected[k], resumed[k]) for k in expected), max_difference(expected, resumed)
+
+
+@pytest.mark.parametrize(
+    ("config_text", "message"),
+    [
+        (
+            "tasks:\n  topic: {type: sequence_classification, train: x.csv}\n  topic: {type: regression, train: y.csv}\n",
+            r"config\.yaml, line 3, column 3: the key 'topic' is given twice \(first on line 2\)",
+        ),
+        (
+            "max_steps: 2\nmax_steps: 3\ntasks: {t: {type: regression, train: x.csv}}\n",
+            r"line 2, column 1: the key 'max_steps'",
+        ),
+        ("tasks:\n  topic: [unclosed\n", r"config\.yaml, line 3, column 1: .*flow sequence"),
+        (
+            "max_steps: [1, 2]\ntasks: {t: {type: regression, train: x.csv}}\n",
+            r"config\.yaml, line 1: option 'max_steps' must be an integer",
+        ),
+        (
+            "learning_rate: true\ntasks: {t: {type: regression, train: x.csv}}\n",
+            r"option 'learning_rate' must be a number",
+        ),
+    ],
+    ids=["duplicate-task", "duplicate-option", "unparsable", "list-for-int", "bool-for-float"],
+)
+def test_config_file_problems_name_the_file_line_and_column(
+    config_text: str, message: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(config_text, encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        run_training([str(config), "--output_dir", str(tmp_path / "out")])
+
+
+def test_json_config_errors_name_line_and_column(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(
+        '{"tasks": {"t": {"type": "regression", "train": "x.csv"}},\n "max_steps": }', encoding="utf-8"
+    )
+    with pytest.raises(ValueError, match=r"config\.json, line 2, column 15: Expecting value"):
+        run_training([str(config)])
+    config.write_text('{"max_steps": 2, "max_steps": 3, "tasks": {}}', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"config\.json, the key\(s\) \['max_steps'\] are given twice"):
+        run_training([str(config)])
+
+
+def test_the_command_refuses_in_one_line_without_a_traceback(
+    toy_data: Path, tiny_backbone: str, tmp_path: Path
+) -> None:
+    tasks = toy_tasks(toy_data, ner=False)
+    tasks["topic"]["label_column"] = "subject"
+    config = write_config(tmp_path / "config.yaml", tasks)
+    argv = [config, *job_flags(tiny_backbone, tmp_path / "out", toy_data / "cache"), "--max_steps", "2"]
+    result = run_command(argv)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [errors[0]] and errors[0].startswith(
+        "multitask-encoder-train: error: Task 'topic': column 'subject' not found in "
+    )
+    assert "train.csv; available columns: ['text', 'topic', 'sentiment']" in errors[0]
+    assert "Traceback" not in result.stderr
+    debug = run_command(argv, MULTITASK_ENCODER_DEBUG="1")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr

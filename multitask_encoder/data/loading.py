@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
+import numpy as np
 from datasets import Dataset
 
 from ..tasks_multitask_encoder import TaskSpec, parse_task_spec
 from .labels import count_labels, labelled_count, labelled_rows, raw_labels
 from .sources import Source, group_train_sources, resolve_sources
 from .spec import EVAL_SPLITS, DataError, TaskDataSpec, parse_task_entries, tasks_label
-from .splits import cap_rows, hold_out, label_array, task_eval_rows
+from .splits import cap_rows, drop_rows, hold_out, label_array, shared_with_train, task_eval_rows, text_hashes
 from .tables import SourceReader, quiet_datasets
 from .tokenize import DatasetTokenizer
 
@@ -40,6 +41,9 @@ class MultiTaskData:
     validation: dict[str, Dataset]  # task -> its validation set (absent when the task has none)
     test: dict[str, Dataset]  # task -> its test set (absent when the task has none)
     label_counts: dict[str, dict[str, dict[str, int]]]  # task -> split -> label -> count
+    # Evaluation rows whose text is also a train row of the task's group, per split and task (found; dropped
+    # from the sets when `dropped` is True).
+    held_out_duplicates: dict[str, Any] = field(default_factory=dict)
 
 
 def model_task_specs(
@@ -89,13 +93,15 @@ def load_multitask_data(
     base_dir: str,
     seed: int = 0,
     cache_dir: str | None = None,
+    drop_held_out_duplicates: bool = False,
 ) -> MultiTaskData:
     """Read, check, label and tokenise the data of every task (see the package docstring).
 
     Everything is read and checked before anything is tokenised, so bad input fails fast. `base_dir` is
     the folder of the config file (relative paths resolve against it); `seed` draws the held-out splits and
     the `max_train_examples` subsets; read tables and tokenised sets are cached in `cache_dir` (default: the
-    datasets cache).
+    datasets cache). Evaluation rows whose text is also in the train rows of the task's group are counted
+    (`held_out_duplicates`, and a warning) and, with `drop_held_out_duplicates`, removed.
     """
     entries = parse_task_entries(tasks)
     sources = resolve_sources(entries, base_dir)
@@ -155,6 +161,27 @@ def load_multitask_data(
                 raise DataError(f"Task {name!r}: no labelled rows in the {split} data ({where}).")
             by_task[name] = cap_rows(rows, entry.max_eval_examples, seed)
 
+    # Evaluation rows that are also train rows measure memory, not generalisation: count them (and drop them).
+    group_of = {name: group for group, names in groups.items() for name in names}
+    train_hashes = {group: np.unique(text_hashes(rows)) for group, rows in train_rows.items()}
+    found: dict[str, dict[str, int]] = {split: {} for split in EVAL_SPLITS}
+    for split, by_task in eval_rows.items():
+        for name, rows in by_task.items():
+            shared = shared_with_train(rows, train_hashes[group_of[name]])
+            found[split][name] = len(shared)
+            if len(shared):
+                action = (
+                    "dropped" if drop_held_out_duplicates else "kept (drop_held_out_duplicates drops them)"
+                )
+                logger.warning(
+                    f"Task {name!r}: {len(shared)} {split} row(s) have the text of a train row; {action}."
+                )
+                if drop_held_out_duplicates:
+                    by_task[name] = drop_rows(rows, shared)
+                    if by_task[name].num_rows == 0:
+                        raise DataError(f"Task {name!r}: every {split} row is also a train row.")
+    held_out_duplicates = {"found": found, "dropped": drop_held_out_duplicates}
+
     label_counts: dict[str, dict[str, dict[str, int]]] = {name: {} for name in entries}
     for group, names in groups.items():
         for name in names:
@@ -162,6 +189,12 @@ def load_multitask_data(
     for split, by_task in eval_rows.items():
         for name, rows in by_task.items():
             label_counts[name][split] = count_labels(specs[name], rows, name)
+    for name, counts in label_counts.items():
+        unseen = [label for label, count in counts["train"].items() if count == 0]
+        if unseen:
+            logger.warning(
+                f"Task {name!r}: no train rows for the label(s) {unseen}; the head cannot learn them."
+            )
 
     # 3. Tokenise (cached), train groups concatenated in group order.
     tokenize = DatasetTokenizer(tokenizer, max_seq_length, specs, cache_dir)
@@ -186,6 +219,7 @@ def load_multitask_data(
         validation=evaluation["validation"],
         test=evaluation["test"],
         label_counts=label_counts,
+        held_out_duplicates=held_out_duplicates,
     )
 
 

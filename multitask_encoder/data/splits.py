@@ -3,6 +3,8 @@ selections over Arrow datasets (index arrays, never copies of the rows in Python
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 from datasets import Dataset
 
@@ -67,6 +69,31 @@ def task_eval_rows(rows: Dataset, name: str, specs: dict[str, TaskSpec]) -> Data
         )
 
 
+def text_hashes(rows: Dataset) -> np.ndarray:
+    """A 64-bit hash of every row's text (whitespace collapsed), read a batch at a time: rows are compared
+    across splits by these, not by holding the texts."""
+    column = rows.select_columns(["text"])
+    hashes = np.empty(rows.num_rows, dtype=np.uint64)
+    for start in range(0, rows.num_rows, BATCH_ROWS):
+        texts = column[start : start + BATCH_ROWS]["text"]
+        hashes[start : start + len(texts)] = [
+            int.from_bytes(
+                hashlib.blake2b(" ".join(text.split()).encode("utf-8"), digest_size=8).digest(), "little"
+            )
+            for text in texts
+        ]
+    return hashes
+
+
+def shared_with_train(rows: Dataset, train_hashes: np.ndarray) -> np.ndarray:
+    """Indices of `rows` whose text is also a train row's (`train_hashes`: `text_hashes` of the train rows)."""
+    return np.flatnonzero(np.isin(text_hashes(rows), train_hashes))
+
+
+def drop_rows(rows: Dataset, indices: np.ndarray) -> Dataset:
+    return rows.select(np.setdiff1d(np.arange(rows.num_rows), indices)) if len(indices) else rows
+
+
 def cap_rows(rows: Dataset, cap: int | None, seed: int) -> Dataset:
     """A seeded random subset of at most `cap` rows, kept in file order."""
     if cap is None or rows.num_rows <= cap:
@@ -75,4 +102,12 @@ def cap_rows(rows: Dataset, cap: int | None, seed: int) -> Dataset:
     return rows.select(keep)
 
 
-__all__ = ["cap_rows", "hold_out", "label_array", "task_eval_rows"]
+__all__ = [
+    "cap_rows",
+    "drop_rows",
+    "hold_out",
+    "label_array",
+    "shared_with_train",
+    "task_eval_rows",
+    "text_hashes",
+]

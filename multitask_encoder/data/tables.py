@@ -204,7 +204,7 @@ def _folder_rows(path: str, encoding: str | None, stamp: Any, version: int) -> I
             # Corpora scraped over years mix encodings (one BBC file is latin-1 among utf-8 ones); without a
             # declared encoding such a file is read as latin-1, which cannot fail.
             text = raw.decode("latin-1")
-            fallbacks.append(file)
+            fallbacks.append(os.path.relpath(file, path))
         yield {"text": text.strip(), "label": label, LOCATION: os.path.relpath(file, path)}
     if fallbacks:
         logger.warning(

@@ -1,0 +1,344 @@
+"""The training job behind `train.py`: read a YAML/JSON config (tasks, data, model and `TrainingArguments`
+options), let command-line flags override it, load and check the data, train with `MultiTaskTrainer`, and
+write the model folder, `eval_results.json`, per-task test predictions and the model card.
+
+    multitask-encoder-train [CONFIG.yaml] [--output_dir DIR] [--max_steps N] [--any TrainingArguments flag] ...
+    python -m multitask_encoder.train ...      (the same; train.py in a checkout is a thin wrapper)
+
+Without a config it trains the offline demo (configs/demo.yaml inside the package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from transformers import AutoTokenizer, HfArgumentParser, ProgressCallback, TrainerCallback, set_seed
+
+from .arguments import (
+    ARGUMENT_CLASSES,
+    MULTITASK_OPTIONS,
+    JobArguments,
+    ModelArguments,
+    MultiTaskTrainingArguments,
+    tasks_help,
+)
+from .backbone import resolve_backbone
+from .checkpoints import (
+    checkpoint_problem,
+    remove_checkpoints,
+    resumable_checkpoint,
+    run_fingerprint,
+    write_run_file,
+)
+from .config_file import ConfigError, check_options, read_config_file
+from .data import MultiTaskData, load_multitask_data
+from .model_card import write_model_card
+from .modeling_multitask_encoder import MultiTaskEncoderModel
+from .trainer import MultiTaskTrainer, scalar_metrics
+
+logger = logging.getLogger(__name__)
+
+PROG = "multitask-encoder-train"
+# Raised before training by the checks of the config, options, data and output folder: a user's input to fix.
+REFUSALS = (ValueError, TypeError, OSError)
+# The offline demo, shipped inside the package (an installed wheel runs it from any folder).
+DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """A training config (YAML or JSON): flat option keys plus a `tasks:` mapping, checked (config_file.py)."""
+    values = read_config_file(path)
+    if not isinstance(values.get("tasks"), dict) or not values["tasks"]:
+        raise ConfigError(f"{path}: a training config needs a non-empty `tasks:` mapping.")
+    check_options(path, values, ARGUMENT_CLASSES)
+    return values
+
+
+def build_parser() -> HfArgumentParser:
+    parser = HfArgumentParser(
+        ARGUMENT_CLASSES,
+        description=__doc__.split("\n\n")[0],
+        epilog=tasks_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.usage = "train.py [CONFIG.yaml] [--flags]  (flags override the config file)"
+    return parser
+
+
+def parse_arguments(argv: list[str] | None = None):
+    """(model_args, training_args, job_args, tasks, config_path): the file's values, then the flags."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_path = str(DEMO_CONFIG)
+    if argv and not argv[0].startswith("-"):
+        config_path = argv.pop(0)
+    parser = build_parser()
+    if "-h" in argv or "--help" in argv:
+        parser.parse_args_into_dataclasses(args=argv)  # prints help and exits
+    values = load_config_file(config_path)
+    tasks = values.pop("tasks")
+    parser.set_defaults(**values)
+    model_args, training_args, job_args = parser.parse_args_into_dataclasses(args=argv)
+    return model_args, training_args, job_args, tasks, os.path.abspath(config_path)
+
+
+class RunPrinter(ProgressCallback):
+    """The progress bars, and one line per log instead of the raw dicts: the training loss (with each task's)
+    at `logging_steps`, and every evaluation's main metrics, once."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        step = f"step {state.global_step}/{state.max_steps}"
+        if "loss" in logs:
+            tasks = "  ".join(f"{k[5:]} {v:.4f}" for k, v in logs.items() if k.startswith("loss_"))
+            self._write(f"[{step}] train loss {logs['loss']:.4f}" + (f" ({tasks})" if tasks else ""))
+        scores = {k: v for k, v in logs.items() if k.startswith(("eval_", "test_")) and _is_main_score(k)}
+        if scores:
+            epoch = f"epoch {state.epoch:.2f}" if state.epoch is not None else step
+            self._write(f"[{epoch}] " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(scores.items())))
+
+    def _write(self, line: str) -> None:
+        bar = getattr(self, "training_bar", None)
+        (bar.write if bar is not None else print)(line)
+
+
+def _is_main_score(key: str) -> bool:
+    return key.endswith(("_accuracy", "_f1", "_spearman", "_combined_score")) and not key.endswith(
+        ("_macro_f1", "_weighted_f1")
+    )
+
+
+def write_predictions_csv(
+    path: str, model, task: str, dataset, logits: np.ndarray, labels: np.ndarray
+) -> None:
+    """Per-example test predictions of one task: text, gold, predicted, score."""
+    spec = model.config.tasks[task]
+    texts = dataset["text"] if "text" in dataset.column_names else [""] * len(dataset)
+    if not len(texts) == len(logits) == len(labels):
+        raise ValueError(
+            f"Task {task!r}: {len(logits)} test logits and {len(labels)} labels for {len(texts)} test rows."
+        )
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "gold", "predicted", "score"])
+        for text, row_logits, row_labels in zip(texts, logits, labels):
+            writer.writerow([text, *spec.task_type.prediction_row(spec, row_logits, row_labels)])
+
+
+@dataclass
+class TrainingRun:
+    """A run that passed every check: parsed options, loaded data, the model and its trainer."""
+
+    model_args: ModelArguments
+    training_args: MultiTaskTrainingArguments
+    job_args: JobArguments
+    tasks: dict[str, Any]
+    data: MultiTaskData
+    model: MultiTaskEncoderModel
+    trainer: MultiTaskTrainer
+    fingerprint: dict[str, Any]
+    resume_from: str | None
+
+
+def prepare_run(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> TrainingRun:
+    """Everything before training, where a bad input is refused (config, options, data, output folder)."""
+    model_args, training_args, job_args, tasks, config_path = parse_arguments(argv)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    output_dir = training_args.output_dir
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"--output_dir {output_dir} is a file, not a folder.")
+    set_seed(training_args.seed)
+    backbone = resolve_backbone(model_args.backbone)
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    # In a distributed run the main process tokenises and writes the cache files first; the others then
+    # read them (all writing the same files at once would race).
+    with training_args.main_process_first(desc="loading and tokenising the tasks' data"):
+        data = load_multitask_data(
+            tasks,
+            tokenizer,
+            max_seq_length=model_args.max_seq_length,
+            base_dir=os.path.dirname(config_path),
+            seed=training_args.seed,
+            cache_dir=job_args.data_cache_dir,
+            drop_held_out_duplicates=job_args.drop_held_out_duplicates,
+        )
+    fingerprint = run_fingerprint(
+        tasks, model_args, training_args, MULTITASK_OPTIONS, data.train._fingerprint
+    )
+    # Never lose work, never mix runs: a run killed mid-way picks up from its last intact checkpoint; a
+    # finished run or another run's checkpoints are refused (checkpoints.py).
+    resume = training_args.resume_from_checkpoint
+    if resume is None:
+        with training_args.main_process_first(desc="checking the output folder"):
+            overwrite = job_args.overwrite_output_dir and training_args.process_index == 0
+            resume = resumable_checkpoint(output_dir, fingerprint, overwrite)
+    elif (problem := checkpoint_problem(resume)) is not None:
+        raise ValueError(f"--resume_from_checkpoint {resume}: {problem}.")
+    model = MultiTaskEncoderModel.from_backbone(
+        backbone,
+        tasks=data.task_specs,
+        pooling=model_args.pooling,
+        normalize=model_args.normalize,
+        projection_dim=model_args.projection_dim,
+        loss_weighting=model_args.loss_weighting,
+        max_seq_length=model_args.max_seq_length,
+        attn_implementation=model_args.attn_implementation,
+    )
+    trainer = MultiTaskTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=data.train,
+        eval_dataset=data.validation or None,
+        processing_class=tokenizer,  # the trainer's default collator pads with it (and saves it)
+        callbacks=list(callbacks or []),
+        group_sizes=data.group_sizes,
+        run_fingerprint=fingerprint,
+    )
+    if not trainer.args.disable_tqdm:
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(RunPrinter())
+    return TrainingRun(model_args, trainer.args, job_args, tasks, data, model, trainer, fingerprint, resume)
+
+
+def run_training(
+    argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None
+) -> dict[str, Any]:
+    """Check, train, evaluate and save; returns the metrics per split and task. `callbacks` are extra Trainer
+    callbacks for programmatic use (e.g. to inspect every process's model in a distributed run)."""
+    return train_and_save(prepare_run(argv, callbacks))
+
+
+def train_and_save(run: TrainingRun) -> dict[str, Any]:
+    """Train a prepared run, save the model, evaluate it, and write its results, card and summary."""
+    trainer, data, model, args = run.trainer, run.data, run.model, run.training_args
+    output_dir = args.output_dir
+    if trainer.is_world_process_zero():
+        write_run_file(output_dir, run.fingerprint, finished=False)
+    if run.resume_from:
+        logger.info(f"Resuming from {run.resume_from}")
+    train_result = trainer.train(resume_from_checkpoint=run.resume_from)
+    # Saved before anything else can fail. Saving and evaluating are collective in a distributed run (all
+    # processes take part; evaluation gathers every process's share); only the main process writes.
+    trainer.save_model(output_dir)  # weights, config, code files and tokenizer
+
+    results: dict[str, Any] = {"train": train_result.metrics, "validation": {}, "test": {}}
+    if data.validation:
+        trainer.evaluate()
+        results["validation"] = dict(trainer.detailed_metrics)
+    test_predictions: dict[str, tuple[Any, Any]] = {}
+    if data.test:
+        # The prediction files are written from this pass's logits, not from a second pass over the test sets.
+        trainer.evaluate(data.test, metric_key_prefix="test")
+        results["test"] = dict(trainer.detailed_metrics)
+        test_predictions = {task: trainer.task_outputs[task] for task in data.test}
+
+    if trainer.is_world_process_zero():
+        for task, (logits, labels) in test_predictions.items():
+            path = os.path.join(output_dir, f"predictions_{task}.csv")
+            write_predictions_csv(path, model, task, data.test[task], logits, labels)
+        results["label_counts"] = data.label_counts
+        results["held_out_duplicates"] = data.held_out_duplicates
+        results["warnings"] = run_warnings(model, results)
+        with open(os.path.join(output_dir, "eval_results.json"), "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2, default=float)
+        examples = list(zip(run.job_args.example_sentences, model.predict(run.job_args.example_sentences)))
+        write_model_card(output_dir, model.config, results, args, run.model_args, run.tasks, examples)
+        write_run_file(output_dir, run.fingerprint, finished=True)
+        removed = 0 if run.job_args.keep_checkpoints else remove_checkpoints(output_dir)
+        _print_summary(results)
+        if examples:
+            _print_examples(model, examples)
+        _print_where(output_dir, removed, run.job_args.example_sentences)
+    return results
+
+
+def run_warnings(model: MultiTaskEncoderModel, results: dict[str, Any]) -> list[str]:
+    """Findings a user must see, in the summary and the card: heads whose predictions collapsed, held-out rows
+    that are also train rows."""
+    warnings = []
+    for split in ("validation", "test"):
+        for task, metrics in (results.get(split) or {}).items():
+            spec = model.config.tasks[task]
+            note = spec.task_type.collapse_note(spec, metrics)
+            if note:
+                warnings.append(f"`{task}` ({split}): {note}")
+    duplicates = results.get("held_out_duplicates") or {}
+    for split, by_task in (duplicates.get("found") or {}).items():
+        for task, count in by_task.items():
+            if count and not duplicates.get("dropped"):
+                warnings.append(
+                    f"`{task}` ({split}): {count} row(s) have the same text as a train row, which inflates the "
+                    "score (drop_held_out_duplicates: true removes them)."
+                )
+    return warnings
+
+
+def _print_summary(results: dict[str, Any]) -> None:
+    for split in ("validation", "test"):
+        for task, metrics in results.get(split, {}).items():
+            line = "  ".join(f"{k} {v:.4f}" for k, v in scalar_metrics(metrics).items() if k != "support")
+            print(f"{split} {task}: {line}", flush=True)
+    for warning in results.get("warnings") or []:
+        print(f"WARNING {warning}", flush=True)
+    for task, counts in (results.get("label_counts") or {}).items():
+        unseen = [label for label, count in (counts.get("train") or {}).items() if count == 0]
+        if unseen:  # (the card's Limitations say it too)
+            print(
+                f"WARNING `{task}`: no training rows for {', '.join(unseen)}: the head cannot learn them.",
+                flush=True,
+            )
+
+
+def _print_where(output_dir: str, removed_checkpoints: int, examples: list[str]) -> None:
+    size = sum(
+        os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(output_dir) for name in names
+    )
+    removed = (
+        f"; {removed_checkpoints} checkpoint(s) removed (keep_checkpoints: true keeps them)"
+        if removed_checkpoints
+        else ""
+    )
+    print(f"\nModel saved to {output_dir} ({size / 2**20:.0f} MB{removed}). Try it:", flush=True)
+    sentence = (examples or ["The striker scored twice as United won the cup final."])[0]
+    load = f"AutoModel.from_pretrained({output_dir!r}).predict({sentence!r})"
+    print(f'  python -c "import multitask_encoder; from transformers import AutoModel; print({load})"')
+    print(f"  multitask-encoder-predict {output_dir} texts.txt -o predictions.csv", flush=True)
+
+
+def _print_examples(model: MultiTaskEncoderModel, examples: list[tuple[str, dict[str, Any]]]) -> None:
+    print("\nPredictions on example sentences:")
+    tasks = model.config.tasks
+    for sentence, prediction in examples:
+        parts = [f"{task}={tasks[task].task_type.summarize(result)}" for task, result in prediction.items()]
+        print(f"  {sentence!r}\n    -> " + "  ".join(parts), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The command: a refusal (bad config, options, data or output folder) is one line on stderr and exit
+    status 2, without a traceback (MULTITASK_ENCODER_DEBUG=1 shows it); failures during training raise."""
+    try:
+        run = prepare_run(argv)
+    except REFUSALS as error:
+        if os.environ.get("MULTITASK_ENCODER_DEBUG"):
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(
+            f"{PROG}: error: {message} (MULTITASK_ENCODER_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(2) from None
+    train_and_save(run)
+
+
+if __name__ == "__main__":
+    main()

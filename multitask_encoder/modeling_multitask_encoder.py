@@ -314,7 +314,10 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust, revision=revision)
         except ValueError as error:
             if "trust_remote_code" not in str(error):
-                raise ValueError(f"Cannot load the tokenizer of {source}: {error}") from None
+                raise ValueError(
+                    f"Cannot read the tokenizer files of {source} (tokenizer.json, tokenizer_config.json, ...): "
+                    f"{type(error).__name__}: {error}"
+                ) from None
             raise ValueError(
                 f"The tokenizer of {source} needs code from its folder (tokenizer_config.json names custom "
                 "classes), which runs only when you trust it: load the model with trust_remote_code=True after "

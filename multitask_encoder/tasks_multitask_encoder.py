@@ -50,6 +50,7 @@ ACTIVATIONS = ("gelu", "relu", "tanh", "silu")
 # The heads live in an `nn.ModuleDict`, which refuses keys that shadow its own attributes ("type", "values",
 # "to", "training", ...): such task names are refused here, with the reason, instead of deep in torch.
 RESERVED_TASK_NAMES = frozenset(dir(nn.ModuleDict()))
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 SPEC_KEYS = ("type", "labels", "head", "loss_weight")  # every type's; a type adds its `options`
 # Written into config.json for every task by versions before the registry; accepted (at its old default) on
 # any type when loading such a config, refused when it would mean something.
@@ -215,6 +216,10 @@ def to_float(value: Any, where: str) -> float:
         raise LabelError(f"{where}: regression value {value!r} is not a number.") from None
     if not math.isfinite(number):
         raise LabelError(f"{where}: regression value {value!r} is not finite.")
+    if abs(number) > FLOAT32_MAX:  # stored and trained as float32, it would become infinity
+        raise LabelError(
+            f"{where}: regression value {value!r} is beyond float32's range (it would become infinity)."
+        )
     return number
 
 

@@ -475,3 +475,93 @@ def test_error_bad_encoding_suggests_one(load, tmp_path):
         DataError, match=r"Task 'topic': .*train\.csv is not valid utf-8 text.*set `encoding:`"
     ):
         load(sentence_task("train.csv"))
+
+
+# ---------------------------------------------------------------------------------------------- no silent wrong data
+# Values that used to become labels, numbers or options without a word; each is now refused (or reported), naming
+# the task, the file, the row and the column.
+@pytest.mark.parametrize(
+    ("cell", "message"),
+    [
+        (
+            "-100",
+            r"data row 1, column 'score': regression value '-100' equals -100, the marker of a missing value",
+        ),
+        ("1e39", r"data row 1, column 'score': regression value '1e39' is beyond float32's range"),
+        ("inf", r"data row 1, column 'score': regression value 'inf' is not finite"),
+    ],
+)
+def test_regression_values_that_would_be_silently_wrong_are_refused(load, tmp_path, cell, message):
+    write(tmp_path / "train.csv", f"text,score\nfirst text,{cell}\nsecond text,0.5\n")
+    with pytest.raises(DataError, match=rf"Task 'score': .*train\.csv, {message}"):
+        load({"score": {"type": "regression", "train": "train.csv"}})
+
+
+def test_json_booleans_are_not_regression_values(load, tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", [{"text": "a", "score": True}, {"text": "b", "score": 0.5}])
+    with pytest.raises(
+        DataError, match=r"train\.jsonl, line 1, column 'score': regression value True is not a number"
+    ):
+        load({"score": {"type": "regression", "train": "train.jsonl"}})
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"label_map": {1: "pos", "1": "neg"}}, r"label_map has the key '1' twice"),
+        ({"label_map": {0: "neg", 1: ["pos"]}}, r"label_map maps 1 to \['pos'\], which is not a label name"),
+        (
+            {"label_separator": ";"},
+            r"`label_separator` applies to multi_label_classification tasks, not sequence_classification",
+        ),
+        ({"labels": [1.0, 2.0]}, r"label names must be strings or integers"),
+    ],
+)
+def test_options_that_used_to_be_ignored_or_mangled_are_refused(load, tmp_path, extra, message):
+    write_csv(tmp_path / "train.csv", ROWS)
+    with pytest.raises(DataError, match=message):
+        load(sentence_task("train.csv", **extra))
+
+
+def test_label_map_on_a_regression_task_is_refused(load, tmp_path):
+    write(tmp_path / "train.csv", "text,score\na,1\nb,2\n")
+    with pytest.raises(DataError, match=r"`label_map` applies to .*tasks, not regression"):
+        load({"score": {"type": "regression", "train": "train.csv", "label_map": {1: "one"}}})
+
+
+def test_csv_header_naming_a_column_twice_is_refused(load, tmp_path):
+    # pandas read it as "topic" and "topic.1": the second column was silently never read.
+    write(tmp_path / "train.csv", "text,topic,topic\na,sport,business\nb,business,sport\n")
+    with pytest.raises(
+        DataError, match=r"train\.csv: the header names the column\(s\) \['topic'\] more than once"
+    ):
+        load(sentence_task("train.csv"))
+
+
+def test_csv_row_with_a_missing_field_is_refused(load, tmp_path):
+    write(tmp_path / "train.csv", "text,topic\nThe match,sport\nShares fell\nProfits,business\n")
+    with pytest.raises(DataError, match=r"train\.csv line 3 has 1 field\(s\) but the header has 2"):
+        load(sentence_task("train.csv"))
+
+
+def test_held_out_rows_that_are_train_rows_are_counted_and_dropped_on_request(load, tmp_path):
+    write_csv(tmp_path / "train.csv", ROWS)
+    dev = [
+        ROWS[0],
+        {"text": "  The match  ended in a draw. ", "topic": "sport"},
+        {"text": "A new text.", "topic": "sport"},
+    ]
+    write_csv(tmp_path / "dev.csv", dev)
+    data = load(sentence_task("train.csv", validation="dev.csv"))
+    assert data.held_out_duplicates == {"found": {"validation": {"topic": 2}, "test": {}}, "dropped": False}
+    assert len(data.validation["topic"]) == 3
+    dropped = load(sentence_task("train.csv", validation="dev.csv"), drop_held_out_duplicates=True)
+    assert dropped.validation["topic"]["text"] == ["A new text."]
+    assert dropped.held_out_duplicates["dropped"] is True
+
+
+def test_declared_labels_without_train_rows_are_reported(load, tmp_path, caplog):
+    write_csv(tmp_path / "train.csv", ROWS)
+    data = load(sentence_task("train.csv", labels=["sport", "business", "politics"]))
+    assert data.label_counts["topic"]["train"]["politics"] == 0
+    assert "Task 'topic': no train rows for the label(s) ['politics']" in caplog.text

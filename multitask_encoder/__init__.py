@@ -1,16 +1,32 @@
 """multitask-encoder: one pretrained encoder, pooled into a sentence embedding, serving many task heads."""
 
-from transformers import AutoConfig, AutoModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .backbone import default_backbone, resolve_backbone
 from .configuration_multitask_encoder import MultiTaskEncoderConfig, TaskSpec
-from .modeling_multitask_encoder import MultiTaskEncoderModel, MultiTaskEncoderOutput
+from .modeling_multitask_encoder import (
+    MultiTaskEncoderForSequenceClassification,
+    MultiTaskEncoderForTokenClassification,
+    MultiTaskEncoderModel,
+    MultiTaskEncoderOutput,
+)
 from .pipeline_multitask_encoder import PIPELINE_TASK, MultiTaskTextClassificationPipeline
 
 # With the package imported, a saved folder loads through the Auto classes without remote code.
 AutoConfig.register(MultiTaskEncoderConfig.model_type, MultiTaskEncoderConfig, exist_ok=True)
 AutoModel.register(MultiTaskEncoderConfig, MultiTaskEncoderModel, exist_ok=True)
+AutoModelForSequenceClassification.register(
+    MultiTaskEncoderConfig, MultiTaskEncoderForSequenceClassification, exist_ok=True
+)
+AutoModelForTokenClassification.register(
+    MultiTaskEncoderConfig, MultiTaskEncoderForTokenClassification, exist_ok=True
+)
 # ... and `pipeline("multitask-text-classification", model=model_object)` finds the pipeline class. A saved folder
 # names its own pipeline file in config.json, which transformers only runs with trust_remote_code=True (or
 # pipeline_class=MultiTaskTextClassificationPipeline).
@@ -21,6 +37,8 @@ PIPELINE_REGISTRY.register_pipeline(
 __version__ = "0.1.0"
 __all__ = [
     "MultiTaskEncoderConfig",
+    "MultiTaskEncoderForSequenceClassification",
+    "MultiTaskEncoderForTokenClassification",
     "MultiTaskEncoderModel",
     "MultiTaskEncoderOutput",
     "MultiTaskTextClassificationPipeline",

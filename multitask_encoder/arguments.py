@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import torch
 from transformers import TrainingArguments
 
+from .adapters import parse_adapter_block
 from .configuration_multitask_encoder import LOSS_WEIGHTINGS, POOLING_MODES
 from .data.spec import COMMON_DATA_KEYS
 from .sampling import COMPOSITIONS, SAMPLING_STRATEGIES
@@ -57,10 +58,18 @@ class ModelArguments:
         metadata={"help": "static | uncertainty (learned per-task weights, Kendall et al. 2018)"},
     )
     attn_implementation: str | None = field(default=None, metadata={"help": "sdpa | eager (default: sdpa)"})
+    peft: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "A PEFT adapter on the encoder (a `peft:` block in the config, or JSON here): type (lora, "
+            "ia3, loha, ...; default lora), r, alpha, dropout, target_modules. Merged into the saved model."
+        },
+    )
 
     def __post_init__(self) -> None:
         _choice("pooling", self.pooling, POOLING_MODES)
         _choice("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
+        self.peft = parse_adapter_block(self.peft)
         if (
             isinstance(self.max_seq_length, bool)
             or not isinstance(self.max_seq_length, int)
@@ -165,6 +174,12 @@ class MultiTaskTrainingArguments(TrainingArguments):
 class JobArguments:
     _argument_group_name: ClassVar[str] = "train.py job"
 
+    language: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Language codes of the training data, for the card (default: the backbone card's)."
+        },
+    )
     example_sentences: list[str] = field(
         default_factory=list,
         metadata={"help": "Sentences to predict at the end (printed, and shown in the card)."},

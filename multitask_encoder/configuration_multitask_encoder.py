@@ -45,6 +45,10 @@ class MultiTaskEncoderConfig(PretrainedConfig):
             Longest input, in tokens, for `encode`/`predict` (default: the encoder's position limit).
         base_model_name (`str`, *optional*):
             Where the encoder weights came from (a Hub id or a path), recorded for the model card.
+        sequence_classification_task, token_classification_task (`str`, *optional*):
+            The task `pipeline("text-classification")` / `pipeline("token-classification")` serve (through
+            `AutoModelForSequenceClassification` / `AutoModelForTokenClassification`); default: the first
+            sentence-level / token-level task.
     """
 
     model_type = "multitask_encoder"
@@ -62,6 +66,8 @@ class MultiTaskEncoderConfig(PretrainedConfig):
         loss_weighting: str = "static",
         max_seq_length: int | None = None,
         base_model_name: str | None = None,
+        sequence_classification_task: str | None = None,
+        token_classification_task: str | None = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(encoder_config, dict):
@@ -84,6 +90,9 @@ class MultiTaskEncoderConfig(PretrainedConfig):
         self.loss_weighting = loss_weighting
         self.max_seq_length = max_seq_length
         self.base_model_name = base_model_name
+        # The task the standard pipelines serve (AutoModelForSequence/TokenClassification); None: the first.
+        self.sequence_classification_task = sequence_classification_task
+        self.token_classification_task = token_classification_task
         # `PretrainedConfig()` is built with no arguments by transformers internals (e.g. to diff against
         # defaults when saving), so an empty task dict is allowed here and refused when a model is built.
         self.tasks: dict[str, TaskSpec] = parse_tasks(tasks or {})
@@ -102,6 +111,18 @@ class MultiTaskEncoderConfig(PretrainedConfig):
             )
         if not self.tasks:
             raise ValueError("MultiTaskEncoderConfig declares no tasks: give at least one in `tasks`.")
+        for field_name, token_level in (
+            ("sequence_classification_task", False),
+            ("token_classification_task", True),
+        ):
+            task = getattr(self, field_name, None)
+            if task is not None and (
+                task not in self.tasks or self.tasks[task].is_token_level != token_level
+            ):
+                served = [name for name, spec in self.tasks.items() if spec.is_token_level == token_level]
+                raise ValueError(
+                    f"{field_name} is {task!r}, which is not one of this model's tasks of that kind: {served}."
+                )
 
     def to_dict(self) -> dict[str, Any]:
         output = super().to_dict()

@@ -92,6 +92,15 @@ TRAINER_STATE_PATTERNS = (
     "trainer_state.json",
 )
 REQUIRED_AUTO_CLASSES = ("AutoConfig", "AutoModel")
+# What sentence-transformers reads (save_pretrained writes them): the folder is also a SentenceTransformer.
+SENTENCE_TRANSFORMERS_FILENAMES = (
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+)
+PLOTS_DIR = "plots"
+ADAPTER_DIR = "adapter"
+ADAPTER_FILENAMES = ("adapter_config.json", "adapter_model.safetensors")
 DEFAULT_COMMIT_MESSAGE = "Upload multi-task encoder"
 CHECK_SENTENCE = "The striker scored twice as United won the cup final in London."
 LOAD_CHECK_TIMEOUT = 1800  # seconds; a large encoder on a slow CPU still loads well within this
@@ -308,6 +317,12 @@ def plan_upload(folder: str | os.PathLike[str], repo_id: str | None = None) -> U
     names.append(CARD_FILENAME)
     if (folder / EVAL_RESULTS_FILENAME).is_file():
         names.append(EVAL_RESULTS_FILENAME)
+    names += [name for name in SENTENCE_TRANSFORMERS_FILENAMES if (folder / name).is_file()]
+    # The card's plots, and a PEFT adapter of the encoder (the folder's weights already hold it merged).
+    names += sorted(str(p.relative_to(folder)) for p in folder.glob(f"{PLOTS_DIR}/*.png") if p.is_file())
+    names += [
+        f"{ADAPTER_DIR}/{name}" for name in ADAPTER_FILENAMES if (folder / ADAPTER_DIR / name).is_file()
+    ]
     names = list(dict.fromkeys(names))
     files = []
     for name in names:
@@ -316,8 +331,11 @@ def plan_upload(folder: str | os.PathLike[str], repo_id: str | None = None) -> U
         else:
             files.append(UploadFile(name, (folder / name).stat().st_size, folder / name))
     uploaded = set(names)
+    uploaded_dirs = {name.split("/", 1)[0] for name in uploaded if "/" in name}
     left_out = sorted(
-        p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if p.name not in uploaded
+        p.name + ("/" if p.is_dir() else "")
+        for p in folder.iterdir()
+        if p.name not in uploaded and p.name not in uploaded_dirs
     )
     plan = UploadPlan(folder, files, left_out, rendered_card=card is not None)
     if card is not None:

@@ -21,7 +21,7 @@ from enum import Enum
 from typing import Any
 
 import jinja2
-from huggingface_hub import EvalResult, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
@@ -113,22 +113,37 @@ def base_model_id(base_model_name: str | None) -> str | None:
 
 
 def pipeline_tag(config: MultiTaskEncoderConfig) -> str:
-    """The Hub pipeline tag: token-classification when every head tags tokens, else text-classification.
-
-    Not sentence-similarity, although `encode` gives sentence embeddings: that tag makes the Hub offer the
-    model as a sentence-transformers model (widget, filters), which it is not, and the embedding is tuned for
-    the heads rather than for similarity. Regression heads count as text-classification, as on the Hub.
-    """
+    """The Hub pipeline tag: text-classification (served by the folder's AutoModelForSequenceClassification
+    view: its first sentence task) when any head reads the sentence, else token-classification (its token
+    view). Both pipelines run on the folder (tests/test_hf_integrations.py)."""
     specs = list(config.tasks.values())
     if specs and all(spec.is_token_level for spec in specs):
         return "token-classification"
     return "text-classification"
 
 
-def card_tags(config: MultiTaskEncoderConfig) -> list[str]:
-    tags = ["multitask-encoder", "sentence-embeddings", "multi-task"]
+def _served_task(config: MultiTaskEncoderConfig, token_level: bool) -> str | None:
+    """The task the standard pipeline of that kind serves (see the task views in the modeling file)."""
+    chosen = getattr(
+        config, "token_classification_task" if token_level else "sequence_classification_task", None
+    )
+    return chosen or next(
+        (name for name, spec in config.tasks.items() if spec.is_token_level == token_level), None
+    )
+
+
+def card_tags(config: MultiTaskEncoderConfig, extra: tuple[str, ...] = ()) -> list[str]:
+    # The folder is also a sentence-transformers model and serves the feature-extraction pipeline.
+    tags = [
+        "multitask-encoder",
+        "sentence-embeddings",
+        "multi-task",
+        "sentence-transformers",
+        "feature-extraction",
+    ]
     for spec in config.tasks.values():
         tags += [tag for tag in spec.task_type.card_tags if tag not in tags]
+    tags += [tag for tag in extra if tag not in tags]
     # The Hub adds custom_code itself when config.json has an auto_map; saying it up front shows it in search.
     tags.append("custom_code")
     return tags
@@ -142,10 +157,6 @@ def evaluation_split(results: Mapping[str, Any] | None, task: str) -> str | None
     return None
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "data"
-
-
 def eval_results(
     config: MultiTaskEncoderConfig, results: Mapping[str, Any] | None, task_datasets: Mapping[str, str]
 ) -> list[EvalResult]:
@@ -157,8 +168,10 @@ def eval_results(
         if split is None:
             continue
         metrics = results[split][task]
-        dataset = task_datasets.get(task) or f"{task} data"
-        dataset_type = dataset if looks_like_hub_id(dataset) else _slug(dataset)
+        dataset = task_datasets.get(task)
+        if not dataset or not looks_like_hub_id(dataset.split(" (")[0]):
+            continue  # the model-index names datasets by Hub id; local data is reported in the body only
+        dataset_type = dataset.split(" (")[0]
         task_type = spec.task_type
         identifier = (task_type.hub_task, dataset_type, split)
         # The model-index groups results by (task type, dataset, config, split): two heads evaluated on the
@@ -186,7 +199,7 @@ def eval_results(
     return evals
 
 
-FRONT_MATTER_ORDER = ("library_name", "pipeline_tag", "license", "base_model", "datasets", "tags")
+FRONT_MATTER_ORDER = ("language", "library_name", "pipeline_tag", "license", "base_model", "datasets", "tags")
 
 
 def front_matter(
@@ -196,16 +209,19 @@ def front_matter(
     datasets: list[str],
     task_datasets: Mapping[str, str],
     license: str,
+    language: list[str] | None = None,
+    extra_tags: tuple[str, ...] = (),
 ) -> str:
     """The YAML metadata block, serialised by huggingface_hub itself so that the Hub parses it back."""
-    hub_datasets = [name for name in datasets if looks_like_hub_id(name)]
+    hub_datasets = [name.split(" (")[0] for name in datasets if looks_like_hub_id(name.split(" (")[0])]
     evals = eval_results(config, results, task_datasets)
     data = ModelCardData(
+        language=language or None,
         library_name="transformers",
         pipeline_tag=pipeline_tag(config),
-        tags=card_tags(config),
+        tags=card_tags(config, extra_tags),
         base_model=base_model_id(config.base_model_name),
-        datasets=hub_datasets or None,
+        datasets=list(dict.fromkeys(hub_datasets)) or None,
         license=license,
         model_name=model_name if evals else None,
         eval_results=evals or None,
@@ -414,6 +430,9 @@ def render_model_card(
     license: str = "apache-2.0",
     task_datasets: dict[str, str] | None = None,
     examples: list[tuple[str, dict[str, Any]]] | None = None,
+    language: list[str] | None = None,
+    plots: list[str] | None = None,
+    adapter: dict[str, Any] | None = None,
 ) -> str:
     """The model card of `config`'s model as markdown with YAML front matter.
 
@@ -430,6 +449,9 @@ def render_model_card(
             `datasets` when there is exactly one).
         examples: (text, `predict` result) pairs of the trained model, shown in the usage example (without
             them the example lists the fields each task returns, never invented values).
+        language: the language codes of the training data (`language:` metadata).
+        plots: PNG paths relative to the card (confusion matrices, curves), embedded in the body.
+        adapter: the PEFT adapter the encoder was trained with ({"type", "r", ...}), if any.
     """
     results = results or {}
     example_texts, example_lines = _example_predictions(config, examples)
@@ -440,7 +462,21 @@ def render_model_card(
     base_model = base_model_id(config.base_model_name)
     encoder_config = config.encoder_config
     context = {
-        "front_matter": front_matter(config, results, model_name, datasets, task_datasets, license),
+        "front_matter": front_matter(
+            config,
+            results,
+            model_name,
+            datasets,
+            task_datasets,
+            license,
+            language,
+            ("peft", str(adapter.get("type", "lora")).lower()) if adapter else (),
+        ),
+        "plots": list(plots or []),
+        "pipeline_tag": pipeline_tag(config),
+        "sequence_task": _served_task(config, token_level=False),
+        "token_task": _served_task(config, token_level=True),
+        "adapter": adapter,
         "title": repo_id or "Multi-task encoder",
         "repo_id": repo_id,
         "revision": revision,
@@ -482,6 +518,21 @@ def render_model_card(
 # ----------------------------------------------------------------------------------------------------------
 # From a training run
 # ----------------------------------------------------------------------------------------------------------
+
+
+def backbone_languages(backbone: str | None) -> list[str] | None:
+    """The `language:` of a local backbone folder's own card (all-MiniLM-L6-v2: en); None when unknown."""
+    card = os.path.join(str(backbone), "README.md") if backbone else None
+    if not card or not os.path.isfile(card):
+        return None
+    try:
+        language = ModelCard.load(card, ignore_metadata_errors=True).data.language
+    except Exception:  # a backbone card that does not parse says nothing about the language
+        return None
+    languages = [language] if isinstance(language, str) else list(language or [])
+    return [
+        code for code in languages if isinstance(code, str) and re.fullmatch(r"[a-z]{2,3}|multilingual", code)
+    ] or None
 
 
 def describe_data(path: str) -> str:
@@ -557,6 +608,9 @@ def write_model_card(
     model_args: Any,
     tasks: Mapping[str, Mapping[str, Any]] | None,
     examples: list[tuple[str, dict[str, Any]]] | None = None,
+    language: list[str] | None = None,
+    plots: list[str] | None = None,
+    adapter: dict[str, Any] | None = None,
 ) -> str:
     """Render the card of a finished training run into `output_dir/README.md`; returns the file's path."""
     task_datasets = {}
@@ -572,6 +626,9 @@ def write_model_card(
         datasets=list(task_datasets.values()),
         task_datasets=task_datasets,
         examples=examples,
+        language=language,
+        plots=plots,
+        adapter=adapter,
     )
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, CARD_FILENAME)

@@ -20,12 +20,14 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 from transformers.utils import ModelOutput
 
 from .configuration_multitask_encoder import MultiTaskEncoderConfig
@@ -115,6 +117,61 @@ class MultiTaskEncoderPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args: Any, **kwargs: Any):
+        """`PreTrainedModel.from_pretrained`, stricter in the ways that protect users of shared checkpoints:
+
+        - only safetensors weights are read by default (never a pickle), unless `use_safetensors=False`;
+        - weights that do not match the config fail loudly, naming the keys: a head the config declares but
+          the checkpoint lacks (it would be silently re-initialised at random), checkpoint weights the config
+          has no place for (silently dropped), a head whose shape is not the config's (labels edited);
+        - weights holding NaN or infinity are refused.
+        """
+        kwargs.setdefault("use_safetensors", True)
+        wants_info = kwargs.pop("output_loading_info", False)
+        kwargs.pop("trust_remote_code", None)  # the Auto classes decided it already
+        # Mismatched shapes are reported below, naming the task, instead of deep inside transformers.
+        kwargs.setdefault("ignore_mismatched_sizes", True)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        source = pretrained_model_name_or_path
+        problems = []
+        if info.get("mismatched_keys"):
+            shapes = [
+                f"{key} is {list(saved)} in the weights but {list(wanted)} for config.json"
+                for key, saved, wanted in info["mismatched_keys"]
+            ]
+            problems.append("; ".join(shapes))
+        if info.get("missing_keys"):
+            problems.append(f"weights missing from the checkpoint: {sorted(info['missing_keys'])}")
+        if info.get("unexpected_keys"):
+            problems.append(
+                f"checkpoint weights the config has no place for: {sorted(info['unexpected_keys'])}"
+            )
+        tasks = model.config.tasks
+        if problems:
+            raise ValueError(
+                f"The checkpoint {source} does not match its config (tasks {list(tasks)}, labels "
+                f"{ {name: len(spec.labels) for name, spec in tasks.items()} }): "
+                + "; ".join(problems)
+                + ". Was config.json edited (a task's labels changed?), or the weights saved from another model?"
+            )
+        broken = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
+        if broken:
+            raise ValueError(
+                f"The weights of {source} hold NaN or infinite values in {broken[:5]}"
+                + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
+                + ": the weights file is damaged (or the model diverged in training)."
+            )
+        if not getattr(model.config, "auto_map", None):
+            logger.warning(
+                f"{source}: config.json has no auto_map, so the folder will not load with "
+                "trust_remote_code=True where the multitask_encoder package is not installed. Re-save it with "
+                "save_pretrained."
+            )
+        return (model, info) if wants_info else model
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -229,66 +286,24 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         model.tokenizer = AutoTokenizer.from_pretrained(name_or_path, **hub_kwargs)
         # The padding id the tokenizer uses; without it the Trainer "aligns" config and tokenizer, noisily.
         model.config.pad_token_id = model.tokenizer.pad_token_id
+        # Resolved to a number now (saved with the model; the sentence-transformers files record it too).
+        model.config.max_seq_length = model.max_seq_length
         return model
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args: Any, **kwargs: Any):
-        """`PreTrainedModel.from_pretrained`, stricter in the ways that protect users of shared checkpoints:
-
-        - only safetensors weights are read by default (never a pickle), unless `use_safetensors=False`;
-        - weights that do not match the config fail loudly, naming the keys: a head the config declares but
-          the checkpoint lacks (it would be silently re-initialised at random), checkpoint weights the config
-          has no place for (silently dropped), a head whose shape is not the config's (labels edited);
-        - weights holding NaN or infinity are refused;
-        - the tokenizer is loaded now, with the trust decision made for the model (`trust_remote_code`, or
-          whether the model's own class came from the folder's code), and refused when its vocabulary does not
-          fit the encoder's embedding matrix (damaged or missing tokenizer files).
-        """
+        """The strict `MultiTaskEncoderPreTrainedModel.from_pretrained`, then the tokenizer, loaded now with the
+        trust decision made for the model (`trust_remote_code`, or whether the model's own class came from the
+        folder's code) and refused when its vocabulary does not fit the encoder's embedding matrix (damaged or
+        missing tokenizer files)."""
         trust_remote_code = kwargs.pop("trust_remote_code", None)
-        kwargs.setdefault("use_safetensors", True)
         wants_info = kwargs.pop("output_loading_info", False)
-        # Mismatched shapes are reported below, naming the task, instead of deep inside transformers.
-        kwargs.setdefault("ignore_mismatched_sizes", True)
         model, info = super().from_pretrained(
             pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
         )
-        source = pretrained_model_name_or_path
-        problems = []
-        if info.get("mismatched_keys"):
-            shapes = [
-                f"{key} is {list(saved)} in the weights but {list(wanted)} for config.json"
-                for key, saved, wanted in info["mismatched_keys"]
-            ]
-            problems.append("; ".join(shapes))
-        if info.get("missing_keys"):
-            problems.append(f"weights missing from the checkpoint: {sorted(info['missing_keys'])}")
-        if info.get("unexpected_keys"):
-            problems.append(
-                f"checkpoint weights the config has no place for: {sorted(info['unexpected_keys'])}"
-            )
-        if problems:
-            raise ValueError(
-                f"The checkpoint {source} does not match its config (tasks {list(model.config.tasks)}, labels "
-                f"{ {name: len(spec.labels) for name, spec in model.config.tasks.items()} }): "
-                + "; ".join(problems)
-                + ". Was config.json edited (a task's labels changed?), or the weights saved from another model?"
-            )
-        broken = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
-        if broken:
-            raise ValueError(
-                f"The weights of {source} hold NaN or infinite values in {broken[:5]}"
-                + (f" and {len(broken) - 5} more" if len(broken) > 5 else "")
-                + ": the weights file is damaged (or the model diverged in training)."
-            )
-        if not getattr(model.config, "auto_map", None):
-            logger.warning(
-                f"{source}: config.json has no auto_map, so the folder will not load with "
-                "trust_remote_code=True where the multitask_encoder package is not installed. Re-save it with "
-                "save_pretrained."
-            )
         remote = type(model).__module__.startswith("transformers_modules.")
         model._trust_remote_code = bool(trust_remote_code) if trust_remote_code is not None else remote
-        model._tokenizer = model._load_tokenizer(source)
+        model._tokenizer = model._load_tokenizer(pretrained_model_name_or_path)
         return (model, info) if wants_info else model
 
     @property
@@ -341,15 +356,45 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         self._tokenizer = tokenizer
 
     def save_pretrained(self, save_directory, *args: Any, **kwargs: Any) -> None:
-        """`PreTrainedModel.save_pretrained` (safetensors, config, code files) plus the tokenizer, and the
-        `multitask-text-classification` pipeline: `config.custom_pipelines` names it, and the relative import
-        below makes transformers copy `pipeline_multitask_encoder.py` with the other code files."""
+        """`PreTrainedModel.save_pretrained` (safetensors, config, code files) plus what lets every HF entry
+        point load the folder:
+
+        - the tokenizer, its `model_max_length` set to `max_seq_length` (the standard pipelines truncate there);
+        - the `multitask-text-classification` pipeline: `config.custom_pipelines` names it, and the relative
+          import below makes transformers copy `pipeline_multitask_encoder.py` with the other code files;
+        - `auto_map` entries for `AutoModelForSequenceClassification` / `AutoModelForTokenClassification`
+          (the task views below, for `pipeline("text-classification")` / `"token-classification"`);
+        - `modules.json`, `sentence_bert_config.json` and `config_sentence_transformers.json`, so that
+          `SentenceTransformer(folder, trust_remote_code=True)` encodes exactly as `encode`.
+        """
         from .pipeline_multitask_encoder import CUSTOM_PIPELINES
 
         self.config.custom_pipelines = copy.deepcopy(CUSTOM_PIPELINES)
+        auto_map = dict(getattr(self.config, "auto_map", None) or {})
+        for auto_class, view in TASK_VIEWS.items():
+            if any(spec.is_token_level == view.token_level for spec in self.config.tasks.values()):
+                auto_map[auto_class] = f"{Path(__file__).stem}.{view.__name__}"
+            else:
+                auto_map.pop(auto_class, None)
+        self.config.auto_map = auto_map
         super().save_pretrained(save_directory, *args, **kwargs)
-        if self._tokenizer is not None and kwargs.get("is_main_process", True):
-            self._tokenizer.save_pretrained(save_directory)
+        if not kwargs.get("is_main_process", True):
+            return
+        max_length = (
+            self.max_seq_length if self._tokenizer is not None or self.config.max_seq_length else None
+        )
+        if self._tokenizer is not None:
+            previous = self._tokenizer.model_max_length
+            self._tokenizer.model_max_length = max_length
+            try:
+                self._tokenizer.save_pretrained(save_directory)
+            finally:
+                self._tokenizer.model_max_length = previous
+        if max_length is not None:
+            for name, content in sentence_transformers_files(max_length).items():
+                with open(os.path.join(save_directory, name), "w", encoding="utf-8") as f:
+                    json.dump(content, f, indent=2)
+                    f.write("\n")
 
     @property
     def max_seq_length(self) -> int:
@@ -384,6 +429,9 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             `task_losses` and one `<task>_logits` per task that ran.
         """
         task_names = self.resolve_tasks(tasks)
+        input_ids, attention_mask, token_type_ids = self._fit_to_max_length(
+            input_ids, attention_mask, token_type_ids
+        )
         unknown = [
             key for key in labels if not key.startswith("labels_") or key[len("labels_") :] not in self.heads
         ]
@@ -435,6 +483,38 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         output.loss = total_loss
         output.task_losses = losses or None
         return output
+
+    def _fit_to_max_length(self, input_ids, attention_mask, token_type_ids):
+        """Inputs longer than the model's limit (a caller that did not truncate, e.g. a standard pipeline)
+        cut as the tokenizer cuts them: the first `limit - 1` tokens and the row's last real token (the closing
+        special token). Right padding assumed. Never fails on long input; warns once."""
+        limit = self.config.max_seq_length or self.config.encoder_config.max_position_embeddings
+        if input_ids is None or input_ids.shape[1] <= limit:
+            return input_ids, attention_mask, token_type_ids
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        lengths = attention_mask.sum(dim=1)
+        index = torch.arange(limit, device=input_ids.device).expand(input_ids.shape[0], limit).clone()
+        index[:, -1] = torch.where(lengths > limit, lengths - 1, index[:, -1])
+        if not self._warned_truncation:
+            logger.warning(f"Inputs longer than {limit} tokens were truncated to fit the model.")
+            self._warned_truncation = True
+        return tuple(
+            None if t is None else t.gather(1, index) for t in (input_ids, attention_mask, token_type_ids)
+        )
+
+    def similarity(self, embeddings_a, embeddings_b) -> torch.Tensor:
+        """Cosine similarity of every row of `embeddings_a` `[n, dim]` (or texts: they are encoded first) with
+        every row of `embeddings_b` `[m, dim]` -> `[n, m]`; the same as sentence-transformers' `similarity`."""
+        a, b = (
+            self.encode(x, return_tensors="pt")
+            if isinstance(x, str) or (isinstance(x, list) and x and isinstance(x[0], str))
+            else x
+            for x in (embeddings_a, embeddings_b)
+        )
+        a, b = (torch.as_tensor(x, dtype=torch.float32) for x in (a, b))
+        a, b = (x.unsqueeze(0) if x.dim() == 1 else x for x in (a, b))
+        return F.normalize(a, p=2, dim=-1) @ F.normalize(b, p=2, dim=-1).T
 
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
         """Pooled vector `[batch, hidden]` -> the sentence embedding `[batch, embedding_size]`
@@ -688,9 +768,134 @@ def _sentence_transformers_max_length(name_or_path: str) -> int | None:
     return int(value) if value else None
 
 
+# ---------------------------------------------------------------------------------------------- task views
+class _MultiTaskEncoderTaskView(MultiTaskEncoderPreTrainedModel):
+    """One task of a multi-task model behind the standard single-task interface (`logits`, `config.id2label`,
+    `problem_type`), so the standard pipelines and a plain `Trainer` can use it. It holds the multi-task model
+    as `multitask_encoder` (the `base_model_prefix`): the same weights file loads into it, without a copy.
+
+    `serve_task` (or the config's `<kind>_task` field) picks the task; default: the first of the right kind.
+    """
+
+    token_level: ClassVar[bool] = False
+    config_field: ClassVar[str] = ""
+    output_class: ClassVar[type] = SequenceClassifierOutput
+    accepts_loss_kwargs = False  # the Trainer must not pass num_items_in_batch
+
+    def __init__(
+        self,
+        config: MultiTaskEncoderConfig,
+        serve_task: str | None = None,
+        multitask_model: MultiTaskEncoderModel | None = None,
+    ) -> None:
+        task = self.choose_task(config, serve_task or getattr(config, self.config_field, None))
+        view_config = copy.deepcopy(config)  # the multi-task model's own config is left as it is
+        spec = config.tasks[task]
+        view_config.id2label = dict(enumerate(spec.labels))
+        view_config.label2id = spec.label2id
+        view_config.problem_type = spec.task_type.hf_problem_type
+        setattr(view_config, self.config_field, task)
+        super().__init__(view_config)
+        self.served_task = task
+        self.multitask_encoder = (
+            multitask_model if multitask_model is not None else MultiTaskEncoderModel(config)
+        )
+        self.post_init()
+
+    @classmethod
+    def choose_task(cls, config: MultiTaskEncoderConfig, task: str | None) -> str:
+        candidates = [name for name, spec in config.tasks.items() if spec.is_token_level == cls.token_level]
+        if task is None and candidates:
+            return candidates[0]
+        if task not in candidates:
+            raise ValueError(
+                f"{cls.__name__} serves one of {candidates} (the model's tasks: {list(config.tasks)}), not {task!r}."
+            )
+        return task
+
+    @classmethod
+    def from_multitask(cls, model: MultiTaskEncoderModel, serve_task: str | None = None):
+        """A view of a loaded multi-task model (sharing its weights)."""
+        return cls(model.config, serve_task=serve_task, multitask_model=model)
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        labels=None,
+        return_dict=None,
+        **kwargs,
+    ):
+        """`[batch, seq]` inputs -> the served task's `logits` (`[batch, n]`, or `[batch, seq, n]` for a token
+        task) and, with `labels`, its loss."""
+        task_labels = {} if labels is None else {f"labels_{self.served_task}": labels}
+        output = self.multitask_encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            tasks=[self.served_task],
+            **task_labels,
+        )
+        return self.output_class(loss=output.loss, logits=output[f"{self.served_task}_logits"])
+
+    def save_pretrained(self, save_directory, *args: Any, **kwargs: Any) -> None:
+        """The multi-task model's folder (the canonical one: every view loads from it)."""
+        self.multitask_encoder.save_pretrained(save_directory, *args, **kwargs)
+
+
+class MultiTaskEncoderForSequenceClassification(_MultiTaskEncoderTaskView):
+    token_level = False
+    config_field = "sequence_classification_task"
+    output_class = SequenceClassifierOutput
+
+
+class MultiTaskEncoderForTokenClassification(_MultiTaskEncoderTaskView):
+    token_level = True
+    config_field = "token_classification_task"
+    output_class = TokenClassifierOutput
+
+
+TASK_VIEWS = {
+    "AutoModelForSequenceClassification": MultiTaskEncoderForSequenceClassification,
+    "AutoModelForTokenClassification": MultiTaskEncoderForTokenClassification,
+}
+
+
+def sentence_transformers_files(max_seq_length: int) -> dict[str, Any]:
+    """What sentence-transformers reads to load a folder as one Transformer module that calls `forward` and
+    takes its `embeddings` as the sentence embedding (no pooling or normalisation of its own on top). Unpadded
+    (flattened) batches are off: they would pass arguments `forward` does not take."""
+    return {
+        "modules.json": [
+            {
+                "idx": 0,
+                "name": "0",
+                "path": "",
+                "type": "sentence_transformers.base.modules.transformer.Transformer",
+            }
+        ],
+        "sentence_bert_config.json": {
+            "transformer_task": "feature-extraction",
+            "modality_config": {"text": {"method": "forward", "method_output_name": "embeddings"}},
+            "module_output_name": "sentence_embedding",
+            "max_seq_length": max_seq_length,
+            "unpad_inputs": False,
+        },
+        "config_sentence_transformers.json": {
+            "model_type": "SentenceTransformer",
+            "prompts": {},
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine",
+        },
+    }
+
+
 MultiTaskEncoderModel.register_for_auto_class("AutoModel")
 
 __all__ = [
+    "MultiTaskEncoderForSequenceClassification",
+    "MultiTaskEncoderForTokenClassification",
     "MultiTaskEncoderModel",
     "MultiTaskEncoderOutput",
     "MultiTaskEncoderPreTrainedModel",

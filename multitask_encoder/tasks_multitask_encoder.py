@@ -252,6 +252,7 @@ class TaskType:
     name: ClassVar[str]
     display_name: ClassVar[str]  # model card / model-index ("Text Classification")
     hub_task: ClassVar[str]  # Hub task id of the model-index and pipeline tags
+    hf_problem_type: ClassVar[str] = "single_label_classification"  # `config.problem_type` of its task view
     card_tags: ClassVar[tuple[str, ...]] = ()
     options: ClassVar[dict[str, Any]] = {}  # spec keys of this type only -> default
     # Data side: the task's content is one text per row ("text") or a list of words ("tokens"); the keys a
@@ -483,6 +484,7 @@ class MultiLabelClassification(TaskType):
 
     name = "multi_label_classification"
     display_name = "Multi-label Text Classification"
+    hf_problem_type = "multi_label_classification"
     hub_task = "text-classification"
     card_tags = ("text-classification", "multi-label-classification")
     options: ClassVar[dict[str, Any]] = {"threshold": 0.5}
@@ -590,6 +592,7 @@ class Regression(TaskType):
 
     name = "regression"
     display_name = "Text Regression"
+    hf_problem_type = "regression"
     # The Hub has no regression task id: regression heads are reported as text-classification, as the Hub
     # does for STS-B-style models (AutoModelForSequenceClassification with 1 output).
     hub_task = "text-classification"

@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 from transformers import AutoTokenizer, HfArgumentParser, ProgressCallback, TrainerCallback, set_seed
+from transformers.integrations import INTEGRATION_TO_CALLBACK, get_reporting_integration_callbacks
 
+from .adapters import apply_adapter, has_adapter, merge_and_save_adapter, peft_config, trainable_parameters
 from .arguments import (
     ARGUMENT_CLASSES,
     MULTITASK_OPTIONS,
@@ -41,15 +43,16 @@ from .checkpoints import (
 )
 from .config_file import ConfigError, check_options, read_config_file
 from .data import MultiTaskData, load_multitask_data
-from .model_card import write_model_card
+from .model_card import backbone_languages, write_model_card
 from .modeling_multitask_encoder import MultiTaskEncoderModel
+from .plots import write_plots
 from .trainer import MultiTaskTrainer, scalar_metrics
 
 logger = logging.getLogger(__name__)
 
 PROG = "multitask-encoder-train"
 # Raised before training by the checks of the config, options, data and output folder: a user's input to fix.
-REFUSALS = (ValueError, TypeError, OSError)
+REFUSALS = (ValueError, TypeError, OSError, ImportError)
 # The offline demo, shipped inside the package (an installed wheel runs it from any folder).
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 
@@ -117,6 +120,26 @@ def _is_main_score(key: str) -> bool:
     )
 
 
+# Extras that install a tracker's package, by report_to name (others: the package of the same name).
+TRACKER_EXTRAS = {"tensorboard": "pip install 'multitask-encoder[tensorboard]'"}
+
+
+def check_trackers(report_to: list[str]) -> None:
+    """Refuse, before any data is read, a `--report_to` tracker that is unknown or not installed (the Trainer
+    would only fail once the data is loaded and the model built)."""
+    for callback_class in get_reporting_integration_callbacks(report_to):  # ValueError for unknown names
+        try:
+            callback_class()
+        except (ImportError, RuntimeError) as error:
+            name = next(
+                (k for k, v in INTEGRATION_TO_CALLBACK.items() if v is callback_class), str(callback_class)
+            )
+            install = TRACKER_EXTRAS.get(name, f"pip install {name}")
+            raise ImportError(
+                f"--report_to {name}: the tracker is not installed ({install}). {error}"
+            ) from None
+
+
 def write_predictions_csv(
     path: str, model, task: str, dataset, logits: np.ndarray, labels: np.ndarray
 ) -> None:
@@ -153,6 +176,14 @@ def prepare_run(argv: list[str] | None = None, callbacks: list[TrainerCallback] 
     """Everything before training, where a bad input is refused (config, options, data, output folder)."""
     model_args, training_args, job_args, tasks, config_path = parse_arguments(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # What is not installed is named before any data is read.
+    check_trackers(training_args.report_to)
+    if model_args.peft is not None:
+        peft_config(model_args.peft)
+        if training_args.freeze_encoder or training_args.precompute_embeddings:
+            raise ValueError(
+                "peft trains the encoder through an adapter: it cannot be combined with freeze_encoder."
+            )
     output_dir = training_args.output_dir
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ValueError(f"--output_dir {output_dir} is a file, not a folder.")
@@ -193,6 +224,12 @@ def prepare_run(argv: list[str] | None = None, callbacks: list[TrainerCallback] 
         max_seq_length=model_args.max_seq_length,
         attn_implementation=model_args.attn_implementation,
     )
+    if model_args.peft is not None:
+        apply_adapter(model, model_args.peft)
+        trainable, total = trainable_parameters(model)
+        logger.info(
+            f"PEFT {model_args.peft}: {trainable:,} of {total:,} parameters train ({trainable / total:.2%})."
+        )
     trainer = MultiTaskTrainer(
         model=model,
         args=training_args,
@@ -226,6 +263,12 @@ def train_and_save(run: TrainingRun) -> dict[str, Any]:
     if run.resume_from:
         logger.info(f"Resuming from {run.resume_from}")
     train_result = trainer.train(resume_from_checkpoint=run.resume_from)
+    if has_adapter(model):
+        # The adapter alone to adapter/ (main process), merged into the weights the folder holds (everywhere).
+        if trainer.is_world_process_zero():
+            merge_and_save_adapter(model, output_dir, model.config.base_model_name)
+        else:
+            model.encoder = model.encoder.merge_and_unload()
     # Saved before anything else can fail. Saving and evaluating are collective in a distributed run (all
     # processes take part; evaluation gathers every process's share); only the main process writes.
     trainer.save_model(output_dir)  # weights, config, code files and tokenizer
@@ -251,7 +294,10 @@ def train_and_save(run: TrainingRun) -> dict[str, Any]:
         with open(os.path.join(output_dir, "eval_results.json"), "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2, default=float)
         examples = list(zip(run.job_args.example_sentences, model.predict(run.job_args.example_sentences)))
-        write_model_card(output_dir, model.config, results, args, run.model_args, run.tasks, examples)
+        plots = write_plots(output_dir, model.config, results, trainer.state.log_history)
+        language = run.job_args.language or backbone_languages(resolve_backbone(run.model_args.backbone))
+        card = {"examples": examples, "language": language, "plots": plots, "adapter": run.model_args.peft}
+        write_model_card(output_dir, model.config, results, args, run.model_args, run.tasks, **card)
         write_run_file(output_dir, run.fingerprint, finished=True)
         removed = 0 if run.job_args.keep_checkpoints else remove_checkpoints(output_dir)
         _print_summary(results)

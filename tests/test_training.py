@@ -802,3 +802,131 @@ def test_the_command_refuses_in_one_line_without_a_traceback(
     assert "Traceback" not in result.stderr
     debug = run_command(argv, MULTITASK_ENCODER_DEBUG="1")
     assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+# ---------------------------------------------------------------------------------------------- 9. integrations
+def test_the_run_plots_and_the_card_embeds_them_with_hub_metadata(e2e) -> None:
+    from huggingface_hub import ModelCard, ModelCardData
+    from transformers import pipeline
+    from transformers.pipelines import SUPPORTED_TASKS
+
+    output_dir, _, _ = e2e
+    plots = sorted(path.name for path in (output_dir / "plots").iterdir())
+    assert plots == ["confusion_sentiment.png", "confusion_topic.png", "eval_metrics.png", "loss.png"]
+    assert all((output_dir / "plots" / name).read_bytes().startswith(b"\x89PNG") for name in plots)
+    card = ModelCard.load(output_dir / "README.md", ignore_metadata_errors=False)
+    for name in plots:
+        assert f"(plots/{name})" in card.text
+    data = card.data
+    assert ModelCardData(**data.to_dict()).to_dict() == data.to_dict()  # what the Hub parses back
+    assert data.library_name == "transformers" and data.base_model is None  # a local tiny backbone: no Hub id
+    assert data.language is None and not data.datasets  # local data: no Hub dataset ids, no invented ones
+    assert "sentence-transformers" in data.tags and "token-classification" in data.tags
+    assert data.pipeline_tag in SUPPORTED_TASKS
+    served = pipeline(data.pipeline_tag, model=str(output_dir))("The match was great today")
+    assert served[0]["label"] in ("sport", "business")
+
+
+def test_a_missing_tracker_is_named_before_any_data_is_read(
+    toy_data: Path, tiny_backbone: str, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "config.yaml", toy_tasks(toy_data, ner=False))
+    cache = tmp_path / "cache"
+    blocker = tmp_path / "sitecustomize.py"  # in the child, tensorboard (and tensorboardX) look not installed
+    blocker.write_text(
+        "import importlib.util\n"
+        "_find_spec = importlib.util.find_spec\n"
+        "def find_spec(name, package=None):\n"
+        "    if name.split('.')[0] in ('tensorboard', 'tensorboardX'):\n"
+        "        return None\n"
+        "    return _find_spec(name, package)\n"
+        "importlib.util.find_spec = find_spec\n",
+        encoding="utf-8",
+    )
+    argv = [config, "--backbone", tiny_backbone, "--output_dir", str(tmp_path / "out"), "--use_cpu"]
+    argv += ["--data_cache_dir", str(cache), "--report_to", "tensorboard", "--max_steps", "2"]
+    result = run_command(argv, PYTHONPATH=str(tmp_path))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert (
+        "--report_to tensorboard: the tracker is not installed (pip install 'multitask-encoder[tensorboard]')"
+        in result.stderr
+    )
+    assert not cache.exists() and "Tokenising" not in result.stderr  # refused before the data
+
+
+def test_tensorboard_receives_every_tasks_losses_and_metrics(
+    toy_data: Path, tiny_backbone: str, tmp_path: Path
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = write_config(tmp_path / "config.yaml", toy_tasks(toy_data))
+    output_dir = tmp_path / "out"
+    argv = [config, "--backbone", tiny_backbone, "--output_dir", str(output_dir), "--use_cpu"]
+    argv += ["--data_cache_dir", str(toy_data / "cache"), "--report_to", "tensorboard", "--max_steps", "4"]
+    argv += ["--logging_steps", "1", "--eval_strategy", "steps", "--eval_steps", "2", "--save_strategy", "no"]
+    run_training(argv)
+    (run_dir,) = (output_dir / "runs").iterdir()
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    for task in ("topic", "sentiment", "ner"):
+        assert f"train/loss_{task}" in scalars, sorted(scalars)
+    for name in (
+        "eval/topic_accuracy",
+        "eval/sentiment_accuracy",
+        "eval/ner_f1",
+        "eval/combined_score",
+        "test/topic_accuracy",
+    ):
+        assert name in scalars, sorted(scalars)
+    assert [event.step for event in events.Scalars("eval/topic_accuracy")][:2] == [2, 4]
+
+
+def test_lora_trains_the_adapter_and_saves_a_merged_model_and_the_adapter(
+    toy_data: Path, tiny_backbone: str, tmp_path: Path
+) -> None:
+    from peft import PeftModel
+
+    config = write_config(
+        tmp_path / "config.yaml",
+        toy_tasks(toy_data),
+        peft={"r": 4, "alpha": 8, "target_modules": ["query", "value"]},
+        learning_rate=5e-3,
+    )
+    output_dir = tmp_path / "out"
+    argv = [
+        config,
+        *job_flags(tiny_backbone, output_dir, toy_data / "cache"),
+        "--max_steps",
+        "8",
+        "--eval_strategy",
+        "no",
+    ]
+    _, recorder = train(argv)
+    trained = [name for group in recorder.groups for name in group["names"]]  # what the optimizer updates
+    lora = [name for name in trained if "lora_" in name]
+    assert lora and all(".query." in name or ".value." in name for name in lora)
+    assert not [n for n in trained if n.startswith("encoder.") and "lora_" not in n]  # the base is frozen
+    assert {n.split(".")[0] for n in trained} == {"encoder", "heads"}  # the heads train in full
+    assert (output_dir / "adapter" / "adapter_config.json").is_file() and not (
+        output_dir / "adapter" / "README.md"
+    ).exists()
+    adapter_config = json.loads((output_dir / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 4 and adapter_config["base_model_name_or_path"] == tiny_backbone
+
+    merged = AutoModel.from_pretrained(output_dir)  # an ordinary folder: no adapter keys, no peft needed
+    assert not [k for k in load_file(output_dir / "model.safetensors") if "lora" in k]
+    unmerged = AutoModel.from_pretrained(output_dir)
+    base = AutoModel.from_pretrained(tiny_backbone)
+    base.pooler = None
+    unmerged.encoder = PeftModel.from_pretrained(base, str(output_dir / "adapter"))
+    texts = ["The match was great today", "John Smith flew to Paris"]
+    a, b = merged.predict(texts), unmerged.predict(texts)
+    assert [p["topic"]["label"] for p in a] == [p["topic"]["label"] for p in b]
+    for pa, pb in zip(a, b):
+        assert pa["topic"]["score"] == pytest.approx(pb["topic"]["score"], abs=1e-5)
+        assert [(e["entity"], e["start"]) for e in pa["ner"]["entities"]] == [
+            (e["entity"], e["start"]) for e in pb["ner"]["entities"]
+        ]
+    card = (output_dir / "README.md").read_text()
+    assert "LORA adapter on the encoder" in card and "- peft" in card

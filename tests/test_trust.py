@@ -140,6 +140,7 @@ def test_loading_through_the_package_does_not_run_the_tokenizer_code(
     assert not [name for name in sys.modules if name.endswith("tokenization_marker")]
 
 
+@pytest.mark.slow
 def test_predict_refuses_folder_tokenizer_code_without_the_flag_and_runs_it_with(
     custom_tokenizer_folder: Path, tiny_checkpoint: Path, marker: Path, tmp_path: Path
 ) -> None:
@@ -191,6 +192,7 @@ def test_predict_refuses_a_model_type_only_the_folder_code_provides(
     assert sorted(path.name for path in tmp_path.iterdir()) == ["in.txt"]
 
 
+@pytest.mark.slow
 def test_push_dry_run_runs_the_folder_code_only_with_the_flag(
     custom_tokenizer_folder: Path, marker: Path, tmp_path: Path
 ) -> None:

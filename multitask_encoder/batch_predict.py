@@ -6,7 +6,12 @@ each text of a file, streamed in constant memory.
 
 The input is read one record at a time and each window's rows are written as soon as it is predicted, so
 memory does not grow with the file. The output is written to a temporary file next to OUTPUT and renamed
-when complete: a failed run never leaves a half-written file under the requested name.
+when complete: a failed, interrupted (Ctrl-C) or terminated (SIGTERM) run leaves neither a half-written file
+under the requested name nor the temporary file.
+
+No code from the model's folder or repo runs unless --trust-remote-code is given: the installed package's
+classes serve a multitask-encoder model, and a model or tokenizer that needs its own code is refused,
+naming what needs it. Every refusal is one line on stderr (see `multitask_encoder.cli`).
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO, TextIO
 
+from .cli import OneLineArgumentParser, add_common_options, debug_requested, first_line, run_command
 from .data.readers import DelimitedReader, ReadError, decoded_lines, read_jsonl, read_text_lines
 
 PROG = "multitask-encoder-predict"
@@ -49,10 +55,21 @@ output formats (from the extension, or --format; "-o -" writes to stdout and nee
   Rows come out in input order.
 
 empty texts: an empty or whitespace-only text (blank line, empty cell, "" in JSON) has nothing to predict;
-  it is skipped, and a warning on stderr gives how many were skipped and where. The "line" field of
-  each output row maps it back to the input. Anything else that is wrong (missing column or key, bad JSON,
-  a text that is not a string, a csv/tsv row without the text column) stops the run with an error naming
-  the line, exit status 1.
+  it is skipped, and a warning on stderr gives how many were skipped and where. So is a text the
+  tokenizer keeps nothing of (zero-width or control characters only, which it drops: the model would
+  read no word of it), with a warning of its own. The "line" field of each output row maps it back to
+  the input. Anything else that is wrong (missing column or key, bad JSON, a text that is not a string,
+  a csv/tsv row without the text column) stops the run with an error naming the line, exit status 1.
+
+model code: without --trust-remote-code no Python file of the model's folder or repo runs. The installed
+  multitask_encoder package's own classes serve a multitask-encoder model; a model whose model_type, or a
+  tokenizer whose classes, only the folder's code provides (auto_map in config.json or
+  tokenizer_config.json) is refused, naming it. --trust-remote-code runs that code on this machine.
+
+exit status: 0 done; 1 refused or failed, with one line on stderr naming the file, line, column or
+  option; 2 a usage error; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Only a complete run
+  writes OUTPUT, and no temporary file is left behind. --debug (or MULTITASK_ENCODER_DEBUG=1) adds the
+  traceback.
 """
 
 
@@ -150,18 +167,21 @@ def read_records(f: BinaryIO, path: str, input_format: str, text_column: str) ->
     return read_delimited(lines, path, "," if input_format == "csv" else "\t", text_column)
 
 
-class EmptyTextSkipper:
-    """Passes non-empty records through; counts the empty ones and remembers where the first were."""
+class TextSkipper:
+    """Passes the records whose text `keep` accepts; counts the others (`what` they are, for the warning)
+    and remembers where the first were."""
 
     SHOWN = 5
 
-    def __init__(self) -> None:
+    def __init__(self, keep: Callable[[str], bool], what: str) -> None:
+        self.keep = keep
+        self.what = what
         self.count = 0
         self.first_lines: list[int] = []
 
     def __call__(self, records: Iterable[tuple[int, str]]) -> Iterator[tuple[int, str]]:
         for line, text in records:
-            if text.strip():
+            if self.keep(text):
                 yield line, text
                 continue
             self.count += 1
@@ -174,9 +194,30 @@ class EmptyTextSkipper:
         where = ", ".join(str(line) for line in self.first_lines)
         more = ", ..." if self.count > len(self.first_lines) else ""
         return (
-            f"skipped {self.count} empty text(s) in {path} (line {where}{more}); the 'line' field of each "
+            f"skipped {self.count} {self.what} in {path} (line {where}{more}); the 'line' field of each "
             "output row gives its input line"
         )
+
+
+def skip_empty_texts() -> TextSkipper:
+    """Skips empty and whitespace-only texts: nothing to predict."""
+    return TextSkipper(lambda text: bool(text.strip()), "empty text(s)")
+
+
+def skip_texts_without_tokens(model) -> TextSkipper:
+    """Skips the texts `model`'s tokenizer keeps nothing of (zero-width or control characters only), which
+    `predict` refuses: the model's own check (`_checked_texts`) decides."""
+
+    def keeps_something(text: str) -> bool:
+        try:
+            model._checked_texts(text)
+        except ValueError:  # its refusal of a text it keeps nothing of (empty texts were skipped before)
+            return False
+        return True
+
+    return TextSkipper(
+        keeps_something, "text(s) the tokenizer keeps nothing of (zero-width or control characters)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -239,36 +280,53 @@ class AtomicOutput:
         return self.f
 
     def __exit__(self, error_type, error, traceback) -> None:
+        """Renames the complete file to `path`; on any exception (KeyboardInterrupt included), or when
+        closing or renaming fails, removes the temporary file instead."""
         if self.temporary is None:
             sys.stdout.flush()
             return
-        self.f.close()
-        if error_type is None:
-            os.replace(self.temporary, self.path)
-        else:
-            os.unlink(self.temporary)
+        try:
+            self.f.close()  # the last rows are written here: a full disk fails now
+            if error_type is None:
+                os.replace(self.temporary, self.path)
+        except OSError as failure:
+            if error_type is None:  # the run itself went well: this is the error to report
+                raise BatchPredictError(f"cannot write {self.path}: {failure.strerror or failure}") from None
+        finally:
+            if os.path.exists(self.temporary):  # not renamed
+                os.unlink(self.temporary)
 
 
 # ---------------------------------------------------------------------------------------------- model
-def first_line(error: Exception) -> str:
-    message = str(error).strip()
-    return message.splitlines()[0] if message else type(error).__name__
-
-
-def load_model(name_or_path: str, revision: str | None, device: str | None):
-    """The model (and its tokenizer, at the same commit), through the checkpoint's own code."""
+def load_model(name_or_path: str, revision: str | None, device: str | None, trust_remote_code: bool):
+    """The model and its tokenizer (at the same commit). Without `trust_remote_code` no code of the folder
+    runs: the installed package's classes serve it (`import multitask_encoder` registers them with the Auto
+    classes), and a model or tokenizer that needs the folder's code is refused, naming it."""
     import torch
     from transformers import AutoModel
+    from transformers.utils import logging as transformers_logging
 
     # Hub ids ("org/name") are left to transformers; something that can only be a path must be a folder.
     if os.path.isabs(name_or_path) or name_or_path.startswith((".", "~")):
         if not os.path.isdir(os.path.expanduser(name_or_path)):
             raise BatchPredictError(f"cannot load the model {name_or_path}: no such folder")
         name_or_path = os.path.expanduser(name_or_path)
+    # transformers' "Loading weights" bar would come before a refusal (or this command's own progress bar).
+    progress_bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
     try:
-        model = AutoModel.from_pretrained(name_or_path, revision=revision, trust_remote_code=True)
+        model = AutoModel.from_pretrained(
+            name_or_path, revision=revision, trust_remote_code=trust_remote_code
+        )
     except Exception as error:  # OSError, ValueError, ... from deep inside transformers: keep one line
+        # transformers (for the model's classes) and the model (for its tokenizer) refuse folder code that
+        # was not trusted with a message that names the option.
+        if not trust_remote_code and "trust_remote_code" in str(error):
+            raise BatchPredictError(folder_code_refusal(name_or_path, revision, error)) from None
         raise BatchPredictError(f"cannot load the model {name_or_path}: {first_line(error)}") from None
+    finally:
+        if progress_bars:
+            transformers_logging.enable_progress_bar()
     if not hasattr(model, "predict") or not isinstance(getattr(model.config, "tasks", None), dict):
         raise BatchPredictError(
             f"{name_or_path} is not a multitask-encoder model (model_type {model.config.model_type!r})"
@@ -281,6 +339,43 @@ def load_model(name_or_path: str, revision: str | None, device: str | None):
     return model.to(device).eval()
 
 
+def folder_code_refusal(name_or_path: str, revision: str | None, error: Exception) -> str:
+    """Why `name_or_path` does not load without --trust-remote-code: what needs the folder's code, read from
+    config.json and tokenizer_config.json (data: reading them runs nothing). `error` is transformers'
+    refusal, whose first line is the fallback."""
+    from transformers import PretrainedConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.tokenization_auto import get_tokenizer_config
+
+    try:
+        config, _ = PretrainedConfig.get_config_dict(name_or_path, revision=revision)
+        model_type = config.get("model_type")
+        if model_type not in CONFIG_MAPPING:  # transformers' own classes and the ones this package registers
+            code = ", ".join(f"{auto} -> {ref}" for auto, ref in (config.get("auto_map") or {}).items())
+            needs = (
+                f"its config.json has model_type {model_type!r}, which neither transformers nor the installed "
+                f"multitask_encoder package provides (auto_map: {code})"
+            )
+        else:  # the model's classes are the package's, so the refusal was the tokenizer's
+            tokenizer_config = get_tokenizer_config(name_or_path, revision=revision)
+            auto_map = tokenizer_config.get("auto_map") or {}
+            references = auto_map.get("AutoTokenizer") if isinstance(auto_map, dict) else auto_map
+            if not isinstance(references, (list, tuple)):
+                references = [references]
+            code = ", ".join(str(reference) for reference in references if reference)
+            needs = (
+                f"its tokenizer_config.json names tokenizer_class {tokenizer_config.get('tokenizer_class')!r}, "
+                f"whose code is the folder's (auto_map AutoTokenizer: {code})"
+            )
+    except Exception:  # the files could not be read again: say what transformers said
+        needs = first_line(error)
+    return (
+        f"{name_or_path} needs its own code to load: {needs}. Without --trust-remote-code no code from a model "
+        "folder or repo runs; --trust-remote-code runs it on this machine with your permissions: read it "
+        "first (for a Hub repo, pin the commit you read with --revision)"
+    )
+
+
 def windows(records: Iterator[tuple[int, str]], size: int) -> Iterator[list[tuple[int, str]]]:
     while window := list(itertools.islice(records, size)):
         yield window
@@ -288,7 +383,7 @@ def windows(records: Iterator[tuple[int, str]], size: int) -> Iterator[list[tupl
 
 # ---------------------------------------------------------------------------------------------- command
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog=PROG,
         description="Predict every task of a multitask-encoder model for each text of a file, streamed in "
         "batches in constant memory.",
@@ -323,12 +418,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--revision", help="branch, tag or commit of a Hub repo")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let the model's folder or repo run its own Python code (model or tokenizer classes) on this "
+        "machine; off by default: the installed package's classes serve a multitask-encoder model",
+    )
+    add_common_options(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
+    # Before anything else: a directory has no extension to read the format from, and renaming the finished
+    # file onto it would fail only after all the work.
+    if args.output != "-" and os.path.isdir(args.output):
+        raise BatchPredictError(
+            f"the output {args.output} is a directory; name a file, e.g. -o "
+            f"{os.path.join(args.output, 'predictions.jsonl')}"
+        )
     if args.batch_size < 1:
         raise BatchPredictError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.top_k is not None and args.top_k < 1:
@@ -347,13 +456,15 @@ def run(args: argparse.Namespace) -> None:
     total_lines = count_lines(args.input)
 
     with open_input(args.input) as input_file, AtomicOutput(args.output) as output_file:
-        skipper = EmptyTextSkipper()
-        records = skipper(read_records(input_file, args.input, input_format, args.text_column or "text"))
+        empty = skip_empty_texts()
+        records = empty(read_records(input_file, args.input, input_format, args.text_column or "text"))
         # Read the first record now: a missing column or a bad first line fails before the slow model load.
         first = list(itertools.islice(records, 1))
         records = itertools.chain(first, records)
 
-        model = load_model(args.model, args.revision, args.device)
+        model = load_model(args.model, args.revision, args.device, args.trust_remote_code)
+        without_tokens = skip_texts_without_tokens(model)
+        records = without_tokens(records)
         tasks = None
         if requested_tasks is not None:
             try:
@@ -385,21 +496,26 @@ def run(args: argparse.Namespace) -> None:
         progress.update(total_lines - progress.n)
         progress.close()
 
-    warning = skipper.warning(args.input)
-    if warning:
-        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    for skipped in (empty, without_tokens):
+        warning = skipped.warning(args.input)
+        if warning:
+            print(f"{PROG}: warning: {warning}", file=sys.stderr)
     if args.output != "-":
         print(f"{PROG}: wrote {written} row(s) to {args.output}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command: exit status 0 when OUTPUT is complete; otherwise one line on stderr (see
+    `multitask_encoder.cli.run_command`) and no OUTPUT."""
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (BatchPredictError, ReadError) as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    interrupted = "interrupted" if args.output == "-" else f"interrupted; {args.output} was not written"
+    return run_command(
+        lambda: run(args),
+        prefix=f"{PROG}: error:",
+        refusals=(BatchPredictError, ReadError),
+        debug=debug_requested(args.debug),
+        interrupted=interrupted,
+    )
 
 
 if __name__ == "__main__":

@@ -1,17 +1,22 @@
 """Share a trained model folder on the Hugging Face Hub: check it, then upload only the model's files.
 
-    python push_to_hub.py MODEL_DIR REPO_ID [--private] [--revision BRANCH] [--commit-message M]
-                          [--create-pr] [--dry-run] [--token T]
+    python push_to_hub.py MODEL_DIR REPO_ID --trust-remote-code [--private] [--revision BRANCH]
+                          [--commit-message M] [--create-pr] [--dry-run] [--token T] [--debug]
 
 Before anything is uploaded the folder must pass two checks:
 
 1. Static (`plan_upload`): `config.json` with an `auto_map` whose code files (and their flat sibling
    imports) are in the folder, `model.safetensors` (or a complete sharded index), no pickle weights, a
    tokenizer, and a model card `README.md` (rendered from `config.json` + `eval_results.json` when
-   missing; the folder itself is never modified).
+   missing; the folder itself is never modified). Every file is uploaded as itself: one whose real path
+   (symlinks resolved) is not that file of the folder is refused, so `README.md -> .env` cannot publish
+   the secrets and `config.json -> ../x` nothing outside the folder.
 2. Dynamic (`check_loads_with_remote_code`): a fresh Python, with `multitask_encoder` made un-importable
    and the Hub offline, loads the folder with `AutoModel`/`AutoTokenizer(trust_remote_code=True)` and runs
-   `predict` on a sentence: exactly what a user of the shared repo will run.
+   `predict` on a sentence: exactly what a user of the shared repo will run. That executes the folder's
+   `.py` files on this machine, so it runs only with `--trust-remote-code` (`trust_remote_code=True` of
+   `push_model_folder`); without it the push (a dry run too) is refused before the check, having written
+   nothing.
 
 What is uploaded is an allow-list built from what a saved model holds (`UploadPlan.files`): config.json,
 the weights, the code files, the tokenizer files, README.md and eval_results.json. Everything else in an
@@ -60,6 +65,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import validate_repo_id
 from transformers.dynamic_module_utils import get_relative_imports
 
+from .cli import OneLineArgumentParser, add_common_options, debug_requested, run_command
 from .configuration_multitask_encoder import MultiTaskEncoderConfig
 from .model_card import CARD_FILENAME, render_model_card
 
@@ -241,6 +247,34 @@ def _render_card(folder: Path, repo_id: str | None, problems: list[str]) -> byte
         return None
 
 
+def _link_problems(folder: Path, names: list[str]) -> list[str]:
+    """The files of `names` that are not themselves: a file is uploaded under its name with the content of
+    its real path, so a symlink (or a symlinked folder, or "..") leading elsewhere would publish another
+    file (`README.md -> .env`: the secrets) or one outside the folder (`config.json -> ../x`). `folder` is
+    resolved; a name whose real path is `folder / name` has no link on its way."""
+    problems = []
+    for name in names:
+        path = folder / name
+        try:
+            real = path.resolve()
+        except (OSError, RuntimeError) as err:  # a symlink loop
+            problems.append(f"{path} cannot be resolved ({err})")
+            continue
+        if real == path:
+            continue
+        if real.is_relative_to(folder):
+            problems.append(
+                f"{path} resolves to {real}, not {name} itself: it would upload {real.relative_to(folder)} "
+                f"as {name} (replace the link with the file)"
+            )
+        else:
+            problems.append(
+                f"{path} resolves to {real}, outside the folder: only the folder's own files are uploaded "
+                "(copy the file in instead of linking it)"
+            )
+    return problems
+
+
 def plan_upload(folder: str | os.PathLike[str], repo_id: str | None = None) -> UploadPlan:
     """Check `folder` statically and list what to upload; raises PushError naming every problem found."""
     folder = Path(folder).resolve()
@@ -311,9 +345,6 @@ def plan_upload(folder: str | os.PathLike[str], repo_id: str | None = None) -> U
     card = None
     if not (folder / CARD_FILENAME).is_file() and config is not None and not problems:
         card = _render_card(folder, repo_id, problems)
-    if problems:
-        raise PushError(f"{folder} is not ready to share: " + "; ".join(problems))
-
     names.append(CARD_FILENAME)
     if (folder / EVAL_RESULTS_FILENAME).is_file():
         names.append(EVAL_RESULTS_FILENAME)
@@ -324,6 +355,11 @@ def plan_upload(folder: str | os.PathLike[str], repo_id: str | None = None) -> U
         f"{ADAPTER_DIR}/{name}" for name in ADAPTER_FILENAMES if (folder / ADAPTER_DIR / name).is_file()
     ]
     names = list(dict.fromkeys(names))
+    # (A card rendered in memory is no file of the folder.)
+    problems += _link_problems(folder, [n for n in names if not (n == CARD_FILENAME and card is not None)])
+    if problems:
+        raise PushError(f"{folder} is not ready to share: " + "; ".join(problems))
+
     files = []
     for name in names:
         if name == CARD_FILENAME and card is not None:
@@ -733,13 +769,15 @@ def push_model_folder(
     create_pr: bool = False,
     dry_run: bool = False,
     token: str | None = None,
+    trust_remote_code: bool = False,
     log: Callable[[str], None] = print,
 ) -> PushResult | UploadPlan:
     """Check `folder` and push its model files to `repo_id@revision` (see the module docstring).
 
-    Order: arguments, static checks, then (unless dry run) the token and the target on the Hub, then the
-    load check, and only then anything that writes (repo, branch, commit). Returns the PushResult, or the
-    UploadPlan of a dry run, which makes no request at all."""
+    Order: arguments, static checks, then (unless dry run) the token and the target on the Hub (read-only
+    requests), then the load check, and only then anything that writes (repo, branch, commit). The load
+    check runs the folder's code: without `trust_remote_code` the push is refused where it would start.
+    Returns the PushResult, or the UploadPlan of a dry run, which makes no request at all."""
     branch = revision or constants.DEFAULT_REVISION
     if create_pr and branch != constants.DEFAULT_REVISION:
         raise PushError(
@@ -770,6 +808,8 @@ def push_model_folder(
             _log_result(result, log)
             return result
 
+    if not trust_remote_code:
+        raise untrusted_check_refusal(plan)
     log(f"Checking that {plan.folder} loads with trust_remote_code=True in a fresh Python ...")
     summary = check_loads_with_remote_code(plan.folder)
     log(f"OK: {summary['class']} predicts tasks {', '.join(summary['tasks'])}.")
@@ -781,6 +821,16 @@ def push_model_folder(
         log("Dry run: nothing was uploaded (the Hub was not contacted).")
         return plan
     return _commit(api, hub_token, plan, repo_id, branch, remote, private, commit_message, create_pr, log)
+
+
+def untrusted_check_refusal(plan: UploadPlan) -> PushError:
+    """Why the load check does not run without --trust-remote-code, naming the code it would execute."""
+    code = ", ".join(f.path_in_repo for f in plan.files if f.path_in_repo.endswith(".py"))
+    return PushError(
+        f"the last check before sharing {plan.folder} loads it with trust_remote_code=True in a fresh Python, "
+        f"as a user of the repo would, and that executes the folder's code ({code}) on this machine: pass "
+        "--trust-remote-code to run it (after reading those files), with --dry-run too"
+    )
 
 
 def _log_plan(plan: UploadPlan, log: Callable[[str], None], title: str) -> None:
@@ -797,7 +847,7 @@ def _log_plan(plan: UploadPlan, log: Callable[[str], None], title: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="push_to_hub.py",
         description="Check a saved multi-task encoder folder and push its model files to the Hugging Face Hub.",
         epilog=(
@@ -819,12 +869,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--create-pr", action="store_true", help="open a pull request against main instead")
     parser.add_argument("--dry-run", action="store_true", help="check and list the files; upload nothing")
     parser.add_argument("--token", metavar="T", help="Hub token (default: HF_TOKEN, then the saved login)")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the load check, which executes the folder's .py files in a fresh Python (as a user of the "
+        "repo would); without it the push, a dry run too, is refused before the check",
+    )
+    add_common_options(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command: exit status 0 after a push (or dry run); otherwise one line on stderr ("error: ...", see
+    `multitask_encoder.cli.run_command`)."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def push() -> None:
         push_model_folder(
             args.model_dir,
             args.repo_id,
@@ -834,9 +894,15 @@ def main(argv: list[str] | None = None) -> int:
             create_pr=args.create_pr,
             dry_run=args.dry_run,
             token=args.token,
+            trust_remote_code=args.trust_remote_code,
             log=lambda line: print(line, flush=True),
         )
-    except PushError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 1
-    return 0
+
+    return run_command(
+        push,
+        prefix="error:",
+        refusals=(PushError,),
+        debug=debug_requested(args.debug),
+        interrupted="interrupted; a Hub commit is all or nothing, so no partial commit was made (a repo or "
+        "branch created just before it stays)",
+    )

@@ -658,18 +658,71 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         return results[0] if single else results
 
     def _checked_texts(self, texts: Any) -> list[str]:
-        """`texts` as a list, every element checked: a string (not bytes, not None), with something to
-        encode. A single string is a list of one. Raises naming the first bad index."""
+        """`texts` as a list of strings, refused (naming the container or the index) when it would give a
+        meaningless answer. A single string is a list of one.
+
+        The container must be an ordered collection of texts: a list, a tuple or another sequence, an
+        iterator, a 1-D array. Refused: a mapping (a dict's texts are its keys or its values: say which), a
+        set (no order to give the results back in), bytes (not decoded), an array that is not 1-D (a
+        DataFrame iterates its column names). Each element must be a `str` (None, bytes, numbers and nested
+        lists are refused) that is not empty or whitespace only, and of which the tokenizer keeps something:
+        a text that tokenises to special tokens only (zero-width or control characters, which the
+        normalizer drops, or literally "[SEP]") would get the same answer as any other such text. A text of
+        characters the vocabulary does not know becomes [UNK] tokens, which the model does read, and is
+        kept. Raises TypeError or ValueError naming the first text that is not a non-empty string, else
+        the first text the tokenizer keeps nothing of.
+        """
+        from collections.abc import Set as AbstractSet
+
         if isinstance(texts, str):
             texts = [texts]
-        elif isinstance(texts, (bytes, Mapping)) or not isinstance(texts, Iterable):
-            raise TypeError(f"texts must be a string or a list of strings, got {type(texts).__name__}.")
+        else:
+            if isinstance(texts, Mapping):
+                refusal = "pass list(texts.values()) or list(texts.keys()), whichever holds the texts"
+            elif isinstance(texts, AbstractSet):
+                refusal = "a set has no order, so the results could not be matched to the texts: pass a list"
+            elif isinstance(texts, (bytes, bytearray, memoryview)):
+                refusal = "decode it to str first"
+            elif getattr(texts, "ndim", 1) != 1:
+                refusal = f"it has {texts.ndim} dimension(s): pass a 1-D array or a list of strings"
+            elif not isinstance(texts, Iterable):
+                refusal = "not a collection of texts"
+            else:
+                refusal = None
+            if refusal is not None:
+                raise TypeError(
+                    f"texts must be a string or a list of strings, got {type(texts).__name__} ({refusal})."
+                )
         texts = list(texts)
         for index, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"Text #{index} is {type(text).__name__}, not str.")
             if not text.strip():
                 raise ValueError(f"Text #{index} is empty or whitespace only; there is nothing to encode.")
+        if not texts:
+            return texts
+        # Only a text without a letter or digit (once its literal special tokens are removed) can tokenise to
+        # nothing but special tokens: the tokenizer decides for those few, so the texts are not all tokenised
+        # twice (that would cost a few percent of `predict`).
+        tokenizer = self.tokenizer
+        unknown = tokenizer.unk_token
+        special_strings = [token for token in tokenizer.all_special_tokens if token != unknown]
+        special_ids = set(tokenizer.convert_tokens_to_ids(special_strings))
+        for index, text in enumerate(texts):
+            content = text
+            for token in special_strings:
+                content = content.replace(token, "")
+            if any(character.isalnum() for character in content):
+                continue
+            if all(
+                token_id in special_ids for token_id in tokenizer(text, add_special_tokens=False)["input_ids"]
+            ):
+                tokens = " ".join(tokenizer.convert_ids_to_tokens(tokenizer(text)["input_ids"]))
+                raise ValueError(
+                    f"Text #{index} ({text[:40]!r}) has nothing the tokenizer keeps: it tokenises to special "
+                    f"tokens only ({tokens}; zero-width and control characters are dropped), so there is "
+                    "nothing to encode."
+                )
         return texts
 
     def _tokenize(self, texts: list[str], with_offsets: bool) -> tuple[list[dict[str, list[int]]], list]:

@@ -222,11 +222,12 @@ def assert_token_absent(
 
 
 def copy_folder(source: Path, destination: Path, *, link_weights: bool = False) -> Path:
-    """A copy to edit; `link_weights` symlinks the 62 MB weights (for checks that never read them)."""
+    """A copy to edit; `link_weights` hard-links the 62 MB weights instead of copying them (for checks that
+    never write them). Not a symlink: plan_upload refuses a file whose real path is outside the folder."""
 
     def copy(src: str, dst: str) -> None:
         if link_weights and src.endswith(".safetensors"):
-            os.symlink(src, dst)
+            os.link(src, dst)
         else:
             shutil.copy2(src, dst)
 
@@ -365,6 +366,9 @@ def side_runs(
     load_bad = copy_folder(trained_dir, work / "load_bad", link_weights=True)
     modeling = load_bad / "modeling_multitask_encoder.py"
     modeling.write_text("from multitask_encoder.backbone import resolve_backbone\n" + modeling.read_text())
+    linked_secret = copy_folder(trained_dir, work / "linked_secret", link_weights=True)
+    (linked_secret / "README.md").unlink()
+    (linked_secret / "README.md").symlink_to(".env")  # the card would be the secrets
     hub.create_repo("alice/public-model")
     hub.create_repo("alice/pr-target")
 
@@ -392,20 +396,44 @@ def side_runs(
             "env": no_env_token,
         },
         {"name": "static_bad", "argv": [str(static_bad), "alice/x"], "env": no_env_token},
-        {"name": "load_bad", "argv": [str(load_bad), "alice/x"], "env": no_env_token},
+        {"name": "load_bad", "argv": [str(load_bad), "alice/x", "--trust-remote-code"], "env": no_env_token},
+        {  # everything fine but the consent to run the folder's code in the load check
+            "name": "untrusted",
+            "argv": [str(trained_dir), "alice/untrusted"],
+            "env": no_env_token,
+        },
+        {
+            "name": "linked_secret",
+            "argv": [str(linked_secret), "alice/linked", "--trust-remote-code"],
+            "env": no_env_token,
+        },
         {  # token from the saved login; README.md rendered on the fly
             "name": "private_branch",
-            "argv": [str(no_card_dir), "alice/private-model", "--private", "--revision", "dev"],
+            "argv": [
+                str(no_card_dir),
+                "alice/private-model",
+                "--private",
+                "--revision",
+                "dev",
+                "--trust-remote-code",
+            ],
             "env": no_env_token,
         },
         {  # token from --token
             "name": "pull_request",
-            "argv": [str(trained_dir), "alice/pr-target", "--create-pr", "--token", DEFAULT_TOKEN],
+            "argv": [
+                str(trained_dir),
+                "alice/pr-target",
+                "--create-pr",
+                "--token",
+                DEFAULT_TOKEN,
+                "--trust-remote-code",
+            ],
             "env": no_env_token,
         },
         {  # a new version pushed to the open pull request
             "name": "pull_request_update",
-            "argv": [str(changed_dir), "alice/pr-target", "--revision", "refs/pr/1"],
+            "argv": [str(changed_dir), "alice/pr-target", "--revision", "refs/pr/1", "--trust-remote-code"],
             "env": no_env_token,
         },
     ]
@@ -422,7 +450,7 @@ def side_runs(
     futures = {
         "dry_run": executor.submit(
             run_push,
-            [no_card_dir, "alice/dry", "--dry-run"],
+            [no_card_dir, "alice/dry", "--dry-run", "--trust-remote-code"],
             client_env(quiet_hub.url, work / "home-dry"),
             work / "cwd-dry",
         ),
@@ -456,7 +484,9 @@ def test_push_reload_repush_offline(
     load_home, cwd = tmp_path / "home-load", tmp_path / "cwd"
     with LocalHub() as own:  # its own server: stopped below for the offline reload
         env = client_env(own.url, tmp_path / "home-push")
-        first = run_push([trained_dir, repo, "--commit-message", "first version"], env, cwd)
+        first = run_push(
+            [trained_dir, repo, "--commit-message", "first version", "--trust-remote-code"], env, cwd
+        )
         sha1 = pushed_revision(first.stdout, first.returncode, first.stderr)
         printed = [line.strip() for line in first.stdout.splitlines()]
         assert f"Commit URL: {own.url}/{repo}/commit/{sha1}" in printed
@@ -472,7 +502,7 @@ def test_push_reload_repush_offline(
 
         commits = own.commits(repo)
         mark = len(own.request_log)
-        again = run_push([trained_dir, repo], env, cwd)
+        again = run_push([trained_dir, repo], env, cwd)  # nothing to upload: no check, so no consent needed
         assert pushed_revision(again.stdout, again.returncode, again.stderr) == sha1
         assert (
             f"No changes: {repo}@main already holds exactly these files; no commit was made." in again.stdout
@@ -482,7 +512,7 @@ def test_push_reload_repush_offline(
         sent = own.requests_since(mark)
         assert not [r for r in sent if r[0] in ("PUT", "POST")], sent
 
-        changed = run_push([changed_dir, repo], env, cwd)
+        changed = run_push([changed_dir, repo, "--trust-remote-code"], env, cwd)
         sha2 = pushed_revision(changed.stdout, changed.returncode, changed.stderr)
         assert sha2 != sha1 and [c.oid for c in own.commits(repo)[:2]] == [sha2, sha1]
         new = own.files(repo, sha2)
@@ -535,7 +565,9 @@ def test_dry_run_lists_the_model_files_and_sends_nothing(
 
 
 @pytest.mark.slow
-def test_refusals_are_one_line_and_exit_non_zero(side_runs: dict[str, Any], hub: LocalHub) -> None:
+def test_refusals_are_one_line_and_exit_non_zero(
+    side_runs: dict[str, Any], hub: LocalHub, trained_dir: Path
+) -> None:
     unreachable = side_runs["unreachable"].result()
     assert unreachable.returncode == 1
     line = the_error_line(unreachable.stderr)
@@ -554,16 +586,33 @@ def test_refusals_are_one_line_and_exit_non_zero(side_runs: dict[str, Any], hub:
         "configuration_multitask_encoder.py, which is not a file of the folder",
         "load_bad": "error: {folder}load_bad does not load with trust_remote_code=True in a fresh Python "
         "without the multitask_encoder package: ImportError: multitask_encoder is blocked",
+        "untrusted": "error: the last check before sharing {trained} loads it with trust_remote_code=True in a "
+        "fresh Python, as a user of the repo would, and that executes the folder's code (",
+        "linked_secret": "error: {folder}linked_secret is not ready to share: {folder}linked_secret{sep}README.md "
+        "resolves to {folder}linked_secret{sep}.env, not README.md itself: it would upload .env as README.md",
     }
     folder = f"{side_runs['work']}{os.sep}"
     for name, start in expected.items():
         run = runs[name]
         assert run["rc"] == 1, (name, run)
-        assert the_error_line(run["stderr"]).startswith(start.format(url=hub.url, folder=folder)), (name, run)
+        expected_start = start.format(url=hub.url, folder=folder, sep=os.sep, trained=trained_dir)
+        assert the_error_line(run["stderr"]).startswith(expected_start), (name, run)
     assert "pickle weights pytorch_model.bin" in runs["static_bad"]["stderr"]
+    untrusted = the_error_line(runs["untrusted"]["stderr"])
+    assert "modeling_multitask_encoder.py" in untrusted and "pass --trust-remote-code to run it" in untrusted
+    assert "Checking that" not in runs["untrusted"]["stdout"]  # refused before the check started
     # Refused before anything was written: no repo created, the public repo untouched.
-    assert {"alice/x", "alice/nowhere"}.isdisjoint({repo for _, repo in hub.app.repos})
+    created = {repo for _, repo in hub.app.repos}
+    assert {"alice/x", "alice/nowhere", "alice/untrusted", "alice/linked"}.isdisjoint(created)
     assert len(hub.commits("alice/public-model")) == 1
+    # The secrets README.md linked to are nowhere on the Hub, in no commit of any repo.
+    secret = (trained_dir / ".env").read_bytes()
+    with hub.app.lock:
+        stored = [
+            f.data for repo in hub.app.repos.values() for c in repo.commits.values() for f in c.files.values()
+        ]
+        stored += [data for repo in hub.app.repos.values() for data in repo.lfs_objects.values()]
+    assert stored and not [data for data in stored if secret.strip() in data]
     assert_token_absent(
         [DEFAULT_TOKEN, WRONG_TOKEN],
         [unreachable.stdout, unreachable.stderr] + [r["stdout"] + r["stderr"] for r in runs.values()],
@@ -675,6 +724,20 @@ def _write(name: str, data: bytes):
     return lambda folder: (folder / name).write_bytes(data)
 
 
+def _link(name: str, target: str):
+    """`name` replaced by a symlink to `target` (relative to the folder); a target outside the folder gets a
+    copy of `name`'s content, so only the link is wrong."""
+
+    def apply(folder: Path) -> None:
+        outside = (folder / target).resolve()
+        if not outside.is_relative_to(folder.resolve()) and not outside.exists():
+            shutil.copy2(folder / name, outside)
+        (folder / name).unlink()
+        (folder / name).symlink_to(target)
+
+    return apply
+
+
 BROKEN_FOLDERS = {
     "no_weights": (_drop("model.safetensors"), ["no model.safetensors"]),
     "pickle_weights": (_write("pytorch_model.bin", b"x"), ["pickle weights pytorch_model.bin"]),
@@ -696,6 +759,18 @@ BROKEN_FOLDERS = {
     "no_tokenizer": (_drop("tokenizer_config.json"), ["no tokenizer (tokenizer_config.json is missing)"]),
     "no_vocabulary": (_drop("tokenizer.json"), ["no tokenizer vocabulary"]),
     "single_and_sharded": (_write("model.safetensors.index.json", b"{}"), ["both model.safetensors and"]),
+    "card_links_to_env": (
+        _link("README.md", ".env"),
+        ["README.md resolves to", ".env, not README.md itself: it would upload .env as README.md"],
+    ),
+    "code_links_to_card": (
+        _link("modeling_multitask_encoder.py", "README.md"),
+        ["modeling_multitask_encoder.py resolves to", "README.md, not modeling_multitask_encoder.py itself"],
+    ),
+    "config_links_outside": (
+        _link("config.json", "../outside.json"),
+        ["config.json resolves to", "outside.json, outside the folder: only the folder's own files"],
+    ),
 }
 
 
@@ -709,6 +784,53 @@ def test_broken_folders_are_refused_naming_the_problem(case: str, trained_dir: P
     for message in messages:
         assert message in str(refused.value)
     assert "\n" not in str(refused.value)
+
+
+def test_symlinks_are_refused_naming_both_paths(trained_dir: Path, tmp_path: Path) -> None:
+    """A file is uploaded with the content of its real path: every link away from the file itself, through a
+    symlinked folder or "..", is refused, naming the file and where it leads; a linked folder that is not
+    uploaded is just left out, not followed."""
+    folder = copy_folder(trained_dir, tmp_path / "model", link_weights=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (folder / "model.safetensors").unlink()
+    shards = ["shards/model-00001-of-00002.safetensors", "../model-00002-of-00002.safetensors"]
+    index = {"metadata": {}, "weight_map": {"encoder.a": shards[0], "heads.b": shards[1]}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    (elsewhere / "model-00001-of-00002.safetensors").write_bytes(b"shard")
+    (folder / "shards").symlink_to(elsewhere, target_is_directory=True)
+    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"shard")
+    (folder / "README.md").unlink()
+    (folder / "README.md").symlink_to("README.md")  # a loop (not rendered instead: the folder has problems)
+    (folder / "pytorch_model.bin").write_bytes(b"x")
+    with pytest.raises(PushError) as refused:
+        plan_upload(folder, "alice/m")
+    message = str(refused.value)
+    assert f"{folder}/README.md cannot be resolved (Symlink loop" in message
+    assert (
+        f"{folder}/shards/model-00001-of-00002.safetensors resolves to "
+        f"{elsewhere}/model-00001-of-00002.safetensors, outside the folder" in message
+    )
+    assert (
+        f"{folder}/../model-00002-of-00002.safetensors resolves to "
+        f"{tmp_path}/model-00002-of-00002.safetensors, outside the folder" in message
+    )
+
+    # The same shards as real files of the folder are fine; a linked folder the plan does not name is left
+    # out like any other folder, and nothing under it is uploaded.
+    (folder / "shards").unlink()
+    (folder / "shards").mkdir()
+    (folder / "shards" / "model-00001-of-00002.safetensors").write_bytes(b"shard")
+    (folder / "model-00002-of-00002.safetensors").write_bytes(b"shard")
+    index["weight_map"]["heads.b"] = "model-00002-of-00002.safetensors"
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    (folder / "checkpoint-9").symlink_to(elsewhere, target_is_directory=True)
+    (folder / "README.md").unlink()  # (rendered instead)
+    (folder / "pytorch_model.bin").unlink()
+    plan = plan_upload(folder, "alice/m")
+    assert {"shards/model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"} <= set(plan.paths)
+    assert not [path for path in plan.paths if path.startswith("checkpoint-")]
+    assert "checkpoint-9/" in plan.left_out
 
 
 def test_not_a_folder_is_refused(tmp_path: Path) -> None:

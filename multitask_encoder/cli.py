@@ -1,4 +1,4 @@
-"""What the package's command-line tools (`multitask-encoder-predict`, push_to_hub.py) share: every refusal is
+"""What the package's command-line tools (`multitask-encoder-predict`, `multitask-encoder-train`, push_to_hub.py) share: every refusal is
 one line on stderr and a non-zero exit status, without a traceback unless one is asked for.
 
     usage error (argparse)          -> "PROG: error: MESSAGE (see PROG --help)", exit status 2
@@ -95,20 +95,21 @@ def run_command(
         with _sigterm_raises():
             command()
     except refusals as error:
-        return _report(f"{prefix} {error}", error, debug, EXIT_REFUSED)
+        return report(f"{prefix} {error}", error, debug, EXIT_REFUSED)
     except KeyboardInterrupt as error:
-        return _report(f"{prefix} {interrupted} (Ctrl-C)", error, debug, EXIT_INTERRUPTED)
+        return report(f"{prefix} {interrupted} (Ctrl-C)", error, debug, EXIT_INTERRUPTED)
     except Terminated as error:
-        return _report(f"{prefix} {interrupted} (SIGTERM)", error, debug, EXIT_TERMINATED)
+        return report(f"{prefix} {interrupted} (SIGTERM)", error, debug, EXIT_TERMINATED)
     except Exception as error:  # a failure nobody foresaw: still one line, the traceback on request
         hint = "" if debug else f"; --debug or {DEBUG_ENV}=1 shows the traceback"
-        return _report(
+        return report(
             f"{prefix} {type(error).__name__}: {first_line(error)}{hint}", error, debug, EXIT_REFUSED
         )
     return 0
 
 
-def _report(message: str, error: BaseException, debug: bool, status: int) -> int:
+def report(message: str, error: BaseException, debug: bool, status: int) -> int:
+    """Print `message` as one line on stderr (after the traceback of `error` when debugging); returns `status`."""
     if debug:
         # A one-line message raised `from None` hides the error it was made from: show that one too.
         error.__suppress_context__ = False

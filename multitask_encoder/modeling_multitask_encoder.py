@@ -556,6 +556,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         token_budget: int | None = None,
         window: int | None = None,
         outlier_channels: int | None = None,
+        threads: int | None = None,
     ) -> MultiTaskEncoderModel:
         """Choose how `encode`, `predict` (and `forward` in eval mode without gradients) run; returns `self`.
 
@@ -570,10 +571,15 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
                 native (CPUs with AMX or AVX512-BF16, recent GPUs); elsewhere it warns.
             "int8": token budget, the encoder's linear layers in int8 (CPU); not exact: embeddings agree with
                 "exact" to cosine >= 0.99, task accuracy within a few tenths of a point (measured in the bench).
+            "onnx", "onnx_int8", "openvino", "openvino_bf16": token budget, the encoder exported to ONNX and
+                served by ONNX Runtime (fp32; int8 products with fp32 outlier channels) or OpenVINO (fp32;
+                bf16, fast only where bf16 is native). Optional runtimes: `pip install
+                multitask-encoder[onnx]` / `[openvino]`. `threads` is their thread count (default
+                `torch.get_num_threads()`). Agreement and speed per CPU: bench/serve_speed.py.
 
         `window` texts are tokenised and sorted at a time (default 4096): memory stays flat for any number of
-        texts. In the token-budget modes `batch_size` is not used. The int8 encoder is built from the current
-        weights: after changing them (training, `load_state_dict`) or moving the model, call this again;
+        texts. In the token-budget modes `batch_size` is not used. The int8 and runtime encoders are built from
+        the current weights: after changing them (training, `load_state_dict`) or moving the model, call this again;
         encode/predict raise until then. The mode is not saved with the model.
         """
         options: dict[str, Any] = {"token_budget": token_budget}
@@ -581,8 +587,20 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             options["window"] = window
         if outlier_channels is not None:
             options["outlier_channels"] = outlier_channels
+        if threads is not None:
+            options["threads"] = threads
         self._serving_plan = build_serving_plan(self.encoder, mode, **options)
         return self
+
+    def export_onnx(self, directory: str | os.PathLike[str]) -> str:
+        """Write the whole model (encoder, pooling, projection, normalisation, every head) as one ONNX graph,
+        `directory/model.onnx`, with dynamic batch and sequence axes: inputs as the tokenizer names them
+        (`[batch, seq]` int64), outputs `embeddings` `[batch, embedding_size]` and `<task>_logits` per task
+        (`[batch, n]`; token tasks `[batch, seq, n_tags]`); beside it `config.json` (labels) and the
+        tokenizer. Needs `pip install multitask-encoder[onnx]`. Returns the path of `model.onnx`."""
+        from .inference_multitask_encoder import export_model_onnx
+
+        return str(export_model_onnx(self, directory))
 
     @property
     def serving_mode(self) -> str:

@@ -623,26 +623,25 @@ def onnxruntime_session(path: Path, threads: int, device: torch.device) -> Calla
     return lambda feed: session.run(None, feed)[0]
 
 
-def openvino_session(path: Path, threads: int, precision: str) -> Callable[[dict], Any]:
-    """An OpenVINO CPU compilation of the graph at `path` with inference precision `precision` ("f32" or
-    "bf16"), `threads` threads, one stream (one caller). Returns `run`."""
+def openvino_session(path: Path, threads: int, precision: str | None) -> Callable[[dict], Any]:
+    """An OpenVINO CPU compilation of the graph at `path` with inference precision `precision` ("f32",
+    "bf16", or None for OpenVINO's own choice: bf16 where the CPU has it), `threads` threads, one stream (one
+    caller). Returns `run`."""
     try:
         import openvino
     except ImportError as error:
         raise ImportError(
             missing_extra_message("The openvino serving modes", "openvino", "openvino")
         ) from error
+    config: dict[str, Any] = {
+        "INFERENCE_NUM_THREADS": threads,
+        "NUM_STREAMS": 1,
+        "PERFORMANCE_HINT": "LATENCY",
+    }
+    if precision is not None:
+        config["INFERENCE_PRECISION_HINT"] = precision
     core = openvino.Core()
-    compiled = core.compile_model(
-        core.read_model(str(path)),
-        "CPU",
-        {
-            "INFERENCE_PRECISION_HINT": precision,
-            "INFERENCE_NUM_THREADS": threads,
-            "NUM_STREAMS": 1,
-            "PERFORMANCE_HINT": "LATENCY",
-        },
-    )
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
     request = compiled.create_infer_request()
     output = compiled.output(0)
     return lambda feed: request.infer(feed)[output]

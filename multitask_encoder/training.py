@@ -35,7 +35,7 @@ from .collator import MultiTaskCollator
 from .data import load_multitask_data
 from .modeling_multitask_encoder import IGNORE_INDEX, MultiTaskEncoderModel
 from .optimization import apply_freezing
-from .precompute import PrecomputedCollator, precompute_features
+from .precompute import PrecomputedCollator, precompute_features, precompute_mode
 from .trainer import MultiTaskTrainer, scalar_metrics
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,14 @@ class MultiTaskArguments:
     )
     precompute_embeddings: bool = field(
         default=False, metadata={"help": "With freeze_encoder: encode the data once, train the heads on it."}
+    )
+    precompute_mode: str = field(
+        default="fastest",
+        metadata={
+            "help": "Serving mode the precompute encodes through: 'fastest' (the fastest within the serving "
+            "guard here, see multitask_encoder.precompute.precompute_mode) or an optimize_for_inference mode "
+            "('exact': the eager fp32 numbers the slow path computes)."
+        },
     )
     label_all_subtokens: bool = field(
         default=False, metadata={"help": "NER: label every word piece, not the first."}
@@ -243,6 +251,12 @@ def run_training(
                 "precompute_embeddings needs freeze_encoder: a training encoder changes its output."
             )
         batch = training_args.per_device_eval_batch_size
+        rows = len(data.train) + sum(len(d) for d in (*data.validation.values(), *data.test.values()))
+        mode = mt_args.precompute_mode
+        if mode == "fastest":
+            mode = precompute_mode(model, rows)
+        logger.info(f"Precomputing {rows} rows in the {mode!r} serving mode.")
+        model.optimize_for_inference(mode)
         train_dataset = precompute_features(model, data.train, collator, batch, "Encoding train")
         eval_datasets = {
             t: precompute_features(model, d, collator, batch, f"Encoding {t}")
@@ -252,6 +266,7 @@ def run_training(
             t: precompute_features(model, d, collator, batch, f"Encoding {t}")
             for t, d in test_datasets.items()
         }
+        model.optimize_for_inference("exact")  # the saved and evaluated model serves as any other
         collator = PrecomputedCollator(model)
 
     trainer_callbacks: list[TrainerCallback] = [EpochPrinter(), *(callbacks or [])]

@@ -100,6 +100,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--n-train", type=int, default=None, help="texts per task to fit heads (4000; 800)")
     parser.add_argument("--n-test", type=int, default=None, help="accuracy texts per task (all; quick 600)")
+    parser.add_argument(
+        "--heads",
+        type=int,
+        default=len(TASKS),
+        help=f"heads predict runs: the {len(TASKS)} fitted ones plus random 4-class ones up to this count "
+        "(what many heads cost against encode)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--token-budget", type=int, default=DEFAULT_TOKEN_BUDGET)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per method (median reported)")
@@ -395,13 +402,15 @@ def main(argv: list[str] | None = None) -> None:
     # runtimes keep their own encoder).
     torch.manual_seed(0)
     tasks = {task: {"type": "sequence_classification", "labels": names} for task, _, _, names in TASKS}
+    for extra in range(len(TASKS), args.heads):
+        tasks[f"extra_{extra}"] = {"type": "sequence_classification", "labels": ["a", "b", "c", "d"]}
     trained = MultiTaskEncoderModel.from_backbone(backbone, tasks=tasks).eval()
     start = time.perf_counter()
     train_heads(trained, args.data, args.n_train)
     print(f"heads fitted on {args.n_train} frozen embeddings per task in {time.perf_counter() - start:.0f} s")
     heads = {
         task: (trained.heads[task].out.weight.detach(), trained.heads[task].out.bias.detach())
-        for task in tasks
+        for task, *_ in TASKS
     }
     folder = tempfile.mkdtemp(prefix="serve_speed_")
     trained.save_pretrained(folder)
@@ -482,7 +491,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nCPU: {cpu_description()}")
     print(
         f"{len(timed_texts)} timed texts ({args.n} AG News test + {args.n} SST test; mean {np.mean(lengths):.1f} "
-        f"tokens, max {max(lengths)}), packaged all-MiniLM-L6-v2, predict with all {len(TASKS)} heads, "
+        f"tokens, max {max(lengths)}), packaged all-MiniLM-L6-v2, predict with all {args.heads} heads, "
         f"batch size {args.batch_size} (token-budget modes: {args.token_budget} padded tokens), "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}, median of {args.repeats} alternating runs"
     )
@@ -561,7 +570,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     costs = {mode: seconds[f"predict, {mode}"] / seconds[f"encode, {mode}"] - 1 for mode in models}
     print(
-        f"- predict with all {len(TASKS)} heads vs encode, per mode (target <= {100 * MAX_HEADS_COST:.0f}%): "
+        f"- predict with all {args.heads} heads vs encode, per mode (target <= {100 * MAX_HEADS_COST:.0f}%): "
         + ", ".join(f"{mode} {100 * cost:+.1f}%" for mode, cost in costs.items())
     )
     not_offered = [mode for mode in models if verdict[mode] == "NO"]

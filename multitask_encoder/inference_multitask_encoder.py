@@ -16,6 +16,10 @@
 | `compiled`     | token budget                                | `torch.compile`, dynamic shapes  | float tolerance         |
 | `bf16`         | token budget                                | bf16 autocast (see below)        | measured, not exact     |
 | `int8`         | token budget                                | int8 linear layers (see below)   | measured, not exact     |
+| `onnx`         | token budget                                | ONNX Runtime, fp32               | float tolerance         |
+| `onnx_int8`    | token budget                                | ONNX Runtime, int8 products      | measured, not exact     |
+| `openvino`     | token budget                                | OpenVINO, fp32                   | float tolerance         |
+| `openvino_bf16`| token budget                                | OpenVINO, bf16                   | measured, not exact     |
 
 Whatever the mode, texts are tokenised and sorted `window` at a time, so memory does not grow with the
 number of texts (only the results do). A list no longer than one window is batched exactly as a single sort.
@@ -25,12 +29,15 @@ accumulation, LayerNorm, softmax and the pooled output in float32. It pays where
 natively (CPUs with AMX or AVX512-BF16, recent GPUs); elsewhere bf16 is emulated and slower than fp32, so the
 mode warns.
 
-The int8 encoder is built from the weights as they are when `optimize_for_inference` runs. Changing the
+The runtime modes (ONNX Runtime, OpenVINO: optional extras, imported only inside try blocks) export the
+encoder with torch.onnx and serve that graph; see the "runtimes" section below.
+
+The int8 and runtime encoders are built from the weights as they are when `optimize_for_inference` runs. Changing the
 weights or the device afterwards makes encode/predict raise instead of serving stale numbers; call
 `optimize_for_inference` again. (The compiled encoder reads the live weights.)
 
 Like the modeling file, this file is copied next to the weights by `save_pretrained` and imports only torch,
-transformers and the standard library.
+transformers and the standard library (the optional runtimes inside try blocks, where they are used).
 """
 
 from __future__ import annotations

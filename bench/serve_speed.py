@@ -143,6 +143,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def runtime_missing(extra: str) -> str | None:
     """None when the runtime of `extra` ("onnx" or "openvino") and torch.onnx's exporter are installed."""
     modules = ["onnx", "onnxscript", "onnxruntime" if extra == "onnx" else "openvino"]
@@ -426,6 +430,7 @@ def main(argv: list[str] | None = None) -> None:
         model.predict(warm_up, batch_size=args.batch_size)  # warm-up (and compile)
         prepare_seconds[mode] = time.perf_counter() - start
         models[mode] = model
+        progress(f"mode {mode} ready in {prepare_seconds[mode]:.0f} s")
     st_fp32 = SentenceTransformer(backbone, device="cpu")
     st_bf16 = SentenceTransformer(backbone, device="cpu").to(torch.bfloat16)
     anchors: dict[str, Callable[[list[str]], np.ndarray]] = {
@@ -443,6 +448,7 @@ def main(argv: list[str] | None = None) -> None:
         anchor = PlainEncoderAnchor(backbone, runtime, setting, args.threads, args.batch_size, scratch)
         prepare_seconds[name] = time.perf_counter() - start
         anchors[name] = anchor.encode
+        progress(f"anchor {name} ready in {prepare_seconds[name]:.0f} s")
     for encode in anchors.values():
         encode(warm_up)
 
@@ -453,6 +459,9 @@ def main(argv: list[str] | None = None) -> None:
     test_embeddings |= {name: encode(test_texts) for name, encode in anchors.items()}
     accuracy = {name: head_accuracies(emb, heads, test_sets) for name, emb in test_embeddings.items()}
     loads["after accuracy"] = load_average()
+    progress(
+        f"agreement measured on {len(test_texts)} test texts per method; timing {len(anchors) + 2 * len(models)} methods"
+    )
 
     peak_before = matmul_peak_gflops()
     methods: dict[str, Callable[[], object]] = {

@@ -627,7 +627,9 @@ def onnxruntime_session(path: Path, threads: int, device: torch.device) -> Calla
             )
         providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
     session = onnxruntime.InferenceSession(str(path), options, providers=providers)
-    return lambda feed: session.run(None, feed)[0]
+    # Only the inputs the graph kept (an exporter drops inputs the computation does not read).
+    inputs = [node.name for node in session.get_inputs()]
+    return lambda feed: session.run(None, {name: feed[name] for name in inputs})[0]
 
 
 def openvino_session(path: Path, threads: int, precision: str | None) -> Callable[[dict], Any]:
@@ -651,7 +653,8 @@ def openvino_session(path: Path, threads: int, precision: str | None) -> Callabl
     compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
     request = compiled.create_infer_request()
     output = compiled.output(0)
-    return lambda feed: request.infer(feed)[output]
+    inputs = [node.get_any_name() for node in compiled.inputs]  # the graph's own, as for ONNX Runtime
+    return lambda feed: request.infer({name: feed[name] for name in inputs})[output]
 
 
 def build_runtime_encoder(

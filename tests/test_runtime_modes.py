@@ -141,6 +141,18 @@ def test_runtime_modes_refuse_bad_settings(model: MultiTaskEncoderModel) -> None
     assert model.serving_mode == "exact"
 
 
+def test_a_mode_measured_outside_the_guard_is_refused_with_the_reason(
+    model: MultiTaskEncoderModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reason = "cosine 0.9641 on one SST test text"
+    monkeypatch.setitem(inference.MODES_OUTSIDE_GUARD, "onnx_int8", reason)
+    with pytest.raises(
+        ValueError, match=r"onnx_int8 serving mode is not offered: it failed .*: cosine 0\.9641"
+    ):
+        model.optimize_for_inference("onnx_int8")
+    assert model.serving_mode == "exact"
+
+
 def test_openvino_bf16_warns_where_the_cpu_has_no_native_bf16(
     model: MultiTaskEncoderModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -22,8 +22,9 @@ Each mode is also timed as `encode` (embeddings alone), to show what the heads a
 A second process predicts `--stream-texts` texts (100k) to show that memory stays flat: peak RSS with the
 streaming windows, and with one window holding everything (what predict did before windows).
 
-    python bench/serve_speed.py                      # ~60 min on 2 cores
-    python bench/serve_speed.py --quick              # a few minutes, small samples
+    python bench/serve_speed.py                      # about an hour on 2 quiet cores
+    python bench/serve_speed.py --quick              # small samples: a check that it runs, not a measurement
+                                                     # (53 min on 2 cores shared with a test suite, load 5-7)
     python bench/serve_speed.py --wait-for-load 1.0  # first wait (up to 20 min) for a quiet machine
 """
 
@@ -94,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with ag_news/ and sst5/")
-    parser.add_argument("--quick", action="store_true", help="small samples: a few minutes")
+    parser.add_argument("--quick", action="store_true", help="small samples: checks that the bench runs")
     parser.add_argument(
         "--n", type=int, default=None, help="timed texts per dataset (default 1000; quick 200)"
     )

@@ -578,9 +578,9 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
                 `torch.get_num_threads()`). Agreement and speed per CPU: bench/serve_speed.py.
 
         `window` texts are tokenised and sorted at a time (default 4096): memory stays flat for any number of
-        texts. In the token-budget modes `batch_size` is not used. The int8 and runtime encoders are built from
-        the current weights: after changing them (training, `load_state_dict`) or moving the model, call this again;
-        encode/predict raise until then. The mode is not saved with the model.
+        texts. In the token-budget modes `batch_size` is not used. The int8 and runtime encoders are built
+        from the current weights: after changing them (training, `load_state_dict`) or moving the model, call
+        this again; encode/predict raise until then. The mode is not saved with the model.
         """
         options: dict[str, Any] = {"token_budget": token_budget}
         if window is not None:

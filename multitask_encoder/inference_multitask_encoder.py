@@ -358,8 +358,8 @@ def quantize_encoder_int8(encoder: nn.Module, outlier_channels: int = INT8_OUTLI
 
 
 # ---------------------------------------------------------------------------------------------- runtimes
-# The runtime modes export the encoder (token states from token ids; pooling and heads stay in torch, where
-# they cost well under 1% and give the same outputs as every other mode) with torch.onnx, once, at
+# The runtime modes export the encoder (token states from token ids; pooling and heads stay in torch: cheap
+# next to the encoder, and the same code and outputs as every other mode) with torch.onnx, once, at
 # optimize_for_inference time, and serve that graph:
 #
 # | mode            | runtime        | precision                                                      |

@@ -116,6 +116,14 @@ class MultiTaskTrainingArguments(TrainingArguments):
     precompute_embeddings: bool = field(
         default=False, metadata={"help": "With freeze_encoder: encode the data once, train the heads on it."}
     )
+    precompute_mode: str = field(
+        default="fastest",
+        metadata={
+            "help": "Serving mode the precompute encodes through: 'fastest' (the fastest within the serving guard "
+            "here, see multitask_encoder.precompute.precompute_mode) or an optimize_for_inference mode ('exact': "
+            "the eager fp32 numbers the slow path computes)."
+        },
+    )
     label_all_subtokens: bool = field(
         default=False,
         metadata={"help": "Token tasks: label every word piece (B-X -> I-X), not the first only."},

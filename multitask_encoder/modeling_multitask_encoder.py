@@ -449,7 +449,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             encoder_inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
             if token_type_ids is not None:
                 encoder_inputs["token_type_ids"] = token_type_ids
-            token_states = self._encoder_states(encoder_inputs)
+            token_states = self.encoder_states(encoder_inputs)
         if pooled is None:
             pooled = self.pooling(token_states, attention_mask)
         features = EncoderFeatures(token_states, attention_mask, self.project(pooled))
@@ -604,7 +604,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         self.eval()
         try:
             for batch in self._batches(texts, batch_size, with_offsets=False):
-                token_states = self._encoder_states(batch.inputs)
+                token_states = self.encoder_states(batch.inputs)
                 pooled = self.pooling(token_states, batch.inputs["attention_mask"])
                 embeddings[batch.indices] = self.project(pooled).float().cpu()
         finally:
@@ -747,7 +747,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         """Checked texts -> length-sorted padded batches, as the serving mode batches them."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
-        plan = self._serving_plan or ServingPlan()
+        plan = self.serving_plan
         return iter_sorted_batches(
             texts, self._tokenize, self.tokenizer.pad, self.device, batch_size, with_offsets, plan
         )
@@ -762,6 +762,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         token_budget: int | None = None,
         window: int | None = None,
         outlier_channels: int | None = None,
+        threads: int | None = None,
     ) -> MultiTaskEncoderModel:
         """Choose how `encode`, `predict` (and `forward` in eval mode without gradients) run; returns `self`.
 
@@ -776,26 +777,48 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
                 native (CPUs with AMX or AVX512-BF16, recent GPUs); elsewhere it warns.
             "int8": token budget, the encoder's linear layers in int8 (CPU); not exact: embeddings agree with
                 "exact" to cosine >= 0.99, task accuracy within a few tenths of a point (measured in the bench).
+            "onnx", "onnx_int8", "openvino", "openvino_bf16": token budget, the encoder exported to ONNX and
+                served by ONNX Runtime (fp32; int8 products with fp32 outlier channels) or OpenVINO (fp32;
+                bf16, fast only where bf16 is native). Optional runtimes: `pip install
+                multitask-encoder[onnx]` / `[openvino]`. `threads` is their thread count (default
+                `torch.get_num_threads()`). Agreement and speed per CPU: bench/serve_speed.py.
 
         `window` texts are tokenised and sorted at a time (default 4096): memory stays flat for any number of
-        texts. In the token-budget modes `batch_size` is not used. The int8 encoder is built from the current
-        weights: after changing them (training, `load_state_dict`) or moving the model, call this again;
-        encode/predict raise until then. The mode is not saved with the model.
+        texts. In the token-budget modes `batch_size` is not used. The int8 and runtime encoders are built
+        from the current weights: after changing them (training, `load_state_dict`) or moving the model, call
+        this again; encode/predict raise until then. The mode is not saved with the model.
         """
         options: dict[str, Any] = {"token_budget": token_budget}
         if window is not None:
             options["window"] = window
         if outlier_channels is not None:
             options["outlier_channels"] = outlier_channels
+        if threads is not None:
+            options["threads"] = threads
         self._serving_plan = build_serving_plan(self.encoder, mode, **options)
         return self
+
+    def export_onnx(self, directory: str | os.PathLike[str]) -> str:
+        """Write the whole model (encoder, pooling, projection, normalisation, every head) as one ONNX graph,
+        `directory/model.onnx`, with dynamic batch and sequence axes: inputs as the tokenizer names them
+        (`[batch, seq]` int64), outputs `embeddings` `[batch, embedding_size]` and `<task>_logits` per task
+        (`[batch, n]`; token tasks `[batch, seq, n_tags]`); beside it `config.json` (labels) and the
+        tokenizer. Needs `pip install multitask-encoder[onnx]`. Returns the path of `model.onnx`."""
+        from .inference_multitask_encoder import export_model_onnx
+
+        return str(export_model_onnx(self, directory))
+
+    @property
+    def serving_plan(self) -> ServingPlan:
+        """How `optimize_for_inference` batches and encodes (the exact mode's plan until it is called)."""
+        return self._serving_plan or ServingPlan()
 
     @property
     def serving_mode(self) -> str:
         """The mode `optimize_for_inference` set, one of `SERVING_MODES` ("exact" until it is called)."""
         return self._serving_plan.mode if self._serving_plan is not None else SERVING_MODES[0]
 
-    def _encoder_states(self, encoder_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def encoder_states(self, encoder_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Encoder output `[batch, seq, hidden]` for tokenised inputs `[batch, seq]`: the serving mode's encoder
         when one is set and the model is serving (eval mode, no gradients), else `self.encoder`."""
         plan = self._serving_plan

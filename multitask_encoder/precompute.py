@@ -5,6 +5,10 @@ trained the slow way.
 
 Sentence tasks keep one pooled vector per row `[hidden]`; token tasks keep the row's token states
 `[seq, hidden]` (memory grows with the data: a CoNLL-sized set at 384 dims is about 0.5 GB in float16).
+
+The encoding runs through the model's serving mode (`optimize_for_inference`), batched as that mode batches
+(`plan_batches`: longest rows first, a token budget in the non-exact modes); `precompute_mode` picks the
+fastest mode within the serving guard (bench/serve_speed.py) that pays for itself on this device.
 """
 
 from __future__ import annotations
@@ -12,11 +16,39 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from .inference_multitask_encoder import native_bf16_missing, plan_batches
 from .modeling_multitask_encoder import MODEL_INPUT_NAMES, MultiTaskEncoderModel
 from .tasks_multitask_encoder import IGNORE_INDEX
+
+# Rows from which a runtime mode's one-off export (about 10 s for a 6-layer MiniLM on 2 cores) is repaid by
+# its speed over eager fp32 where bf16 is not native (bench/serve_speed.py: OpenVINO fp32 about 1.7x eager).
+RUNTIME_MIN_ROWS = 20_000
+
+
+def precompute_mode(model: MultiTaskEncoderModel, rows: int) -> str:
+    """The serving mode the frozen-encoder precompute of `rows` rows should encode through: the fastest one
+    within the serving guard (cosine >= 0.99 to exact for every AG News / SST test text, accuracy within 0.3
+    points; bench/serve_speed.py) whose set-up pays for itself here.
+
+    - bf16 native (AMX / AVX512-BF16 CPUs, bf16 GPUs): "bf16" (torch autocast, no set-up; about as fast as
+      OpenVINO bf16, which would first spend ~10 s exporting);
+    - else, on CPU, with OpenVINO installed and at least `RUNTIME_MIN_ROWS` rows: "openvino" (exact fp32);
+    - else "token_budget" (the exact math, eager fp32, batches of a token budget).
+    """
+    device = model.device
+    if next(model.parameters()).dtype == torch.float32 and native_bf16_missing(device) is None:
+        return "bf16"
+    if device.type == "cpu" and rows >= RUNTIME_MIN_ROWS:
+        try:
+            import onnxscript  # noqa: F401
+            import openvino  # noqa: F401
+        except ImportError:
+            return "token_budget"
+        return "openvino"
+    return "token_budget"
 
 
 class PrecomputedFeatures(Dataset):
@@ -36,7 +68,8 @@ class PrecomputedFeatures(Dataset):
 def precompute_features(
     model: MultiTaskEncoderModel, dataset, collator, batch_size: int = 64, description: str = "Encoding"
 ) -> PrecomputedFeatures:
-    """Encode every row of `dataset` (tokenised rows, as the collator takes them) once; rows keep their order.
+    """Encode every row of `dataset` (tokenised rows, as the collator takes them) once, through the model's
+    serving mode (`optimize_for_inference`; see `precompute_mode`); rows keep their order.
 
     Returns one dict per row: `pooled_embeddings` `[hidden]`, for rows with token labels also
     `token_states` `[seq, hidden]` (float16) and `attention_mask` `[seq]`, and every `labels_<task>`.
@@ -45,15 +78,20 @@ def precompute_features(
     was_training = model.training
     model.eval()
     # Batches of rows of similar length pad least (unsorted batches of 64 cost more than a training epoch's
-    # forward passes); each row is put back in its place.
-    order = sorted(range(len(dataset)), key=[len(ids) for ids in dataset["input_ids"]].__getitem__)
-    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    # forward passes), longest first and as many per batch as the serving mode takes; each row is put back.
+    plan = model.serving_plan
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    order = sorted(range(len(dataset)), key=lambda i: -lengths[i])
+    batches = [
+        order[start:end]
+        for start, end in plan_batches([lengths[i] for i in order], batch_size, plan.token_budget)
+    ]
     rows: list[dict[str, torch.Tensor]] = [{} for _ in order]
-    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collator)
-    for indices, batch in zip(batches, tqdm(loader, desc=description, leave=False)):
+    for indices in tqdm(batches, desc=description, leave=False):
+        batch = collator([dataset[index] for index in indices])
         batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         encoder_inputs = {k: batch[k] for k in MODEL_INPUT_NAMES if k in batch}
-        token_states = model.encoder(**encoder_inputs).last_hidden_state
+        token_states = model.encoder_states(encoder_inputs)
         pooled = model.pooling(token_states, batch["attention_mask"]).float().cpu()
         real_tokens = batch["attention_mask"].bool()  # padding on either side (the tokenizer's padding_side)
         for row, index in enumerate(indices):

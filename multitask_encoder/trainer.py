@@ -13,6 +13,7 @@ Its options are `MultiTaskTrainingArguments` (arguments.py).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import defaultdict
 from typing import Any
@@ -26,13 +27,16 @@ from .arguments import MultiTaskTrainingArguments
 from .checkpoints import write_manifest
 from .collator import MultiTaskCollator
 from .optimization import apply_freezing, parameter_groups
-from .precompute import PrecomputedCollator, PrecomputedFeatures, precompute_features
+from .precompute import PrecomputedCollator, PrecomputedFeatures, precompute_features, precompute_mode
 from .sampling import MultiTaskBatchSampler
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The loggable part of a metrics dict (confusion matrices and per-type tables are kept elsewhere)."""
     return {key: value for key, value in metrics.items() if isinstance(value, (int, float))}
+
+
+logger = logging.getLogger(__name__)
 
 
 class MultiTaskTrainer(Trainer):
@@ -74,9 +78,13 @@ class MultiTaskTrainer(Trainer):
         self.precomputed = args.precompute_embeddings
         if self.precomputed:
             # The frozen encoder's output, computed once: the heads then train at the cost of their own layers.
-            batch = args.per_device_eval_batch_size
-            train_dataset = precompute_features(model, train_dataset, data_collator, batch, "Encoding train")
-            eval_dataset = self._precomputed_eval_sets(eval_dataset, model, data_collator)
+            rows = len(train_dataset) + sum(len(d) for d in (eval_dataset or {}).values())
+            self.precompute_serving_mode = (
+                precompute_mode(model, rows) if args.precompute_mode == "fastest" else args.precompute_mode
+            )
+            logger.info(f"Precomputing {rows} rows in the {self.precompute_serving_mode!r} serving mode.")
+            train_dataset = self._precompute(model, data_collator, {"train": train_dataset}, args)["train"]
+            eval_dataset = self._precompute(model, data_collator, eval_dataset, args)
             self.text_collator, data_collator = data_collator, PrecomputedCollator(model)
         super().__init__(
             model, args, data_collator, train_dataset, eval_dataset, processing_class, *more, **kwargs
@@ -95,19 +103,23 @@ class MultiTaskTrainer(Trainer):
         self._task_loss_counts: dict[str, int] = defaultdict(int)
         self.batch_sampler: MultiTaskBatchSampler | None = None
 
-    def _precomputed_eval_sets(self, datasets, model=None, collator=None):
-        """Evaluation sets (a dict task -> set) as precomputed features, for the fast path."""
+    def _precompute(self, model, collator, datasets, args):
+        """A dict of tokenised sets (task -> set) as precomputed features, encoded in the precompute's serving
+        mode (the model serves in the exact mode again afterwards)."""
         if not isinstance(datasets, dict):
             return datasets
-        model = model if model is not None else self.model
-        collator = collator if collator is not None else self.text_collator
-        batch = self.args.per_device_eval_batch_size if hasattr(self, "args") else 64
-        return {
-            task: dataset
-            if isinstance(dataset, PrecomputedFeatures)
-            else precompute_features(model, dataset, collator, batch, f"Encoding {task}")
-            for task, dataset in datasets.items()
-        }
+        model.optimize_for_inference(self.precompute_serving_mode)
+        try:
+            return {
+                name: dataset
+                if isinstance(dataset, PrecomputedFeatures)
+                else precompute_features(
+                    model, dataset, collator, args.per_device_eval_batch_size, f"Encoding {name}"
+                )
+                for name, dataset in datasets.items()
+            }
+        finally:
+            model.optimize_for_inference("exact")  # the saved and evaluated model serves as any other
 
     # ------------------------------------------------------------------ training data
     def get_train_dataloader(self) -> DataLoader:
@@ -227,7 +239,7 @@ class MultiTaskTrainer(Trainer):
         if not isinstance(datasets, dict):
             return super().evaluate(datasets, ignore_keys, metric_key_prefix)
         if self.precomputed:
-            datasets = self._precomputed_eval_sets(datasets)
+            datasets = self._precompute(self.model, self.text_collator, datasets, self.args)
         metrics: dict[str, float] = {}
         main_scores = []
         # This evaluation's only: never an earlier split's metrics or logits under the same task name.

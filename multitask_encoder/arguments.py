@@ -128,6 +128,13 @@ class MultiTaskTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Token tasks: label every word piece (B-X -> I-X), not the first only."},
     )
+    embedding_distillation_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Keep the sentence embedding close to the original encoder's: this weight times the mean cosine "
+            "distance to a frozen copy's embedding of the same texts is added to the loss (0: off)."
+        },
+    )
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "Stop after this many evaluations without improvement."}
     )
@@ -160,6 +167,14 @@ class MultiTaskTrainingArguments(TrainingArguments):
             raise ValueError(
                 "prediction_loss_only and batch_eval_metrics are not supported: the multi-task evaluation "
                 "scores every task on its whole evaluation set."
+            )
+        if self.embedding_distillation_weight < 0:
+            raise ValueError(
+                f"embedding_distillation_weight must be >= 0, got {self.embedding_distillation_weight}."
+            )
+        if self.embedding_distillation_weight and self.freeze_encoder:
+            raise ValueError(
+                "embedding_distillation_weight keeps a training encoder close to the original; the encoder is frozen."
             )
         if self.precompute_embeddings and not self.freeze_encoder:
             raise ValueError(
@@ -195,6 +210,19 @@ class JobArguments:
     data_cache_dir: str | None = field(
         default=None,
         metadata={"help": "Cache for read and tokenised datasets (default: the datasets cache)."},
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "A trained multitask-encoder folder or Hub id to start from: its encoder, heads and labels stay "
+            "and the config's new tasks are added (instead of a backbone)."
+        },
+    )
+    freeze_existing: bool = field(
+        default=False,
+        metadata={
+            "help": "With init_from: the encoder and the trained heads do not move (their predictions stay)."
+        },
     )
     drop_held_out_duplicates: bool = field(
         default=False,

@@ -111,60 +111,76 @@ def open_input(path: str) -> BinaryIO:
 
 
 def read_delimited(
-    lines: Iterable[str], path: str, delimiter: str, text_column: str
-) -> Iterator[tuple[int, str]]:
-    """(line, text) of a csv or tsv file with a header row (see `DelimitedReader`); a blank line is ""."""
+    lines: Iterable[str], path: str, delimiter: str, columns: list[str]
+) -> Iterator[tuple[int, tuple[str, ...]]]:
+    """(line, the `columns`' values) of a csv or tsv file with a header row (see `DelimitedReader`); a blank
+    line gives empty texts."""
     reader = DelimitedReader(lines, path, delimiter)  # reads the header: a missing column fails first
-    if text_column not in reader.header:
-        raise BatchPredictError(
-            f"{path} has no column {text_column!r} (pass --text-column); its columns are: "
-            + ", ".join(repr(name) for name in reader.header)
-        )
-    return _delimited_texts(reader, reader.header.index(text_column), text_column)
+    for column, flag in zip(columns, ("--text-column", "--text-pair-column")):
+        if column not in reader.header:
+            raise BatchPredictError(
+                f"{path} has no column {column!r} (pass {flag}); its columns are: "
+                + ", ".join(repr(name) for name in reader.header)
+            )
+    return _delimited_texts(reader, [reader.header.index(column) for column in columns], columns)
 
 
-def _delimited_texts(reader: DelimitedReader, column: int, text_column: str) -> Iterator[tuple[int, str]]:
+def _delimited_texts(
+    reader: DelimitedReader, positions: list[int], columns: list[str]
+) -> Iterator[tuple[int, tuple[str, ...]]]:
     for line, row in reader.rows():
         if not row:  # a blank line
-            yield line, ""
-        elif column >= len(row):
-            raise reader.short_row(line, row, text_column)
-        else:
-            yield line, row[column]
+            yield line, ("",) * len(positions)
+            continue
+        for position, column in zip(positions, columns):
+            if position >= len(row):
+                raise reader.short_row(line, row, column)
+        yield line, tuple(row[position] for position in positions)
 
 
-def read_jsonl_texts(lines: Iterable[str], path: str, key: str) -> Iterator[tuple[int, str]]:
-    """(line, text under `key`) of a JSON Lines file; a blank line is ""."""
+def read_jsonl_texts(
+    lines: Iterable[str], path: str, keys: list[str]
+) -> Iterator[tuple[int, tuple[str, ...]]]:
+    """(line, the texts under `keys`) of a JSON Lines file; a blank line gives empty texts."""
     for line_number, record in read_jsonl(lines, path):
         if record is None:
-            yield line_number, ""
+            yield line_number, ("",) * len(keys)
             continue
         if not isinstance(record, dict):
             raise BatchPredictError(
-                f"{path} line {line_number} is a JSON {type(record).__name__}, not an object with a {key!r} key"
+                f"{path} line {line_number} is a JSON {type(record).__name__}, not an object with a {keys[0]!r} key"
             )
-        if key not in record:
-            raise BatchPredictError(
-                f"{path} line {line_number} has no key {key!r} (pass --text-column); its keys are: "
-                + ", ".join(repr(name) for name in record)
-            )
-        text = record[key]
-        if not isinstance(text, str):
-            raise BatchPredictError(
-                f"{path} line {line_number}: {key!r} is {json.dumps(text)[:40]} ({type(text).__name__}), "
-                "not a string"
-            )
-        yield line_number, text
+        texts = []
+        for key, flag in zip(keys, ("--text-column", "--text-pair-column")):
+            if key not in record:
+                raise BatchPredictError(
+                    f"{path} line {line_number} has no key {key!r} (pass {flag}); its keys are: "
+                    + ", ".join(repr(name) for name in record)
+                )
+            text = record[key]
+            if not isinstance(text, str):
+                raise BatchPredictError(
+                    f"{path} line {line_number}: {key!r} is {json.dumps(text)[:40]} ({type(text).__name__}), "
+                    "not a string"
+                )
+            texts.append(text)
+        yield line_number, tuple(texts)
 
 
-def read_records(f: BinaryIO, path: str, input_format: str, text_column: str) -> Iterator[tuple[int, str]]:
-    """(line, text) for every record of the input (opened in binary), empty texts included."""
+def read_records(
+    f: BinaryIO, path: str, input_format: str, text_column: str, pair_column: str | None = None
+) -> Iterator[tuple[int, str | tuple[str, str]]]:
+    """(line, text) for every record of the input (opened in binary), empty texts included; with
+    `pair_column`, (line, (text, text_pair))."""
     lines = decoded_lines(f, path)
     if input_format == "txt":
         return read_text_lines(lines)
+    columns = [text_column, *([pair_column] if pair_column else [])]
     if input_format == "jsonl":
-        return read_jsonl_texts(lines, path, text_column)
-    return read_delimited(lines, path, "," if input_format == "csv" else "\t", text_column)
+        records = read_jsonl_texts(lines, path, columns)
+    else:
+        records = read_delimited(lines, path, "," if input_format == "csv" else "\t", columns)
+    return ((line, texts if pair_column else texts[0]) for line, texts in records)
 
 
 class TextSkipper:
@@ -179,9 +195,9 @@ class TextSkipper:
         self.count = 0
         self.first_lines: list[int] = []
 
-    def __call__(self, records: Iterable[tuple[int, str]]) -> Iterator[tuple[int, str]]:
+    def __call__(self, records: Iterable[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
         for line, text in records:
-            if self.keep(text):
+            if all(self.keep(part) for part in (text if isinstance(text, tuple) else (text,))):
                 yield line, text
                 continue
             self.count += 1
@@ -206,11 +222,11 @@ def skip_empty_texts() -> TextSkipper:
 
 def skip_texts_without_tokens(model) -> TextSkipper:
     """Skips the texts `model`'s tokenizer keeps nothing of (zero-width or control characters only), which
-    `predict` refuses: the model's own check (`_checked_texts`) decides."""
+    `predict` refuses: the model's own check (`check_texts`) decides."""
 
     def keeps_something(text: str) -> bool:
         try:
-            model._checked_texts(text)
+            model.check_texts(text)
         except ValueError:  # its refusal of a text it keeps nothing of (empty texts were skipped before)
             return False
         return True
@@ -239,19 +255,21 @@ class JsonlRows:
     def __init__(self, f: TextIO) -> None:
         self.f = f
 
-    def write(self, line: int, text: str, prediction: dict[str, Any]) -> None:
-        record = {"line": line, "text": text, "predictions": prediction}
+    def write(self, line: int, text: str | tuple[str, str], prediction: dict[str, Any]) -> None:
+        texts = {"text": text[0], "text_pair": text[1]} if isinstance(text, tuple) else {"text": text}
+        record = {"line": line, **texts, "predictions": prediction}
         self.f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 class CsvRows:
-    def __init__(self, f: TextIO, columns: list[tuple[str, str]]) -> None:
+    def __init__(self, f: TextIO, columns: list[tuple[str, str]], pairs: bool = False) -> None:
         self.writer = csv.writer(f)
         self.columns = columns  # (task, field)
-        self.writer.writerow(["line", "text", *(f"{task}.{name}" for task, name in columns)])
+        texts = ["text", "text_pair"] if pairs else ["text"]
+        self.writer.writerow(["line", *texts, *(f"{task}.{name}" for task, name in columns)])
 
-    def write(self, line: int, text: str, prediction: dict[str, Any]) -> None:
-        row: list[Any] = [line, text]
+    def write(self, line: int, text: str | tuple[str, str], prediction: dict[str, Any]) -> None:
+        row: list[Any] = [line, *(text if isinstance(text, tuple) else (text,))]
         for task, name in self.columns:
             value = prediction[task][name]
             row.append(json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value)
@@ -409,6 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
         help='csv/tsv column or jsonl key holding the text (default: "text")',
     )
     parser.add_argument(
+        "--text-pair-column",
+        metavar="NAME",
+        help="csv/tsv column or jsonl key holding each text's pair: predicts the pair tasks on (text, text_pair)",
+    )
+    parser.add_argument(
         "--tasks",
         metavar="TASK,...",
         help="only these tasks, comma-separated (default: all, in the model's order)",
@@ -445,6 +468,10 @@ def run(args: argparse.Namespace) -> None:
     input_format = input_format_of(args.input, args.input_format)
     if input_format == "txt" and args.text_column is not None:
         raise BatchPredictError("--text-column applies to csv, tsv and jsonl input, not to plain text lines")
+    if input_format == "txt" and args.text_pair_column is not None:
+        raise BatchPredictError(
+            "--text-pair-column applies to csv, tsv and jsonl input, not to plain text lines"
+        )
     output_format = output_format_of(args.output, args.format)
     if args.output != "-" and os.path.abspath(args.output) == os.path.abspath(args.input):
         raise BatchPredictError(f"the output {args.output} would overwrite the input")
@@ -457,7 +484,11 @@ def run(args: argparse.Namespace) -> None:
 
     with open_input(args.input) as input_file, AtomicOutput(args.output) as output_file:
         empty = skip_empty_texts()
-        records = empty(read_records(input_file, args.input, input_format, args.text_column or "text"))
+        records = empty(
+            read_records(
+                input_file, args.input, input_format, args.text_column or "text", args.text_pair_column
+            )
+        )
         # Read the first record now: a missing column or a bad first line fails before the slow model load.
         first = list(itertools.islice(records, 1))
         records = itertools.chain(first, records)
@@ -465,20 +496,19 @@ def run(args: argparse.Namespace) -> None:
         model = load_model(args.model, args.revision, args.device, args.trust_remote_code)
         without_tokens = skip_texts_without_tokens(model)
         records = without_tokens(records)
-        tasks = None
-        if requested_tasks is not None:
-            try:
-                tasks = model.resolve_tasks(requested_tasks)
-            except ValueError as error:
-                raise BatchPredictError(str(error)) from None
-        task_names = tasks or list(model.config.tasks)
+        kind = "pair" if args.text_pair_column else "text"
+        try:  # the tasks asked for (or every task of the input's kind), checked to read that kind
+            task_names = model.tasks_for(kind, requested_tasks)
+        except ValueError as error:
+            raise BatchPredictError(str(error)) from None
+        tasks = task_names
         if output_format == "csv":
             columns = [
                 (name, field)
                 for name in task_names
                 for field in model.config.tasks[name].task_type.prediction_fields(model.config.tasks[name])
             ]
-            rows: CsvRows | JsonlRows = CsvRows(output_file, columns)
+            rows: CsvRows | JsonlRows = CsvRows(output_file, columns, pairs=kind == "pair")
         else:
             rows = JsonlRows(output_file)
 

@@ -6,6 +6,8 @@ takes them.
       labels_<task>                                 ─► its task type's collate_labels (sentence tasks
                                                        [batch] or [batch, n]; token tasks [batch, seq], aligned
                                                        to the word pieces by the rows' word_ids; -100 = missing)
+      pair_input_ids/... [seq2_i] (second texts)   ─► pair_inputs: padded [pairs, seq2] + rows [pairs] (the batch row
+      negative_input_ids/... (contrastive)          ─► negative_inputs   of each), only the rows that have one
       word_ids, group, text, ...                    ─► dropped (the model's forward takes no other keys)
 
 Every task's `labels_<task>` is emitted for every batch, even when no row of the batch has that task's
@@ -64,7 +66,26 @@ class MultiTaskCollator:
         for name, spec in self.task_specs.items():
             values = [row.get(f"labels_{name}") for row in rows]
             batch[f"labels_{name}"] = spec.task_type.collate_labels(spec, values, context)
+        for prefix in ("pair", "negative"):
+            second = self.second_texts(rows, prefix)
+            if second is not None:
+                batch[f"{prefix}_inputs"] = second
         return batch
+
+    def second_texts(self, rows: list[Mapping[str, Any]], prefix: str) -> dict[str, torch.Tensor] | None:
+        """The `<prefix>_input_ids` etc. of the rows that have them, padded, with `rows` (their batch rows)."""
+        keys = [name for name in MODEL_INPUT_NAMES if f"{prefix}_{name}" in rows[0]]
+        present = [i for i, row in enumerate(rows) if keys and len(as_list(row[f"{prefix}_input_ids"]))]
+        if not present:
+            return None
+        inputs = [{key: as_list(rows[i][f"{prefix}_{key}"]) for key in keys} for i in present]
+        padded = dict(
+            self.tokenizer.pad(
+                inputs, padding=True, pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt"
+            )
+        )
+        padded["rows"] = torch.tensor(present, dtype=torch.long)
+        return padded
 
 
 def tasks_present(batch: Mapping[str, torch.Tensor]) -> list[str]:

@@ -15,6 +15,9 @@ from typing import Any
 
 import yaml
 
+# The sections of a config that are not options: the tasks and their data, the embedding's evaluation sets.
+SECTIONS = ("tasks", "embedding_evaluation")
+
 
 class ConfigError(ValueError):
     """A config file that cannot be used, with the file (and line) in the message."""
@@ -139,10 +142,10 @@ def check_options(path: str, values: dict[str, Any], argument_classes: tuple[typ
     lines = getattr(values, "lines", {})
     for key, value in values.items():
         where = f"{path}, line {lines[key]}" if key in lines else path
-        if key == "tasks":
+        if key in SECTIONS:
             continue
         if key not in types_by_name:
-            hint = difflib.get_close_matches(str(key), sorted([*types_by_name, "tasks"]), n=1)
+            hint = difflib.get_close_matches(str(key), sorted([*types_by_name, *SECTIONS]), n=1)
             raise ConfigError(
                 f"{where}: unknown option {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else ".")
             )

@@ -250,13 +250,17 @@ def _heads(config: MultiTaskEncoderConfig) -> list[dict[str, Any]]:
     hidden_size = config.encoder_config.hidden_size
     heads = []
     for name, spec in config.tasks.items():
-        reads = "each token state" if spec.is_token_level else "the sentence embedding"
-        in_features = spec.task_type.head_in_features(hidden_size, config.embedding_size)
+        in_features = spec.task_type.head_in_features(spec, hidden_size, config.embedding_size)
+        shape = (
+            f"`{_head_shape(spec, in_features)}` on {spec.task_type.head_reads(spec)}"
+            if in_features
+            else "none"
+        )
         heads.append(
             {
                 "name": name,
                 "kind": spec.task_type.head_kind(spec),
-                "shape": f"`{_head_shape(spec, in_features)}` on {reads}",
+                "shape": shape,
                 "labels": spec.labels,
                 "loss_weight": spec.loss_weight,
                 "logits_shape": spec.task_type.logits_shape(spec),
@@ -506,6 +510,7 @@ def render_model_card(
         "evaluations": _evaluations(config, results),
         "imbalance_notes": _imbalance_notes(config, results.get("label_counts") or {}),
         "run_warnings": list(results.get("warnings") or []),
+        "embedding": results.get("embedding") or {},
         "type_limitations": list(
             dict.fromkeys(
                 spec.task_type.limitation for spec in config.tasks.values() if spec.task_type.limitation

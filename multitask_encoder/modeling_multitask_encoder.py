@@ -37,8 +37,9 @@ from .inference_multitask_encoder import (
     TextBatch,
     build_serving_plan,
     iter_sorted_batches,
+    plan_batches,
 )
-from .tasks_multitask_encoder import EncoderFeatures, HeadSpec
+from .tasks_multitask_encoder import EncoderFeatures, HeadSpec, TaskSpec, parse_task_spec
 
 logger = logging.getLogger(__name__)
 
@@ -204,14 +205,12 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         hidden_size = config.encoder_config.hidden_size
         self.pooling = Pooling(config.pooling)
         self.projection = nn.Linear(hidden_size, config.projection_dim) if config.projection_dim else None
+        # One head per task; similarity and contrastive tasks have none (they score the embeddings themselves).
         self.heads = nn.ModuleDict(
             {
-                name: TaskHead(
-                    spec.task_type.head_in_features(hidden_size, config.embedding_size),
-                    spec.num_outputs,
-                    spec.head,
-                )
+                name: TaskHead(in_features, spec.num_outputs, spec.head)
                 for name, spec in config.tasks.items()
+                if (in_features := spec.task_type.head_in_features(spec, hidden_size, config.embedding_size))
             }
         )
         self.task_log_vars = (
@@ -258,6 +257,12 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         if not tasks:
             raise ValueError("from_backbone needs at least one task in `tasks`.")
         encoder_config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
+        if encoder_config.model_type == MultiTaskEncoderConfig.model_type:
+            raise ValueError(
+                f"{name_or_path} is a trained multitask-encoder model, not a backbone: to keep its encoder, heads "
+                "and labels and add tasks, load it (MultiTaskEncoderModel.from_pretrained) and call "
+                "model.add_task(name, spec), or give `init_from:` in a training config."
+            )
         encoder_config._name_or_path = base_model_name or ""  # saved nested in config.json: no local path
         if max_seq_length is None:
             max_seq_length = _sentence_transformers_max_length(name_or_path)
@@ -410,6 +415,8 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         tasks: list[str] | str | None = None,
+        pair_inputs: dict[str, torch.Tensor] | None = None,
+        negative_inputs: dict[str, torch.Tensor] | None = None,
         encoder_outputs: dict[str, torch.Tensor] | None = None,
         return_dict: bool | None = None,
         **labels: torch.Tensor,
@@ -417,11 +424,16 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         """Run the encoder once and every head (or only `tasks`).
 
         Args:
-            input_ids, attention_mask, token_type_ids: `[batch, seq]`, as the tokenizer returns them.
-            tasks: names of the heads to run (default: all). Heads that do not run have no logits.
+            input_ids, attention_mask, token_type_ids: `[batch, seq]`, as the tokenizer returns them (for a
+                row of a cross-encoded pair task, the joint `[CLS] a [SEP] b` input).
+            tasks: names of the tasks to run (default: all). Tasks that do not run have no logits.
+            pair_inputs: the second texts of the rows that have one (pair tasks encoded on their own,
+                contrastive positives): `input_ids`, `attention_mask`[, `token_type_ids`] `[pairs, seq2]` and
+                `rows` `[pairs]`, the batch row each belongs to. `negative_inputs`: contrastive negatives, alike.
             encoder_outputs: the encoder's output computed earlier, which skips the encoder (as in HF
-                encoder-decoder models; the frozen-encoder fast path): `pooled_embeddings` `[batch, hidden]`
-                and, when a token task runs, `last_hidden_state` `[batch, seq, hidden]` with `attention_mask`.
+                encoder-decoder models; the frozen-encoder fast path): `pooled_embeddings` `[batch, hidden]`,
+                when a token task runs `last_hidden_state` `[batch, seq, hidden]` with `attention_mask`, and
+                for pairs `pair_pooled_embeddings` `[pairs, hidden]` with `pair_rows` `[pairs]`.
             labels_<task>: labels for that task (shapes: the task type's `collate_labels`); -100 = missing.
 
         Returns:
@@ -433,7 +445,9 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             input_ids, attention_mask, token_type_ids
         )
         unknown = [
-            key for key in labels if not key.startswith("labels_") or key[len("labels_") :] not in self.heads
+            key
+            for key in labels
+            if not key.startswith("labels_") or key[len("labels_") :] not in self.config.tasks
         ]
         if unknown:
             raise ValueError(f"Unexpected forward arguments {unknown}; labels are passed as labels_<task>.")
@@ -452,7 +466,17 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             token_states = self.encoder_states(encoder_inputs)
         if pooled is None:
             pooled = self.pooling(token_states, attention_mask)
-        features = EncoderFeatures(token_states, attention_mask, self.project(pooled))
+        pair_embeddings, pair_rows = self._second_texts(pair_inputs, encoder_outputs, "pair")
+        negative_embeddings, negative_rows = self._second_texts(negative_inputs, encoder_outputs, "negative")
+        features = EncoderFeatures(
+            token_states,
+            attention_mask,
+            self.project(pooled),
+            pair_embeddings,
+            pair_rows,
+            negative_embeddings,
+            negative_rows,
+        )
 
         output = MultiTaskEncoderOutput(embeddings=features.embeddings)
         losses: dict[str, torch.Tensor] = {}
@@ -461,7 +485,8 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             if name not in task_names:
                 continue
             spec = self.config.tasks[name]
-            logits = self.heads[name](spec.task_type.head_input(features))
+            head = self.heads[name] if name in self.heads else None  # noqa: SIM401 (no ModuleDict.get in older torch)
+            logits = spec.task_type.logits(head, spec, features)
             output[f"{name}_logits"] = logits
             task_labels = labels.get(f"labels_{name}")
             if task_labels is None:
@@ -471,7 +496,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             loss = 0.0 * logits.float().sum()
             if self.task_log_vars is not None:
                 loss = loss + 0.0 * self.task_log_vars[position]
-            value = spec.task_type.loss(spec, logits, task_labels)
+            value = spec.task_type.loss(spec, logits, task_labels, features)
             if value is not None:
                 losses[name] = value.detach()
                 if self.task_log_vars is not None:
@@ -483,6 +508,39 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         output.loss = total_loss
         output.task_losses = losses or None
         return output
+
+    def embed(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Tokenised texts (`input_ids`, `attention_mask`[, `token_type_ids`] `[n, seq]`) -> their sentence
+        embeddings `[n, embedding_size]` (the encoder as the serving mode runs it, pooling, projection,
+        normalisation)."""
+        encoder_inputs = {key: inputs[key] for key in MODEL_INPUT_NAMES if key in inputs}
+        encoder_inputs["input_ids"], encoder_inputs["attention_mask"], token_type_ids = (
+            self._fit_to_max_length(
+                encoder_inputs["input_ids"],
+                encoder_inputs.get("attention_mask"),
+                encoder_inputs.get("token_type_ids"),
+            )
+        )
+        if token_type_ids is not None:
+            encoder_inputs["token_type_ids"] = token_type_ids
+        return self.project(
+            self.pooling(self.encoder_states(encoder_inputs), encoder_inputs["attention_mask"])
+        )
+
+    def _second_texts(
+        self,
+        inputs: Mapping[str, torch.Tensor] | None,
+        encoder_outputs: Mapping[str, torch.Tensor],
+        kind: str,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(embeddings `[n, embedding_size]`, batch rows `[n]`) of the pair or negative texts, encoded here or
+        precomputed (`<kind>_pooled_embeddings` / `<kind>_rows` in `encoder_outputs`); (None, None) without."""
+        pooled = encoder_outputs.get(f"{kind}_pooled_embeddings")
+        if pooled is not None:
+            return self.project(pooled), encoder_outputs[f"{kind}_rows"]
+        if not inputs or "input_ids" not in inputs:
+            return None, None
+        return self.embed(inputs), inputs["rows"]
 
     def _fit_to_max_length(self, input_ids, attention_mask, token_type_ids):
         """Inputs longer than the model's limit (a caller that did not truncate, e.g. a standard pipeline)
@@ -525,6 +583,39 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             pooled = F.normalize(pooled, p=2, dim=-1)
         return pooled
 
+    def add_task(self, name: str, spec: TaskSpec | Mapping[str, Any]) -> MultiTaskEncoderModel:
+        """Add a task (a fresh head, or none for similarity/contrastive) to this model, keeping the encoder and
+        every existing head and label; returns `self`. Train it with `freeze_existing` (train.py's `init_from`
+        and `freeze_existing: true`) to leave the existing tasks' predictions exactly as they were."""
+        if name in self.config.tasks:
+            raise ValueError(f"Task {name!r} exists already (tasks: {list(self.config.tasks)}).")
+        spec = parse_task_spec(name, spec)
+        in_features = spec.task_type.head_in_features(
+            spec, self.config.encoder_config.hidden_size, self.config.embedding_size
+        )
+        if in_features:
+            head = TaskHead(in_features, spec.num_outputs, spec.head).to(
+                self.device, next(self.parameters()).dtype
+            )
+            head.apply(self._init_weights)
+            self.heads[name] = head
+        self.config.tasks = {**self.config.tasks, name: spec}
+        if self.task_log_vars is not None:
+            grown = torch.cat([self.task_log_vars.data, self.task_log_vars.data.new_zeros(1)])
+            self.task_log_vars = nn.Parameter(grown)
+        return self
+
+    def freeze_existing(self, keep: list[str]) -> None:
+        """Freeze the encoder, the projection and every head but those of `keep` (the tasks being added): their
+        weights, hence their predictions, stay exactly as loaded."""
+        self.encoder.requires_grad_(False)
+        if self.projection is not None:
+            self.projection.requires_grad_(False)
+        for name, head in self.heads.items():
+            head.requires_grad_(name in keep)
+        if self.task_log_vars is not None:
+            self.task_log_vars.requires_grad_(False)
+
     def resolve_tasks(self, tasks: list[str] | str | None) -> list[str]:
         """The task names a call asks for (None: all, in config order); refuses unknown names and an empty
         selection (which would silently predict nothing)."""
@@ -556,8 +647,8 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         `encodings` (with character offsets when one of `tasks` is a token task). Used by `predict`, the
         pipeline and the batch CLI through `predict`; give the batches to `postprocess` after `forward`.
         """
-        texts = self._checked_texts(texts)
-        with_offsets = any(self.config.tasks[name].is_token_level for name in self.resolve_tasks(tasks))
+        texts = self.check_texts(texts)
+        with_offsets = any(self.config.tasks[name].is_token_level for name in self.tasks_for("text", tasks))
         return self._batches(texts, batch_size, with_offsets)
 
     def postprocess(
@@ -596,7 +687,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         `normalize` overrides `config.normalize` (L2) for this call. A single string gives `[embedding_size]`.
         """
         single = isinstance(texts, str)
-        texts = self._checked_texts(texts)
+        texts = self.check_texts(texts)
         if return_tensors not in ("np", "pt"):
             raise ValueError(f"return_tensors must be 'np' or 'pt', got {return_tensors!r}.")
         embeddings = torch.zeros(len(texts), self.config.embedding_size)
@@ -623,26 +714,34 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
     @torch.inference_mode()
     def predict(
         self,
-        texts: list[str] | str,
+        texts: list[str] | str | list[tuple[str, str]] | dict[str, str],
         tasks: list[str] | str | None = None,
         top_k: int | None = None,
         batch_size: int = 64,
     ) -> list[dict[str, dict[str, Any]]]:
-        """Predictions for every text and task (all tasks unless `tasks` narrows it), in input order.
+        """Predictions for every text and task (the tasks of the input's kind unless `tasks` narrows it), in
+        input order.
 
-        Per task, the dict its type decodes (tasks_multitask_encoder.py):
-          sequence classification: `{"label", "score", "scores": {label: probability}}` (scores sorted,
-              the best `top_k` only when given);
+        `texts` are texts, or pairs of texts for pair tasks: `(text, text_pair)` tuples or
+        `{"text": ..., "text_pair": ...}` dicts (one such dict alone is a single pair). Per task, the dict its
+        type decodes (tasks_multitask_encoder.py):
+          sequence / pair classification: `{"label", "score", "scores": {label: probability}}` (scores
+              sorted, the best `top_k` only when given);
           multi-label classification: `{"labels": [labels with sigmoid >= threshold], "scores": {...}}`;
           regression: `{"value": float}` (one output) or `{"values": {name: float}}`;
           token classification: `{"entities": [{"entity", "text", "start", "end", "score"}]}` with
-              character offsets into the text, words merged from their sub-tokens.
-        A single string gives a single dict.
+              character offsets into the text, words merged from their sub-tokens;
+          similarity, contrastive: `{"similarity": cosine}` (similarity with a `score_range`: and `score`).
+        A single string (or pair dict) gives a single dict.
         """
-        single = isinstance(texts, str)
-        task_names = self.resolve_tasks(tasks)
-        texts = self._checked_texts(texts)
+        single = isinstance(texts, str) or (_is_pair(texts) and isinstance(texts, Mapping))
+        pairs = _as_pairs(texts)
+        task_names = self.tasks_for("pair" if pairs is not None else "text", tasks)
         _check_top_k(top_k)
+        if pairs is not None:
+            results = self._predict_pairs(pairs, task_names, top_k, batch_size)
+            return results[0] if single else results
+        texts = self.check_texts(texts)
         with_offsets = any(self.config.tasks[name].is_token_level for name in task_names)
         results: list[dict[str, Any]] = [{} for _ in texts]
         was_training = self.training
@@ -657,7 +756,84 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             self.train(was_training)
         return results[0] if single else results
 
-    def _checked_texts(self, texts: Any) -> list[str]:
+    def tasks_for(self, kind: str, tasks: list[str] | str | None) -> list[str]:
+        """The tasks a call on inputs of `kind` ("text" or "pair") runs: those asked for, which must read that
+        kind, else every task that does."""
+
+        def reads(name: str) -> bool:
+            return (self.config.tasks[name].task_type.input_kind == "pair") == (kind == "pair")
+
+        if tasks is None:
+            names = [name for name in self.config.tasks if reads(name)]
+            if not names:
+                other = "pairs of texts" if kind == "text" else "single texts"
+                raise ValueError(
+                    f"This model has no task that reads {kind}s: its tasks {list(self.config.tasks)} read {other}."
+                )
+            return names
+        names = self.resolve_tasks(tasks)
+        wrong = [name for name in names if not reads(name)]
+        if wrong:
+            if kind == "text":
+                raise ValueError(
+                    f"Task(s) {wrong} read pairs of texts: give (text, text_pair) tuples or "
+                    '{"text": ..., "text_pair": ...} dicts.'
+                )
+            raise ValueError(f"Task(s) {wrong} read single texts, not pairs: give them strings.")
+        return names
+
+    def _predict_pairs(
+        self, pairs: list[tuple[str, str]], task_names: list[str], top_k: int | None, batch_size: int
+    ) -> list[dict[str, Any]]:
+        """`predict` for pairs: tasks that encode the pair jointly read one `[CLS] a [SEP] b` input, the others
+        the two texts' embeddings (the second text as `pair_inputs`)."""
+        firsts = self.check_texts([a for a, _ in pairs])
+        seconds = self.check_texts([b for _, b in pairs])
+        joint = [
+            n
+            for n in task_names
+            if self.config.tasks[n].task_type.input_encoding(self.config.tasks[n].options) == "pair_joint"
+        ]
+        apart = [name for name in task_names if name not in joint]
+        results: list[dict[str, Any]] = [{} for _ in pairs]
+        was_training = self.training
+        self.eval()
+        try:
+            if apart:
+                for batch in self._batches(firsts, batch_size, with_offsets=False):
+                    features, _ = self._tokenize([seconds[i] for i in batch.indices], False)
+                    second = self.tokenizer.pad(features, return_tensors="pt")
+                    second = {key: value.to(self.device) for key, value in second.items()}
+                    second["rows"] = torch.arange(len(batch.indices), device=self.device)
+                    outputs = self(**batch.inputs, pair_inputs=second, tasks=apart)
+                    decoded = self.postprocess(outputs, batch.texts, batch.encodings, apart, top_k)
+                    for index, prediction in zip(batch.indices, decoded):
+                        results[index].update(prediction)
+            if joint:
+                for indices, inputs in self._joint_batches(firsts, seconds, batch_size):
+                    outputs = self(**inputs, tasks=joint)
+                    texts = [firsts[i] for i in indices]
+                    decoded = self.postprocess(outputs, texts, [None] * len(indices), joint, top_k)
+                    for index, prediction in zip(indices, decoded):
+                        results[index].update(prediction)
+        finally:
+            self.train(was_training)
+        return [{name: result[name] for name in task_names} for result in results]
+
+    def _joint_batches(self, firsts: list[str], seconds: list[str], batch_size: int):
+        """(indices, padded joint inputs) of length-sorted batches of the pairs as one input each."""
+        encoded = self.tokenizer(
+            firsts, seconds, truncation=True, max_length=self.max_seq_length, padding=False
+        )
+        keys = [key for key in MODEL_INPUT_NAMES if key in encoded]
+        order = sorted(range(len(firsts)), key=lambda i: -len(encoded["input_ids"][i]))
+        lengths = [len(encoded["input_ids"][i]) for i in order]
+        for start, end in plan_batches(lengths, batch_size, self.serving_plan.token_budget):
+            rows = order[start:end]
+            padded = self.tokenizer.pad([{k: encoded[k][i] for k in keys} for i in rows], return_tensors="pt")
+            yield rows, {key: value.to(self.device) for key, value in padded.items()}
+
+    def check_texts(self, texts: Any) -> list[str]:
         """`texts` as a list of strings, refused (naming the container or the index) when it would give a
         meaningless answer. A single string is a list of one.
 
@@ -826,6 +1002,36 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             return self.encoder(**encoder_inputs).last_hidden_state
         plan.check_fresh(self.encoder)
         return plan.run_encoder(encoder_inputs)
+
+
+def _is_pair(item: Any) -> bool:
+    """A (text, text_pair) tuple or a {"text", "text_pair"} mapping."""
+    if isinstance(item, Mapping):
+        return set(item) >= {"text", "text_pair"}
+    return isinstance(item, tuple) and len(item) == 2 and all(isinstance(text, str) for text in item)
+
+
+def _as_pairs(inputs: Any) -> list[tuple[Any, Any]] | None:
+    """The (text, text_pair) pairs of `inputs` when they are pairs (a list of tuples or dicts, or one dict),
+    None when they are texts; a list mixing both is refused."""
+    if isinstance(inputs, Mapping):
+        if not _is_pair(inputs):
+            return None  # refused as a container of texts by check_texts
+        return [(inputs["text"], inputs["text_pair"])]
+    if isinstance(inputs, (str, bytes)) or not isinstance(inputs, (list, tuple)) or not inputs:
+        return None
+    if isinstance(inputs, tuple) and all(isinstance(item, str) for item in inputs):
+        return None  # a tuple of texts
+    kinds = [_is_pair(item) for item in inputs]
+    if not any(kinds):
+        return None
+    if not all(kinds):
+        index = kinds.index(False)
+        raise TypeError(
+            f"Input #{index} is {type(inputs[index]).__name__}, not a (text, text_pair) pair like input "
+            f"#{kinds.index(True)}: give all texts or all pairs."
+        )
+    return [(item["text"], item["text_pair"]) if isinstance(item, Mapping) else item for item in inputs]
 
 
 def _check_top_k(top_k: Any) -> None:

@@ -59,6 +59,14 @@ class MultiTaskTextClassificationPipeline(Pipeline):
         self.model.eval()
 
     def __call__(self, inputs, **kwargs: Any):
+        if _is_pair(inputs) or (
+            isinstance(inputs, list) and inputs and all(_is_pair(item) for item in inputs)
+        ):
+            # Pairs of texts ({"text", "text_pair"} dicts, as the standard text-classification pipeline takes
+            # them) for the pair tasks: predict batches and encodes them (each text apart, or both as one input).
+            pairs = [inputs] if isinstance(inputs, dict) else inputs
+            results = self.model.predict(pairs, tasks=kwargs.get("tasks"), top_k=kwargs.get("top_k"))
+            return results[0] if isinstance(inputs, dict) else results
         if isinstance(inputs, tuple):
             inputs = list(inputs)
         if isinstance(inputs, list) and not inputs:
@@ -68,7 +76,7 @@ class MultiTaskTextClassificationPipeline(Pipeline):
     def _sanitize_parameters(self, tasks=None, top_k=None):
         preprocess_params, forward_params, postprocess_params = {}, {}, {}
         if tasks is not None:
-            tasks = self.model.resolve_tasks(tasks)  # unknown names fail here, before any text is read
+            tasks = self.model.tasks_for("text", tasks)  # unknown names fail here, before any text is read
             preprocess_params["tasks"] = forward_params["tasks"] = postprocess_params["tasks"] = tasks
         if top_k is not None:
             if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
@@ -84,7 +92,7 @@ class MultiTaskTextClassificationPipeline(Pipeline):
     def _forward(self, model_inputs: dict[str, Any], tasks: list[str] | None = None) -> dict[str, Any]:
         """Padded batch `[batch, seq]` -> `<task>_logits` for the asked tasks, with the texts and encodings
         passed through (the pipeline's batching splits every entry back into rows)."""
-        tasks = self.model.resolve_tasks(tasks)
+        tasks = self.model.tasks_for("text", tasks)
         texts, encodings = model_inputs.pop("text"), model_inputs.pop("encoding")
         output = self.model(**model_inputs, tasks=tasks)
         # The logits come first: the pipeline reads the batch size off the first entry.
@@ -100,6 +108,11 @@ class MultiTaskTextClassificationPipeline(Pipeline):
         """One row of `_forward`'s output (logits `[1, ...]`) -> `{task: prediction}`."""
         texts, encodings = [model_outputs["text"]], [model_outputs["encoding"]]
         return self.model.postprocess(model_outputs, texts, encodings, tasks, top_k)[0]
+
+
+def _is_pair(item: Any) -> bool:
+    """A {"text", "text_pair"} dict (a tuple stays a sequence of texts, as in every pipeline)."""
+    return isinstance(item, dict) and set(item) >= {"text", "text_pair"}
 
 
 __all__ = ["CUSTOM_PIPELINES", "PIPELINE_TASK", "MultiTaskTextClassificationPipeline"]

@@ -72,7 +72,9 @@ def precompute_features(
     serving mode (`optimize_for_inference`; see `precompute_mode`); rows keep their order.
 
     Returns one dict per row: `pooled_embeddings` `[hidden]`, for rows with token labels also
-    `token_states` `[seq, hidden]` (float16) and `attention_mask` `[seq]`, and every `labels_<task>`.
+    `token_states` `[seq, hidden]` (float16) and `attention_mask` `[seq]`, for rows with a second text (or a
+    contrastive negative) `pair_pooled_embeddings` (`negative_pooled_embeddings`) `[hidden]`, and every
+    `labels_<task>`.
     """
     token_tasks = [name for name, spec in model.config.tasks.items() if spec.is_token_level]
     was_training = model.training
@@ -89,10 +91,17 @@ def precompute_features(
     rows: list[dict[str, torch.Tensor]] = [{} for _ in order]
     for indices in tqdm(batches, desc=description, leave=False):
         batch = collator([dataset[index] for index in indices])
-        batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        batch = {k: _to(v, model.device) for k, v in batch.items()}
         encoder_inputs = {k: batch[k] for k in MODEL_INPUT_NAMES if k in batch}
         token_states = model.encoder_states(encoder_inputs)
         pooled = model.pooling(token_states, batch["attention_mask"]).float().cpu()
+        for prefix in ("pair", "negative"):  # second texts of pairs, contrastive negatives: pooled too
+            second = batch.get(f"{prefix}_inputs")
+            if second is not None:
+                states = model.encoder_states({k: second[k] for k in MODEL_INPUT_NAMES if k in second})
+                second_pooled = model.pooling(states, second["attention_mask"]).float().cpu()
+                for position, row in enumerate(second["rows"].tolist()):
+                    rows[indices[row]][f"{prefix}_pooled_embeddings"] = second_pooled[position]
         real_tokens = batch["attention_mask"].bool()  # padding on either side (the tokenizer's padding_side)
         for row, index in enumerate(indices):
             item = rows[index]
@@ -111,6 +120,12 @@ def precompute_features(
     return PrecomputedFeatures(rows)
 
 
+def _to(value: Any, device: torch.device) -> Any:
+    if isinstance(value, dict):
+        return {key: _to(item, device) for key, item in value.items()}
+    return value.to(device) if isinstance(value, torch.Tensor) else value
+
+
 class PrecomputedCollator:
     """Stacks precomputed rows into a batch for `MultiTaskEncoderModel.forward`: `encoder_outputs`
     (`pooled_embeddings` `[batch, hidden]`, and with token tasks `last_hidden_state` `[batch, seq, hidden]`),
@@ -126,6 +141,13 @@ class PrecomputedCollator:
 
     def __call__(self, rows: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
         encoder_outputs = {"pooled_embeddings": torch.stack([row["pooled_embeddings"] for row in rows])}
+        for prefix in ("pair", "negative"):
+            present = [i for i, row in enumerate(rows) if f"{prefix}_pooled_embeddings" in row]
+            if present:
+                encoder_outputs[f"{prefix}_pooled_embeddings"] = torch.stack(
+                    [rows[i][f"{prefix}_pooled_embeddings"] for i in present]
+                )
+                encoder_outputs[f"{prefix}_rows"] = torch.tensor(present, dtype=torch.long)
         batch: dict[str, Any] = {"encoder_outputs": encoder_outputs}
         for key in rows[0]:
             if key.startswith("labels_") and key[len("labels_") :] not in self.token_tasks:

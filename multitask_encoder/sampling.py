@@ -43,6 +43,7 @@ in a ``BatchSamplerShard`` (single process).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Literal
 
@@ -118,6 +119,10 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         seed: Non-negative seed; with the epoch it fully determines the batches.
         drop_last: ``mixed``: drop the short last batch. ``per_task``: round the epoch down to whole
             batches instead of up.
+        distinct_keys: Group name -> ``[rows, k]`` hashes of each row's texts (0 = none), for groups whose
+            batches must not hold one text twice (contrastive tasks: a repeated text would be a false negative).
+            A row that would repeat a text of its batch is swapped with a row of the same group from another
+            batch that repeats nothing (the group shares and batch sizes stay as they were).
     """
 
     def __init__(
@@ -132,6 +137,7 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         examples_per_epoch: int | None = None,
         seed: int = 0,
         drop_last: bool = False,
+        distinct_keys: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         max_examples = dict(max_examples or {})
         min_examples = dict(min_examples or {})
@@ -161,6 +167,11 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         self.min_examples = min_examples
         self.seed = seed
         self.epoch = 0
+        self.distinct_keys = {name: np.asarray(keys) for name, keys in (distinct_keys or {}).items()}
+        for name, keys in self.distinct_keys.items():
+            if name not in group_sizes or len(keys) != group_sizes[name]:
+                raise ValueError(f"distinct_keys[{name!r}] must hold one row of keys per row of that group")
+        self.unseparated_rows = 0  # rows left beside a repeat of their text in the last epoch drawn
 
         self.pool_sizes = np.array(
             [self._pool_size(name, int(size)) for name, size in zip(self.group_names, self.group_sizes)],
@@ -207,8 +218,64 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         rng = np.random.default_rng([self.seed, epoch])
         pools = self._epoch_pools(rng)
         if self.composition == "mixed":
-            return self._mixed_batches(pools, rng)
-        return self._per_task_batches(pools, rng)
+            batches = self._mixed_batches(pools, rng)
+        else:
+            batches = self._per_task_batches(pools, rng)
+        return self._separate_repeated_texts(batches) if self.distinct_keys else batches
+
+    def _row_keys(self, row: int) -> frozenset:
+        """The text hashes of a dataset row of a distinct-text group (empty for every other row)."""
+        group = self._group_of(row)
+        keys = self.distinct_keys.get(self.group_names[group])
+        if keys is None:
+            return frozenset()
+        return frozenset(int(key) for key in keys[row - self.group_starts[group]] if key)
+
+    def _separate_repeated_texts(self, batches: list[np.ndarray]) -> list[np.ndarray]:
+        """Swap rows so that no batch holds a text twice among the distinct-text groups' rows (see the
+        constructor); deterministic. Rows that find no partner stay (counted in `unseparated_rows`)."""
+        batches = [batch.copy() for batch in batches]
+        keys = [[self._row_keys(int(row)) for row in batch] for batch in batches]
+        counts = [Counter(key for row_keys in batch_keys for key in row_keys) for batch_keys in keys]
+
+        def repeats(c: int, row_keys: frozenset, leaving: frozenset = frozenset()) -> bool:
+            """Would a row with `row_keys` repeat a text of batch c once a row with `leaving` left it?"""
+            return any(counts[c][key] - (key in leaving) > 0 for key in row_keys)
+
+        unseparated = 0
+        for b, batch in enumerate(batches):
+            for position in range(len(batch)):
+                row_keys = keys[b][position]
+                if not row_keys or not repeats(b, row_keys, leaving=row_keys):
+                    continue
+                group = self._group_of(int(batch[position]))
+                partner = next(
+                    (
+                        (c, q)
+                        for c in [*range(b + 1, len(batches)), *range(b)]  # later batches first
+                        for q, candidate in enumerate(batches[c])
+                        if keys[c][q]
+                        and self._group_of(int(candidate)) == group
+                        and not repeats(b, keys[c][q], leaving=row_keys)
+                        and not repeats(c, row_keys, leaving=keys[c][q])
+                    ),
+                    None,
+                )
+                if partner is None:
+                    unseparated += 1
+                    continue
+                c, q = partner
+                batch[position], batches[c][q] = batches[c][q], batch[position]
+                counts[b].subtract(row_keys)
+                counts[b].update(keys[c][q])
+                counts[c].subtract(keys[c][q])
+                counts[c].update(row_keys)
+                keys[b][position], keys[c][q] = keys[c][q], row_keys
+        self.unseparated_rows = unseparated
+        return batches
+
+    def _group_of(self, row: int) -> int:
+        return int(np.searchsorted(self.group_starts, row, side="right") - 1)
 
     def _epoch_pools(self, rng: np.random.Generator) -> list[np.ndarray]:
         """Each group's epoch pool (global row indices), capped or repeated to its pool size."""

@@ -126,13 +126,26 @@ class TaskSpec:
 
 
 class EncoderFeatures(NamedTuple):
-    """What the heads can read from one batch: `token_states` `[batch, seq, hidden]` (None when no head
-    needs them, e.g. on the precomputed fast path), `attention_mask` `[batch, seq]` and the sentence
-    `embeddings` `[batch, embedding_size]`."""
+    """What the heads can read from one batch of `batch` rows: `token_states` `[batch, seq, hidden]` (None
+    when no head needs them, e.g. on the precomputed fast path), `attention_mask` `[batch, seq]`, the sentence
+    `embeddings` `[batch, embedding_size]` of each row's (first) text; for rows with a second text (pair
+    tasks encoded separately, contrastive positives) `pair_embeddings` `[pairs, embedding_size]` and
+    `pair_rows` `[pairs]` (the batch row each belongs to); contrastive negatives likewise."""
 
     token_states: torch.Tensor | None
     attention_mask: torch.Tensor | None
     embeddings: torch.Tensor
+    pair_embeddings: torch.Tensor | None = None
+    pair_rows: torch.Tensor | None = None
+    negative_embeddings: torch.Tensor | None = None
+    negative_rows: torch.Tensor | None = None
+
+    def pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows, first-text embeddings, second-text embeddings) of the rows that have a second text."""
+        if self.pair_rows is None or self.pair_embeddings is None:
+            empty = self.embeddings[:0]
+            return torch.zeros(0, dtype=torch.long, device=self.embeddings.device), empty, empty
+        return self.pair_rows, self.embeddings[self.pair_rows], self.pair_embeddings
 
 
 class LabelBatch(NamedTuple):
@@ -255,14 +268,18 @@ class TaskType:
     hf_problem_type: ClassVar[str] = "single_label_classification"  # `config.problem_type` of its task view
     card_tags: ClassVar[tuple[str, ...]] = ()
     options: ClassVar[dict[str, Any]] = {}  # spec keys of this type only -> default
-    # Data side: the task's content is one text per row ("text") or a list of words ("tokens"); the keys a
-    # task entry of this type may set besides the common ones, with their defaults (None: see the reader).
+    # Data side: the task's content is one text per row ("text"), a list of words ("tokens") or two texts
+    # ("pair"); the keys a task entry of this type may set besides the common ones, with their defaults
+    # (None: see the reader).
     input_kind: ClassVar[str] = "text"
     data_options: ClassVar[dict[str, Any]] = {"text_column": "text", "label_column": None}
     content_option: ClassVar[str] = "text_column"  # the data option naming the content column
     min_labels: ClassVar[int] = 1
     stratify: ClassVar[bool] = False  # held-out splits keep each class's share
     reads_token_states: ClassVar[bool] = False
+    distinct_batch_texts: ClassVar[bool] = (
+        False  # a batch must not hold the same text twice (in-batch negatives)
+    )
     main_metric: ClassVar[str]
     model_index_metrics: ClassVar[tuple[IndexedMetric, ...]] = ()
     body_metrics: ClassVar[tuple[str, ...]] = ()
@@ -271,6 +288,11 @@ class TaskType:
     limitation: ClassVar[str | None] = None  # a line for the card's Limitations
 
     # -------------------------------------------------------------- config
+    def input_encoding(self, options: Mapping[str, Any]) -> str:
+        """How a row's content is tokenised, from the task's options: "text", "tokens", "pair" (each text on its
+        own: a second encoder pass gives `pair_embeddings`) or "pair_joint" (one `[CLS] a [SEP] b` input)."""
+        return self.input_kind
+
     def default_labels(self) -> list[str]:
         return []
 
@@ -285,7 +307,8 @@ class TaskType:
         return {**self.options, **options}
 
     # -------------------------------------------------------------- data
-    def label_column(self, task: str, data_options: Mapping[str, Any]) -> str:
+    def label_column(self, task: str, data_options: Mapping[str, Any]) -> str | None:
+        """The column of the task's labels; None for a type whose label is the row itself (contrastive)."""
         return data_options.get("label_column") or task
 
     def read_label(self, value: Any, data_options: Mapping[str, Any], where: str) -> Any:
@@ -324,13 +347,21 @@ class TaskType:
         raise NotImplementedError
 
     # -------------------------------------------------------------- model
-    def head_in_features(self, hidden_size: int, embedding_size: int) -> int:
+    def head_in_features(self, spec: TaskSpec, hidden_size: int, embedding_size: int) -> int | None:
+        """The size of what the head reads; None for a type without a head of its own (it scores embeddings)."""
         return hidden_size if self.reads_token_states else embedding_size
 
-    def head_input(self, features: EncoderFeatures) -> torch.Tensor:
-        return features.token_states if self.reads_token_states else features.embeddings
+    def head_reads(self, spec: TaskSpec) -> str:
+        """What the head reads, for the model card."""
+        return "each token state" if self.reads_token_states else "the sentence embedding"
 
-    def loss(self, spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+    def logits(self, head: nn.Module | None, spec: TaskSpec, features: EncoderFeatures) -> torch.Tensor:
+        """The task's output for every row of the batch (what `<task>_logits` holds)."""
+        return head(features.token_states if self.reads_token_states else features.embeddings)
+
+    def loss(
+        self, spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor, features: EncoderFeatures
+    ) -> torch.Tensor | None:
         """Loss over the rows (or tokens) that carry a label; None when none does (the mean over nothing
         would be NaN). Labels: shapes as `collate_labels` makes them, -100 = missing."""
         raise NotImplementedError
@@ -388,7 +419,7 @@ class _SingleLabel(TaskType):
     def collate_ids(self, values: list[Any]) -> torch.Tensor:
         return torch.tensor([IGNORE_INDEX if v is None else int(v) for v in values], dtype=torch.long)
 
-    def loss(self, spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+    def loss(self, spec, logits, labels, features=None):
         labels = labels.long()
         if not (labels != IGNORE_INDEX).any():
             return None
@@ -546,7 +577,7 @@ class MultiLabelClassification(TaskType):
         missing = [float(IGNORE_INDEX)] * spec.num_outputs
         return torch.tensor([as_list(v) or missing for v in values], dtype=torch.float)
 
-    def loss(self, spec, logits, labels):
+    def loss(self, spec, logits, labels, features=None):
         logits = logits.float()
         labels = labels.float().reshape(logits.shape)
         labelled_rows = (labels != IGNORE_INDEX).all(dim=-1)
@@ -665,7 +696,7 @@ class Regression(TaskType):
         missing = [float(IGNORE_INDEX)] * spec.num_outputs
         return torch.tensor([as_list(v) or missing for v in values], dtype=torch.float)
 
-    def loss(self, spec, logits, labels):
+    def loss(self, spec, logits, labels, features=None):
         logits = logits.float()
         labels = labels.float().reshape(logits.shape)
         labelled = labels != IGNORE_INDEX
@@ -819,6 +850,350 @@ class TokenClassification(_SingleLabel):
         return {tag[2:]: n for tag, n in counts.items() if tag.startswith("B-")} or None
 
 
+# ---------------------------------------------------------------------------------------------- pairs
+def scatter_rows(values: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """`values` `[pairs, ...]` of the batch rows `rows` -> `[batch, ...]`, zero for the other rows (their labels
+    are missing, so no loss or metric reads them)."""
+    out = values.new_zeros((batch, *values.shape[1:]))
+    return out.index_copy(0, rows, values) if len(rows) else out
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return F.cosine_similarity(a.float(), b.float(), dim=-1)
+
+
+class PairClassification(SequenceClassification):
+    """One class per pair of texts (entailment, paraphrase, ...). `pair_encoding: bi` (default): each text is
+    encoded on its own and the head reads (u, v, |u - v|, u * v) of their embeddings (the SBERT classifier),
+    so the embedding itself learns from the task; `pair_encoding: cross`: the pair is one `[CLS] a [SEP] b`
+    input, pooled, then the head (usually more accurate; no reusable embedding)."""
+
+    name = "pair_classification"
+    display_name = "Text Pair Classification"
+    options: ClassVar[dict[str, Any]] = {"pair_encoding": "bi"}
+    input_kind = "pair"
+    data_options: ClassVar[dict[str, Any]] = {
+        "text_column": "text",
+        "text_pair_column": "text_pair",
+        "label_column": None,
+        "label_map": None,
+    }
+    card_tags = ("text-classification", "text-pair-classification")
+
+    def check_options(self, task, options):
+        options = super().check_options(task, options)
+        if options["pair_encoding"] not in ("bi", "cross"):
+            raise ValueError(
+                f"Task {task!r}: pair_encoding must be 'bi' or 'cross', got {options['pair_encoding']!r}."
+            )
+        return options
+
+    def input_encoding(self, options):
+        return "pair_joint" if options.get("pair_encoding", "bi") == "cross" else "pair"
+
+    def head_in_features(self, spec, hidden_size, embedding_size):
+        return embedding_size if spec.options["pair_encoding"] == "cross" else 4 * embedding_size
+
+    def logits(self, head, spec, features):
+        if spec.options["pair_encoding"] == "cross":
+            return head(features.embeddings)
+        rows, u, v = features.pairs()
+        pair_logits = head(torch.cat([u, v, (u - v).abs(), u * v], dim=-1))
+        return scatter_rows(pair_logits, rows, features.embeddings.shape[0])
+
+    def head_reads(self, spec):
+        if spec.options["pair_encoding"] == "cross":
+            return "the embedding of the joint pair"
+        return "(u, v, |u-v|, u*v) of the two texts' embeddings"
+
+    def head_kind(self, spec):
+        if spec.options["pair_encoding"] == "cross":
+            return "pair classification (softmax) on the joint encoding of the pair"
+        return "pair classification (softmax) on (u, v, |u-v|, u*v) of the two embeddings"
+
+
+class Similarity(TaskType):
+    """A similarity score for a pair of texts, learnt on the cosine of their two embeddings (no head: the
+    embedding itself is trained). The loss is CoSENT (Su, 2022) by default: it ranks the pairs of a batch by
+    cosine in the order of their gold scores, so the gold scale does not matter and the cosine keeps its
+    meaning; `loss: cosine_mse` regresses the cosine onto the score mapped from `score_range` to [0, 1]
+    (SBERT's CosineSimilarityLoss). `score_range: [lo, hi]` declares the data's scale (a value outside it is
+    refused); predictions give the cosine and, with a range, the score on that scale."""
+
+    name = "similarity"
+    display_name = "Semantic Textual Similarity"
+    hub_task = "sentence-similarity"
+    card_tags = ("sentence-similarity",)
+    options: ClassVar[dict[str, Any]] = {"score_range": None, "loss": "cosent", "cosent_scale": 20.0}
+    input_kind = "pair"
+    data_options: ClassVar[dict[str, Any]] = {
+        "text_column": "text",
+        "text_pair_column": "text_pair",
+        "label_column": None,
+    }
+    main_metric = "spearman"
+    model_index_metrics = (
+        IndexedMetric("pearson", "pearsonr", "Pearson r (cosine)"),
+        IndexedMetric("spearman", "spearmanr", "Spearman rho (cosine)"),
+    )
+    body_metrics = ("pearson", "spearman", "support")
+    support_name = "Support (pairs)"
+    count_unit = "labelled pairs"
+    limitation = (
+        "Similarity is the cosine of the two embeddings; the score on the data's scale maps cosine 0..1 linearly "
+        "onto score_range (a ranking, not a calibrated estimate)."
+    )
+
+    def default_labels(self):
+        return ["similarity"]
+
+    def check_labels(self, task, labels):
+        if len(labels) != 1:
+            raise ValueError(f"Task {task!r}: a similarity task has one output, got labels {labels}.")
+
+    def check_options(self, task, options):
+        options = super().check_options(task, options)
+        score_range = options["score_range"]
+        if score_range is not None:
+            if (
+                not isinstance(score_range, (list, tuple))
+                or len(score_range) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in score_range)
+                or not score_range[0] < score_range[1]
+            ):
+                raise ValueError(
+                    f"Task {task!r}: score_range must be [low, high] with low < high, got {score_range!r}."
+                )
+            score_range = [float(score_range[0]), float(score_range[1])]
+        if options["loss"] not in ("cosent", "cosine_mse"):
+            raise ValueError(
+                f"Task {task!r}: loss must be 'cosent' or 'cosine_mse', got {options['loss']!r}."
+            )
+        scale = options["cosent_scale"]
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
+            raise ValueError(f"Task {task!r}: cosent_scale must be a positive number, got {scale!r}.")
+        return {"score_range": score_range, "loss": options["loss"], "cosent_scale": float(scale)}
+
+    def read_label(self, value, data_options, where):
+        return to_float(value, where)
+
+    def infer_labels(self, raw):
+        return ["similarity"]
+
+    def encode_label(self, spec, raw, where):
+        score_range = spec.options["score_range"]
+        if score_range is not None and not score_range[0] <= raw <= score_range[1]:
+            raise LabelError(f"{where}: similarity {raw!r} is outside score_range {score_range}.")
+        if raw == IGNORE_INDEX:
+            raise LabelError(f"{where}: similarity {raw!r} equals -100, the marker of a missing value.")
+        return raw
+
+    def missing_label(self, spec):
+        return float(IGNORE_INDEX)
+
+    def count_labels(self, spec, values):
+        return {spec.labels[0]: sum(1 for value in values if self.has_label(value))}
+
+    def label_feature(self, spec):
+        return ("float32", False)
+
+    def collate_labels(self, spec, values, batch):
+        return torch.tensor(
+            [float(IGNORE_INDEX) if v is None else _as_scalar(v) for v in values], dtype=torch.float
+        )
+
+    def head_in_features(self, spec, hidden_size, embedding_size):
+        return None
+
+    def logits(self, head, spec, features):
+        rows, u, v = features.pairs()
+        return scatter_rows(cosine(u, v).unsqueeze(-1), rows, features.embeddings.shape[0])
+
+    def loss(self, spec, logits, labels, features=None):
+        labels = labels.float().reshape(-1)
+        scores = logits.float().reshape(-1)
+        labelled = labels != IGNORE_INDEX
+        if not labelled.any():
+            return None
+        scores, labels = scores[labelled], labels[labelled]
+        if spec.options["loss"] == "cosine_mse":
+            low, high = spec.options["score_range"] or (0.0, 1.0)
+            return F.mse_loss(scores, (labels - low) / (high - low))
+        # CoSENT: log(1 + sum over pairs (i, j) with label_i > label_j of exp(s * (cos_j - cos_i))).
+        scale = spec.options["cosent_scale"]
+        differences = scale * (scores[None, :] - scores[:, None])  # [i, j] = s * (cos_j - cos_i)
+        ordered = labels[:, None] > labels[None, :]
+        differences = differences[ordered]
+        zero = differences.new_zeros(1)
+        return torch.logsumexp(torch.cat([zero, differences]), dim=0)
+
+    def decode(self, spec, logits, texts, encodings, top_k):
+        score_range = spec.options["score_range"]
+        predictions = []
+        for value in logits.reshape(-1).tolist():
+            prediction = {"similarity": value}
+            if score_range is not None:
+                low, high = score_range
+                prediction["score"] = low + min(max(value, 0.0), 1.0) * (high - low)
+            predictions.append(prediction)
+        return predictions
+
+    def prediction_fields(self, spec):
+        return ("similarity", "score") if spec.options["score_range"] is not None else ("similarity",)
+
+    def summarize(self, prediction):
+        return f"cosine {prediction['similarity']:.3f}"
+
+    def metrics(self, spec, logits, labels):
+        metrics = regression_metrics(logits.reshape(labels.shape), labels)
+        return {key: metrics[key] for key in ("pearson", "spearman", "support")}
+
+    def prediction_row(self, spec, logits, labels):
+        return float(np.ravel(labels)[0]), float(np.ravel(logits)[0]), ""
+
+    def head_kind(self, spec):
+        return f"cosine of the two embeddings ({spec.options['loss']} loss; no head)"
+
+    def entity_counts(self, counts):
+        return None
+
+
+class Contrastive(TaskType):
+    """Retrieval embeddings from (anchor, positive[, negative]) rows: each anchor must score its own positive
+    above every other positive and negative of the batch (in-batch negatives, the Multiple Negatives Ranking
+    loss of SBERT; `scale` multiplies the cosines). No head: the embedding is what trains. The batches of a
+    contrastive group never hold the same text twice (a repeated text would be a false negative)."""
+
+    name = "contrastive"
+    display_name = "Contrastive Embedding (retrieval)"
+    hub_task = "sentence-similarity"
+    card_tags = ("sentence-similarity", "retrieval")
+    options: ClassVar[dict[str, Any]] = {"scale": 20.0}
+    input_kind = "pair"
+    distinct_batch_texts = True
+    data_options: ClassVar[dict[str, Any]] = {
+        "text_column": "text",
+        "text_pair_column": "text_pair",
+        "negative_column": None,
+    }
+    main_metric = "mrr"
+    model_index_metrics = (
+        IndexedMetric("accuracy", "accuracy", "Top-1 retrieval accuracy"),
+        IndexedMetric("mrr", "mrr", "MRR@10"),
+    )
+    body_metrics = ("accuracy", "mrr", "support")
+    support_name = "Support (anchors, each searched among all positives of the set)"
+    count_unit = "pairs"
+
+    def default_labels(self):
+        return ["positive"]
+
+    def check_labels(self, task, labels):
+        if len(labels) != 1:
+            raise ValueError(
+                f"Task {task!r}: a contrastive task has one implicit label, got labels {labels}."
+            )
+
+    def check_options(self, task, options):
+        options = super().check_options(task, options)
+        scale = options["scale"]
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
+            raise ValueError(f"Task {task!r}: scale must be a positive number, got {scale!r}.")
+        return {"scale": float(scale)}
+
+    def label_column(self, task, data_options):
+        return None  # the row is the label: its positive (and negative) texts
+
+    def read_label(self, value, data_options, where):
+        return 1
+
+    def infer_labels(self, raw):
+        return ["positive"]
+
+    def encode_label(self, spec, raw, where):
+        return 1
+
+    def count_labels(self, spec, values):
+        return {spec.labels[0]: sum(1 for value in values if self.has_label(value))}
+
+    def label_feature(self, spec):
+        return ("int64", False)
+
+    def collate_labels(self, spec, values, batch):
+        return torch.tensor([IGNORE_INDEX if v is None else int(v) for v in values], dtype=torch.long)
+
+    def head_in_features(self, spec, hidden_size, embedding_size):
+        return None
+
+    def logits(self, head, spec, features):
+        rows, u, v = features.pairs()
+        return scatter_rows(torch.cat([u, v], dim=-1), rows, features.embeddings.shape[0])
+
+    def loss(self, spec, logits, labels, features=None):
+        rows, anchors, positives = features.pairs()
+        keep = labels.reshape(-1)[rows] != IGNORE_INDEX
+        if not keep.any():
+            return None
+        anchors, positives = (
+            F.normalize(anchors[keep].float(), dim=-1),
+            F.normalize(positives[keep].float(), dim=-1),
+        )
+        candidates = positives
+        if features.negative_embeddings is not None and len(features.negative_embeddings):
+            candidates = torch.cat([positives, F.normalize(features.negative_embeddings.float(), dim=-1)])
+        scores = spec.options["scale"] * anchors @ candidates.T  # [anchors, candidates]
+        return F.cross_entropy(scores, torch.arange(len(anchors), device=scores.device))
+
+    def decode(self, spec, logits, texts, encodings, top_k):
+        size = logits.shape[-1] // 2
+        return [{"similarity": value} for value in cosine(logits[:, :size], logits[:, size:]).tolist()]
+
+    def prediction_fields(self, spec):
+        return ("similarity",)
+
+    def summarize(self, prediction):
+        return f"cosine {prediction['similarity']:.3f}"
+
+    def metrics(self, spec, logits, labels):
+        """Every anchor searched among all the set's positives: top-1 accuracy and MRR@10."""
+        rows = np.flatnonzero(np.asarray(labels).reshape(-1) != IGNORE_INDEX)
+        size = logits.shape[-1] // 2
+        anchors = torch.nn.functional.normalize(
+            torch.as_tensor(logits[rows, :size], dtype=torch.float32), dim=-1
+        )
+        positives = torch.nn.functional.normalize(
+            torch.as_tensor(logits[rows, size:], dtype=torch.float32), dim=-1
+        )
+        if not len(rows):
+            return {"accuracy": 0.0, "mrr": 0.0, "support": 0}
+        scores = anchors @ positives.T
+        ranks = (scores > scores.diagonal()[:, None]).sum(dim=1) + 1  # 1 = the own positive ranks first
+        reciprocal = torch.where(
+            ranks <= 10, 1.0 / ranks.float(), torch.zeros_like(ranks, dtype=torch.float32)
+        )
+        return {
+            "accuracy": float((ranks == 1).float().mean()),
+            "mrr": float(reciprocal.mean()),
+            "support": len(rows),
+        }
+
+    def prediction_row(self, spec, logits, labels):
+        size = logits.shape[-1] // 2
+        a, b = torch.as_tensor(logits[:size]), torch.as_tensor(logits[size:])
+        return "", f"{float(cosine(a, b)):.4f}", ""
+
+    def logits_shape(self, spec):
+        return "[batch, 2 * embedding_size] (the anchor's and the positive's embeddings)"
+
+    def head_kind(self, spec):
+        return (
+            f"in-batch negatives on the cosine of the embeddings (scale {spec.options['scale']:g}; no head)"
+        )
+
+    def entity_counts(self, counts):
+        return None
+
+
 TASK_TYPES: dict[str, TaskType] = {
     task_type.name: task_type
     for task_type in (
@@ -826,6 +1201,9 @@ TASK_TYPES: dict[str, TaskType] = {
         MultiLabelClassification(),
         Regression(),
         TokenClassification(),
+        PairClassification(),
+        Similarity(),
+        Contrastive(),
     )
 }
 

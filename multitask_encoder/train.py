@@ -43,11 +43,11 @@ from .checkpoints import (
 )
 from .cli import DEBUG_ENV, EXIT_REFUSED, debug_requested, report
 from .config_file import ConfigError, check_options, read_config_file
-from .data import MultiTaskData, load_multitask_data
+from .data import MultiTaskData, load_embedding_eval_set, load_multitask_data
 from .model_card import backbone_languages, write_model_card
 from .modeling_multitask_encoder import MultiTaskEncoderModel
 from .plots import write_plots
-from .trainer import MultiTaskTrainer, scalar_metrics
+from .trainer import MultiTaskTrainer, embedding_spearman, scalar_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,8 @@ def build_parser() -> HfArgumentParser:
 
 
 def parse_arguments(argv: list[str] | None = None):
-    """(model_args, training_args, job_args, tasks, config_path): the file's values, then the flags."""
+    """(model_args, training_args, job_args, tasks, embedding evaluation sets, config_path): the file's values,
+    then the flags."""
     argv = list(sys.argv[1:] if argv is None else argv)
     config_path = str(DEMO_CONFIG)
     if argv and not argv[0].startswith("-"):
@@ -89,9 +90,14 @@ def parse_arguments(argv: list[str] | None = None):
         parser.parse_args_into_dataclasses(args=argv)  # prints help and exits
     values = load_config_file(config_path)
     tasks = values.pop("tasks")
+    embedding_sets = values.pop("embedding_evaluation", None) or {}
+    if not isinstance(embedding_sets, dict):
+        raise ConfigError(
+            f"{config_path}: `embedding_evaluation:` must map names to sets of text pairs and scores."
+        )
     parser.set_defaults(**values)
     model_args, training_args, job_args = parser.parse_args_into_dataclasses(args=argv)
-    return model_args, training_args, job_args, tasks, os.path.abspath(config_path)
+    return model_args, training_args, job_args, tasks, embedding_sets, os.path.abspath(config_path)
 
 
 class RunPrinter(ProgressCallback):
@@ -144,18 +150,24 @@ def check_trackers(report_to: list[str]) -> None:
 def write_predictions_csv(
     path: str, model, task: str, dataset, logits: np.ndarray, labels: np.ndarray
 ) -> None:
-    """Per-example test predictions of one task: text, gold, predicted, score."""
+    """Per-example test predictions of one task: text (and text_pair for pair tasks), gold, predicted, score."""
     spec = model.config.tasks[task]
-    texts = dataset["text"] if "text" in dataset.column_names else [""] * len(dataset)
-    if not len(texts) == len(logits) == len(labels):
+    columns = [column for column in ("text", "text_pair") if column in dataset.column_names]
+    texts = [dataset[column] for column in columns] or [[""] * len(dataset)]
+    if not len(texts[0]) == len(logits) == len(labels):
         raise ValueError(
-            f"Task {task!r}: {len(logits)} test logits and {len(labels)} labels for {len(texts)} test rows."
+            f"Task {task!r}: {len(logits)} test logits and {len(labels)} labels for {len(texts[0])} test rows."
         )
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["text", "gold", "predicted", "score"])
-        for text, row_logits, row_labels in zip(texts, logits, labels):
-            writer.writerow([text, *spec.task_type.prediction_row(spec, row_logits, row_labels)])
+        writer.writerow([*(columns or ["text"]), "gold", "predicted", "score"])
+        for row, (row_logits, row_labels) in enumerate(zip(logits, labels)):
+            writer.writerow(
+                [
+                    *(column[row] for column in texts),
+                    *spec.task_type.prediction_row(spec, row_logits, row_labels),
+                ]
+            )
 
 
 @dataclass
@@ -171,11 +183,33 @@ class TrainingRun:
     trainer: MultiTaskTrainer
     fingerprint: dict[str, Any]
     resume_from: str | None
+    embedding_sets: dict[str, Any]
+    embedding_before: dict[str, float]  # each set's Spearman for the model before training
+
+
+def tasks_with_trained_labels(tasks: dict[str, Any], model: MultiTaskEncoderModel) -> dict[str, Any]:
+    """The config's task entries, those of tasks the trained model has taking its type and labels (their data
+    must fit them; a different type or label set is refused)."""
+    entries = {}
+    for name, entry in tasks.items():
+        spec = model.config.tasks.get(name)
+        if spec is not None and isinstance(entry, dict):
+            if entry.get("type") != spec.type:
+                raise ValueError(
+                    f"Task {name!r} is a {spec.type} task in the model to start from, not {entry.get('type')!r}."
+                )
+            if entry.get("labels") not in (None, list(spec.labels)):
+                raise ValueError(
+                    f"Task {name!r}: the model to start from has the labels {spec.labels}, not {entry['labels']}."
+                )
+            entry = {**entry, "labels": list(spec.labels)}
+        entries[name] = entry
+    return entries
 
 
 def prepare_run(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> TrainingRun:
     """Everything before training, where a bad input is refused (config, options, data, output folder)."""
-    model_args, training_args, job_args, tasks, config_path = parse_arguments(argv)
+    model_args, training_args, job_args, tasks, embedding_entries, config_path = parse_arguments(argv)
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     # What is not installed is named before any data is read.
     check_trackers(training_args.report_to)
@@ -189,20 +223,34 @@ def prepare_run(argv: list[str] | None = None, callbacks: list[TrainerCallback] 
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ValueError(f"--output_dir {output_dir} is a file, not a folder.")
     set_seed(training_args.seed)
-    backbone = resolve_backbone(model_args.backbone)
-    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    start_from = None
+    if (
+        job_args.init_from
+    ):  # a trained model: its encoder, heads and labels stay; the config's new tasks are added
+        start_from = MultiTaskEncoderModel.from_pretrained(job_args.init_from)
+        tasks = tasks_with_trained_labels(tasks, start_from)
+        tokenizer = start_from.tokenizer
+        max_seq_length = start_from.max_seq_length
+    else:
+        backbone = resolve_backbone(model_args.backbone)
+        tokenizer = AutoTokenizer.from_pretrained(backbone)
+        max_seq_length = model_args.max_seq_length
     # In a distributed run the main process tokenises and writes the cache files first; the others then
     # read them (all writing the same files at once would race).
     with training_args.main_process_first(desc="loading and tokenising the tasks' data"):
         data = load_multitask_data(
             tasks,
             tokenizer,
-            max_seq_length=model_args.max_seq_length,
+            max_seq_length=max_seq_length,
             base_dir=os.path.dirname(config_path),
             seed=training_args.seed,
             cache_dir=job_args.data_cache_dir,
             drop_held_out_duplicates=job_args.drop_held_out_duplicates,
         )
+        embedding_sets = {
+            name: load_embedding_eval_set(name, entry, os.path.dirname(config_path), job_args.data_cache_dir)
+            for name, entry in embedding_entries.items()
+        }
     fingerprint = run_fingerprint(
         tasks, model_args, training_args, MULTITASK_OPTIONS, data.train._fingerprint
     )
@@ -215,16 +263,25 @@ def prepare_run(argv: list[str] | None = None, callbacks: list[TrainerCallback] 
             resume = resumable_checkpoint(output_dir, fingerprint, overwrite)
     elif (problem := checkpoint_problem(resume)) is not None:
         raise ValueError(f"--resume_from_checkpoint {resume}: {problem}.")
-    model = MultiTaskEncoderModel.from_backbone(
-        backbone,
-        tasks=data.task_specs,
-        pooling=model_args.pooling,
-        normalize=model_args.normalize,
-        projection_dim=model_args.projection_dim,
-        loss_weighting=model_args.loss_weighting,
-        max_seq_length=model_args.max_seq_length,
-        attn_implementation=model_args.attn_implementation,
-    )
+    if start_from is not None:
+        model = start_from
+        added = [name for name in data.task_specs if name not in model.config.tasks]
+        for name in added:
+            model.add_task(name, data.task_specs[name])
+        if job_args.freeze_existing:
+            # The encoder and the trained heads do not move: their predictions stay exactly as they were.
+            model.freeze_existing(keep=added)
+    else:
+        model = MultiTaskEncoderModel.from_backbone(
+            backbone,
+            tasks=data.task_specs,
+            pooling=model_args.pooling,
+            normalize=model_args.normalize,
+            projection_dim=model_args.projection_dim,
+            loss_weighting=model_args.loss_weighting,
+            max_seq_length=model_args.max_seq_length,
+            attn_implementation=model_args.attn_implementation,
+        )
     if model_args.peft is not None:
         apply_adapter(model, model_args.peft)
         trainable, total = trainable_parameters(model)
@@ -239,12 +296,27 @@ def prepare_run(argv: list[str] | None = None, callbacks: list[TrainerCallback] 
         processing_class=tokenizer,  # the trainer's default collator pads with it (and saves it)
         callbacks=list(callbacks or []),
         group_sizes=data.group_sizes,
+        distinct_text_keys=data.distinct_text_keys,
+        embedding_eval_sets=embedding_sets,
         run_fingerprint=fingerprint,
     )
     if not trainer.args.disable_tqdm:
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(RunPrinter())
-    return TrainingRun(model_args, trainer.args, job_args, tasks, data, model, trainer, fingerprint, resume)
+    embedding_before = {name: embedding_spearman(model, pairs) for name, pairs in embedding_sets.items()}
+    return TrainingRun(
+        model_args,
+        trainer.args,
+        job_args,
+        tasks,
+        data,
+        model,
+        trainer,
+        fingerprint,
+        resume,
+        embedding_sets,
+        embedding_before,
+    )
 
 
 def run_training(
@@ -285,6 +357,15 @@ def train_and_save(run: TrainingRun) -> dict[str, Any]:
         results["test"] = dict(trainer.detailed_metrics)
         test_predictions = {task: trainer.task_outputs[task] for task in data.test}
 
+    if run.embedding_sets:  # the embedding itself, before and after this run (cosine Spearman x 100)
+        results["embedding"] = {
+            name: {
+                "before": run.embedding_before[name],
+                "after": embedding_spearman(model, pairs),
+                "support": len(pairs.scores),
+            }
+            for name, pairs in run.embedding_sets.items()
+        }
     if trainer.is_world_process_zero():
         for task, (logits, labels) in test_predictions.items():
             path = os.path.join(output_dir, f"predictions_{task}.csv")
@@ -294,9 +375,12 @@ def train_and_save(run: TrainingRun) -> dict[str, Any]:
         results["warnings"] = run_warnings(model, results)
         with open(os.path.join(output_dir, "eval_results.json"), "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2, default=float)
-        examples = list(zip(run.job_args.example_sentences, model.predict(run.job_args.example_sentences)))
+        sentences = run.job_args.example_sentences
+        examples = list(zip(sentences, model.predict(sentences))) if sentences else []
         plots = write_plots(output_dir, model.config, results, trainer.state.log_history)
-        language = run.job_args.language or backbone_languages(resolve_backbone(run.model_args.backbone))
+        language = run.job_args.language or (
+            None if run.job_args.init_from else backbone_languages(resolve_backbone(run.model_args.backbone))
+        )
         card = {"examples": examples, "language": language, "plots": plots, "adapter": run.model_args.peft}
         write_model_card(output_dir, model.config, results, args, run.model_args, run.tasks, **card)
         write_run_file(output_dir, run.fingerprint, finished=True)

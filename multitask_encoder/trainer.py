@@ -13,12 +13,14 @@ Its options are `MultiTaskTrainingArguments` (arguments.py).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 from transformers import EarlyStoppingCallback, ProgressCallback, Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
@@ -26,6 +28,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from .arguments import MultiTaskTrainingArguments
 from .checkpoints import write_manifest
 from .collator import MultiTaskCollator
+from .metrics_multitask_encoder import regression_metrics
 from .optimization import apply_freezing, parameter_groups
 from .precompute import PrecomputedCollator, PrecomputedFeatures, precompute_features, precompute_mode
 from .sampling import MultiTaskBatchSampler
@@ -37,6 +40,15 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 logger = logging.getLogger(__name__)
+
+
+def embedding_spearman(model, pairs, batch_size: int = 64) -> float:
+    """Spearman correlation (x 100) of the cosine of the two texts' embeddings with the gold scores
+    (`pairs`: data.EmbeddingPairs)."""
+    a = model.encode(pairs.texts, batch_size=batch_size, return_tensors="pt")
+    b = model.encode(pairs.text_pairs, batch_size=batch_size, return_tensors="pt")
+    cosines = torch.nn.functional.cosine_similarity(a, b, dim=-1).numpy()
+    return 100.0 * regression_metrics(cosines, np.asarray(pairs.scores, dtype=np.float64))["spearman"]
 
 
 class MultiTaskTrainer(Trainer):
@@ -62,6 +74,8 @@ class MultiTaskTrainer(Trainer):
         processing_class=None,
         *more: Any,
         group_sizes: dict[str, int] | None = None,
+        distinct_text_keys: dict[str, np.ndarray] | None = None,
+        embedding_eval_sets: dict[str, Any] | None = None,
         run_fingerprint: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -94,6 +108,12 @@ class MultiTaskTrainer(Trainer):
         tasks = self.model.config.tasks
         self.label_names = [f"labels_{name}" for name in tasks]
         self.group_sizes = group_sizes
+        self.distinct_text_keys = distinct_text_keys or {}
+        self.embedding_eval_sets = embedding_eval_sets or {}
+        # The embedding the model starts from, kept frozen, when the option keeps the trained one close to it.
+        self.teacher = None
+        if self.args.embedding_distillation_weight > 0:
+            self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.run_fingerprint = run_fingerprint or {"digest": None}
         self.detailed_metrics: dict[str, dict[str, Any]] = {}  # last evaluation, non-scalar parts included
         # Last evaluation's logits and labels per task (gathered from every process), for prediction files.
@@ -144,6 +164,7 @@ class MultiTaskTrainer(Trainer):
                 min_examples=per_group["min"],
                 seed=args.seed,
                 drop_last=args.dataloader_drop_last,
+                distinct_keys=self.distinct_text_keys,
             )
         dataloader = DataLoader(
             self.train_dataset,
@@ -171,11 +192,32 @@ class MultiTaskTrainer(Trainer):
         loss, outputs = super().compute_loss(
             model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
         )
+        if self.teacher is not None and model.training:
+            distance = self._embedding_distance(outputs.embeddings, inputs)
+            self._task_loss_sums["embedding_distillation"] += float(distance.detach())
+            self._task_loss_counts["embedding_distillation"] += 1
+            loss = loss + self.args.embedding_distillation_weight * distance
         if model.training and outputs.get("task_losses"):
             for name, value in outputs["task_losses"].items():
                 self._task_loss_sums[name] += float(value)
                 self._task_loss_counts[name] += 1
         return (loss, outputs) if return_outputs else loss
+
+    def _embedding_distance(self, embeddings, inputs) -> torch.Tensor:
+        """Mean cosine distance of the batch's embeddings to the embeddings the original model gives the same
+        texts: keeps what made the backbone a good sentence encoder while the heads train."""
+        teacher = self.teacher.to(embeddings.device)
+        with torch.no_grad():
+            target = teacher.embed(
+                {
+                    key: inputs[key]
+                    for key in ("input_ids", "attention_mask", "token_type_ids")
+                    if key in inputs
+                }
+            )
+        return (
+            1.0 - torch.nn.functional.cosine_similarity(embeddings.float(), target.float(), dim=-1)
+        ).mean()
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if (
@@ -265,6 +307,11 @@ class MultiTaskTrainer(Trainer):
                 main_scores.append(main)
         if main_scores:
             metrics[f"{metric_key_prefix}_combined_score"] = float(np.mean(main_scores))
+        for name, pairs in self.embedding_eval_sets.items():
+            # The embedding itself: cosine of the two texts' embeddings against the gold score (not in the
+            # combined score: it is a property to keep, not a task).
+            score = embedding_spearman(self.model, pairs, self.args.per_device_eval_batch_size)
+            metrics[f"{metric_key_prefix}_embedding_{name}_spearman"] = score
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics

@@ -31,15 +31,23 @@ and the model see the same columns whatever the mix of a batch. Bad input raises
 task, the file, the row and the column, before any tokenisation.
 """
 
-from .loading import MultiTaskData, load_multitask_data, model_task_specs
+from .loading import (
+    EmbeddingPairs,
+    MultiTaskData,
+    load_embedding_eval_set,
+    load_multitask_data,
+    model_task_specs,
+)
 from .sources import resolve_path
 from .spec import FORMATS, DataError, TaskDataSpec, parse_task_entries, parse_task_entry
 
 __all__ = [
     "FORMATS",
     "DataError",
+    "EmbeddingPairs",
     "MultiTaskData",
     "TaskDataSpec",
+    "load_embedding_eval_set",
     "load_multitask_data",
     "model_task_specs",
     "parse_task_entries",

@@ -26,16 +26,36 @@ logger = logging.getLogger(__name__)
 BATCH_ROWS = 10_000  # rows read at a time: memory is bounded by a batch, not by the file
 
 
-def label_column(table: Table, task: TaskDataSpec) -> str:
-    return table.layout.label_column or task.label_column
+def label_column(layout: TableLayout, task: TaskDataSpec) -> str | None:
+    """The column of the task's labels in a table (None: the row itself is the label, contrastive rows)."""
+    if task.label_column is None:
+        return None
+    return layout.label_column or task.label_column
 
 
-def content_column(table: Table, task: TaskDataSpec) -> str:
-    return table.layout.content_column or task.content_column
+def content_columns(table: Table, task: TaskDataSpec) -> tuple[tuple[str, str, bool], ...]:
+    """(role, column, required) of the task's content in `table` (folder and CoNLL tables fix the column)."""
+    columns = task.content_columns
+    if table.layout.content_column:
+        columns = ((columns[0][0], table.layout.content_column, True), *columns[1:])
+    return columns
 
 
-def read_label(layout: TableLayout, task: TaskDataSpec, column: str, value: Any, where: str) -> Any:
-    """One label cell -> its raw label (None = missing), checked by the task type."""
+def check_columns(table: Table, task: TaskDataSpec) -> None:
+    try:
+        for _, column, _ in content_columns(table, task):
+            table.check_column(column)
+        if label_column(table.layout, task) is not None:
+            table.check_column(label_column(table.layout, task))
+    except DataError as error:
+        raise DataError(f"Task {task.name!r}: {error}") from None
+
+
+def read_label(layout: TableLayout, task: TaskDataSpec, column: str | None, value: Any, where: str) -> Any:
+    """One label cell -> its raw label (None = missing), checked by the task type; a task without a label
+    column (contrastive) labels every row."""
+    if column is None:
+        return task.task_type.read_label(None, task.options, where)
     value = layout.cell(column, value)
     if is_missing(value):
         return None
@@ -48,24 +68,22 @@ def read_label(layout: TableLayout, task: TaskDataSpec, column: str, value: Any,
 def raw_labels(table: Table, task: TaskDataSpec) -> Iterator[Any]:
     """The task's raw labels in `table`, row by row (None = missing): what label inference reads. Token
     tasks' rows are checked to have one tag per word here too, before any label set is built from them."""
-    column = label_column(table, task)
-    content = content_column(table, task)
+    check_columns(table, task)
+    column = label_column(table.layout, task)
     tokens = task.task_type.input_kind == "tokens"
-    try:
-        table.check_column(column)
-        if tokens:
-            table.check_column(content)
-    except DataError as error:
-        raise DataError(f"Task {task.name!r}: {error}") from None
-    columns = list(
-        dict.fromkeys([column, *([content] if tokens else []), *([LOCATION] if table.layout.located else [])])
-    )
+    content = content_columns(table, task)[0][1]
+    wanted = [column] if column is not None else [content]
+    if tokens:
+        wanted.append(content)
+    if table.layout.located:
+        wanted.append(LOCATION)
+    wanted = list(dict.fromkeys(wanted))
     layout = table.layout
     for start in range(0, table.rows.num_rows, BATCH_ROWS):
-        batch = table.rows.select_columns(columns)[start : start + BATCH_ROWS]
-        for offset, value in enumerate(batch[column]):
+        batch = table.rows.select_columns(wanted)[start : start + BATCH_ROWS]
+        for offset in range(len(batch[wanted[0]])):
             where = layout.where(start + offset, batch[LOCATION][offset] if layout.located else None)
-            raw = read_label(layout, task, column, value, where)
+            raw = read_label(layout, task, column, batch[column][offset] if column else None, where)
             if tokens and raw is not None:
                 words = read_content(layout, "tokens", content, batch[content][offset], where)
                 if len(raw) != len(words):
@@ -74,11 +92,14 @@ def raw_labels(table: Table, task: TaskDataSpec) -> Iterator[Any]:
 
 
 def read_content(
-    layout: TableLayout, input_kind: str, column: str, value: Any, where: str
+    layout: TableLayout, role: str, column: str, value: Any, where: str, required: bool = True
 ) -> str | list[str]:
-    """A text (a non-empty string) or a word list (a non-empty list of strings)."""
+    """A text (a non-empty string) or, for the "tokens" role, a word list (a non-empty list of strings). An
+    optional column (a contrastive negative) may be empty: ""."""
     value = layout.cell(column, value)
-    tokens = input_kind == "tokens"
+    tokens = role == "tokens"
+    if not required and is_missing(value):
+        return ""
     if tokens and not is_missing(value):
         value = cell_list(value, None)
         if any(not isinstance(token, str) or not token.strip() for token in value):
@@ -98,10 +119,13 @@ def label_feature(spec: TaskSpec):
 
 
 def row_features(specs: dict[str, TaskSpec], input_kind: str, with_text: bool = True) -> Features:
-    """The columns of labelled rows: text (and tokens), labels_<task> for every task, group."""
+    """The columns of labelled rows: text (and tokens; for pairs text_pair and text_negative), labels_<task>
+    for every task, group."""
     features = {"text": Value("string")} if with_text else {}
     if input_kind == "tokens":
         features["tokens"] = Sequence(Value("string"))
+    if input_kind == "pair":
+        features.update({"text_pair": Value("string"), "text_negative": Value("string")})
     features.update({f"labels_{name}": label_feature(spec) for name, spec in specs.items()})
     features["group"] = Value("int32")
     return Features(features)
@@ -114,7 +138,7 @@ def _labelled_batch(
     tasks: tuple[TaskDataSpec, ...],
     specs: dict[str, TaskSpec],
     group: int,
-    content: str,
+    content: tuple[tuple[str, str, bool], ...],
 ) -> dict[str, list]:
     """One batch of table rows -> its labelled rows (see `labelled_rows`)."""
     input_kind = tasks[0].task_type.input_kind
@@ -123,28 +147,35 @@ def _labelled_batch(
     for offset, index in enumerate(indices):
         where = layout.where(index, batch[LOCATION][offset] if layout.located else None)
         try:
-            value = read_content(layout, input_kind, content, batch[content][offset], where)
+            values = {
+                role: read_content(layout, role, column, batch[column][offset], where, required)
+                for role, column, required in content
+            }
         except DataError as error:
             raise DataError(f"{tasks_label(names)}: {error}") from None
+        main = values["tokens"] if input_kind == "tokens" else values["text"]
         encoded = {}
         for task in tasks:
-            column = layout.label_column or task.label_column
-            raw = read_label(layout, task, column, batch[column][offset], where)
+            column = label_column(layout, task)
+            raw = read_label(layout, task, column, batch[column][offset] if column else None, where)
             spec = specs[task.name]
             if raw is None:
                 encoded[task.name] = spec.task_type.missing_label(spec)
                 continue
-            if input_kind == "tokens" and len(raw) != len(value):
-                raise DataError(f"Task {task.name!r}: {where}: {len(value)} tokens but {len(raw)} tags.")
+            if input_kind == "tokens" and len(raw) != len(main):
+                raise DataError(f"Task {task.name!r}: {where}: {len(main)} tokens but {len(raw)} tags.")
             try:
                 encoded[task.name] = spec.task_type.encode_label(spec, raw, where)
             except LabelError as error:
                 raise DataError(f"Task {task.name!r}: {error}") from None
         if not any(specs[name].task_type.has_label(encoded[name]) for name in names):
             continue  # nothing to learn from (or evaluate on) here
-        out["text"].append(" ".join(value) if input_kind == "tokens" else value)
+        out["text"].append(" ".join(main) if input_kind == "tokens" else main)
         if input_kind == "tokens":
-            out["tokens"].append(value)
+            out["tokens"].append(main)
+        if input_kind == "pair":
+            out["text_pair"].append(values["text_pair"])
+            out["text_negative"].append(values.get("text_negative", ""))
         for name, spec in specs.items():
             out[f"labels_{name}"].append(
                 encoded[name] if name in encoded else spec.task_type.missing_label(spec)
@@ -156,13 +187,9 @@ def _labelled_batch(
 def labelled_rows(table: Table, tasks: list[TaskDataSpec], specs: dict[str, TaskSpec], group: int) -> Dataset:
     """The rows of `table` for `tasks` (one group, or one eval task): content checked, each task's label
     encoded, every other task of `specs` missing, `group` set; rows without any label of `tasks` dropped."""
-    content = content_column(table, tasks[0])
-    try:
-        table.check_column(content)
-        for task in tasks:
-            table.check_column(label_column(table, task))
-    except DataError as error:
-        raise DataError(f"{tasks_label([task.name for task in tasks])}: {error}") from None
+    for task in tasks:
+        check_columns(table, task)
+    content = content_columns(table, tasks[0])
     input_kind = tasks[0].task_type.input_kind
     with quiet_datasets():
         rows = table.rows.map(

@@ -12,15 +12,33 @@ import datasets
 import numpy as np
 from datasets import Dataset
 
-from ..tasks_multitask_encoder import TaskSpec, parse_task_spec
-from .labels import count_labels, labelled_count, labelled_rows, raw_labels
-from .sources import Source, group_train_sources, resolve_sources
+from ..tasks_multitask_encoder import LabelError, TaskSpec, parse_task_spec, to_float
+from .labels import count_labels, labelled_count, labelled_rows, raw_labels, read_content
+from .sources import Source, expand_paths, file_format, group_train_sources, resolve_sources
 from .spec import EVAL_SPLITS, DataError, TaskDataSpec, parse_task_entries, tasks_label
-from .splits import cap_rows, drop_rows, hold_out, label_array, shared_with_train, task_eval_rows, text_hashes
-from .tables import SourceReader, quiet_datasets
+from .splits import (
+    cap_rows,
+    drop_rows,
+    hold_out,
+    label_array,
+    row_text_keys,
+    shared_with_train,
+    task_eval_rows,
+    text_hashes,
+)
+from .tables import LOCATION, SourceReader, quiet_datasets, read_file
 from .tokenize import DatasetTokenizer
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EmbeddingPairs:
+    """Pairs of texts with a gold similarity score (an `embedding_evaluation:` set)."""
+
+    texts: list[str]
+    text_pairs: list[str]
+    scores: list[float]
 
 
 @dataclass
@@ -44,6 +62,8 @@ class MultiTaskData:
     # Evaluation rows whose text is also a train row of the task's group, per split and task (found; dropped
     # from the sets when `dropped` is True).
     held_out_duplicates: dict[str, Any] = field(default_factory=dict)
+    # Group -> [rows, k] hashes of each row's texts, for the groups whose batches must not repeat a text.
+    distinct_text_keys: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def model_task_specs(
@@ -80,7 +100,11 @@ def _inferred_labels(task: TaskDataSpec, tables: list, source: Source) -> list[s
                     present = True
                 yield value
 
-    labels = task.task_type.infer_labels(marked())
+    values = marked()
+    labels = task.task_type.infer_labels(values)
+    for _ in values:  # a type that needs no data to name its labels (similarity) still needs one label
+        if present:
+            break
     if not present:
         raise DataError(f"Task {task.name!r}: no labels in the train data ({source.describe()}).")
     return labels
@@ -106,7 +130,7 @@ def load_multitask_data(
     entries = parse_task_entries(tasks)
     sources = resolve_sources(entries, base_dir)
     groups = group_train_sources(entries, sources)
-    cache_dir = cache_dir or os.path.join(datasets.config.HF_DATASETS_CACHE, "multitask_encoder")
+    cache_dir = cache_dir or _default_cache()
     os.makedirs(cache_dir, exist_ok=True)
     reader = SourceReader(cache_dir)
 
@@ -197,19 +221,36 @@ def load_multitask_data(
             )
 
     # 3. Tokenise (cached), train groups concatenated in group order.
-    tokenize = DatasetTokenizer(tokenizer, max_seq_length, specs, cache_dir)
+    negatives = any(
+        role == "text_negative" for entry in entries.values() for role, _, _ in entry.content_columns
+    )
+    tokenize = DatasetTokenizer(tokenizer, max_seq_length, specs, cache_dir, negatives)
     train_sets = [
-        tokenize(rows, keep_text=False, description=f"train {group}") for group, rows in train_rows.items()
+        tokenize(
+            rows,
+            keep_text=False,
+            description=f"train {group}",
+            encoding=entries[groups[group][0]].input_encoding,
+        )
+        for group, rows in train_rows.items()
     ]
     train = train_sets[0] if len(train_sets) == 1 else datasets.concatenate_datasets(train_sets)
     evaluation = {
         split: {
-            name: tokenize(rows, keep_text=True, description=f"{split} {name}")
+            name: tokenize(
+                rows, keep_text=True, description=f"{split} {name}", encoding=entries[name].input_encoding
+            )
             for name, rows in by_task.items()
         }
         for split, by_task in eval_rows.items()
     }
     group_sizes = {group: rows.num_rows for group, rows in train_rows.items()}
+    # Groups whose batches must not repeat a text (contrastive: a repeated text is a false negative).
+    distinct_text_keys = {
+        group: row_text_keys(train_rows[group])
+        for group, names in groups.items()
+        if any(specs[name].task_type.distinct_batch_texts for name in names)
+    }
     logger.info(f"Training groups (rows): {group_sizes}")
     return MultiTaskData(
         task_specs=task_specs,
@@ -220,7 +261,85 @@ def load_multitask_data(
         test=evaluation["test"],
         label_counts=label_counts,
         held_out_duplicates=held_out_duplicates,
+        distinct_text_keys=distinct_text_keys,
     )
+
+
+EMBEDDING_EVAL_KEYS = (
+    "data",
+    "format",
+    "encoding",
+    "text_column",
+    "text_pair_column",
+    "score_column",
+    "max_examples",
+)
+
+
+def load_embedding_eval_set(
+    name: str, entry: Any, base_dir: str, cache_dir: str | None = None
+) -> EmbeddingPairs:
+    """One `embedding_evaluation:` entry (a file of text pairs with a gold similarity) as its three columns,
+    every cell checked (non-empty texts, finite scores), naming the file, the row and the column."""
+    if not isinstance(entry, dict) or "data" not in entry:
+        raise DataError(
+            f"embedding_evaluation {name!r}: give a mapping with `data:` (a file of text pairs and scores)."
+        )
+    unknown = sorted(set(entry) - set(EMBEDDING_EVAL_KEYS))
+    if unknown:
+        raise DataError(
+            f"embedding_evaluation {name!r}: unknown key(s) {unknown}; valid keys are {list(EMBEDDING_EVAL_KEYS)}."
+        )
+    paths = expand_paths(name, "data", entry["data"], base_dir)
+    if len(paths) != 1:
+        raise DataError(
+            f"embedding_evaluation {name!r}: `data:` must name one file, it matches {len(paths)}."
+        )
+    path = paths[0]
+    table = read_file(
+        path,
+        file_format(name, path, entry.get("format")),
+        entry.get("encoding"),
+        cache_dir or _default_cache(),
+    )
+    columns = {
+        role: entry.get(f"{role}_column", default)
+        for role, default in (("text", "text"), ("text_pair", "text_pair"), ("score", "score"))
+    }
+    pairs = EmbeddingPairs([], [], [])
+    layout = table.layout
+    for column in columns.values():
+        try:
+            table.check_column(column)
+        except DataError as error:
+            raise DataError(f"embedding_evaluation {name!r}: {error}") from None
+    rows = table.rows.select_columns(
+        list(dict.fromkeys([*columns.values(), *([LOCATION] if layout.located else [])]))
+    )
+    for index, row in enumerate(rows):
+        where = layout.where(index, row.get(LOCATION))
+        try:
+            pairs.texts.append(read_content(layout, "text", columns["text"], row[columns["text"]], where))
+            pairs.text_pairs.append(
+                read_content(layout, "text", columns["text_pair"], row[columns["text_pair"]], where)
+            )
+            pairs.scores.append(
+                to_float(
+                    layout.cell(columns["score"], row[columns["score"]]),
+                    f"{where}, column {columns['score']!r}",
+                )
+            )
+        except (DataError, LabelError) as error:
+            raise DataError(f"embedding_evaluation {name!r}: {error}") from None
+        if entry.get("max_examples") and len(pairs.scores) >= entry["max_examples"]:
+            break
+    if len(pairs.scores) < 2:
+        raise DataError(f"embedding_evaluation {name!r}: {path} has fewer than 2 pairs to correlate.")
+    return pairs
+
+
+def _default_cache() -> str:
+    return os.path.join(datasets.config.HF_DATASETS_CACHE, "multitask_encoder")
 
 
 def _concatenate(parts: list[Dataset]) -> Dataset:
@@ -230,4 +349,10 @@ def _concatenate(parts: list[Dataset]) -> Dataset:
         return datasets.concatenate_datasets(parts)
 
 
-__all__ = ["MultiTaskData", "load_multitask_data", "model_task_specs"]
+__all__ = [
+    "EmbeddingPairs",
+    "MultiTaskData",
+    "load_embedding_eval_set",
+    "load_multitask_data",
+    "model_task_specs",
+]

@@ -165,14 +165,14 @@ def resolve_sources(tasks: dict[str, TaskDataSpec], base_dir: str) -> dict[str, 
 def group_train_sources(
     tasks: dict[str, TaskDataSpec], sources: dict[str, dict[str, Source | None]]
 ) -> dict[str, list[str]]:
-    """Tasks whose train data is the same (files, content column, input kind, cap, held-out fractions) form
-    one group. Groups are ordered by their first task; the name is the joined task names."""
+    """Tasks whose train data is the same (files, content columns, how rows are tokenised, cap, held-out
+    fractions) form one group. Groups are ordered by their first task; the name is the joined task names."""
     groups: dict[tuple, list[str]] = {}
     for name, task in tasks.items():
         key = (
             sources[name]["train"],
-            task.content_column,
-            task.task_type.input_kind,
+            task.content_columns,
+            task.input_encoding,
             task.max_train_examples,
             tuple(sorted(task.holdout.items())),
         )

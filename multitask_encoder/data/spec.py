@@ -62,11 +62,28 @@ class TaskDataSpec:
 
     @property
     def content_column(self) -> str:
-        """The column holding the text (or the word list) of a row."""
+        """The column holding the text (or the word list, or a pair's first text) of a row."""
         return self.options[self.task_type.content_option]
 
     @property
-    def label_column(self) -> str:
+    def content_columns(self) -> tuple[tuple[str, str, bool], ...]:
+        """(role, column, required) of a row's content: ("text" or "tokens", ...), for pairs also
+        ("text_pair", ...) and, for contrastive rows that name one, ("text_negative", ..., optional)."""
+        kind = self.task_type.input_kind
+        columns = [("tokens" if kind == "tokens" else "text", self.content_column, True)]
+        if kind == "pair":
+            columns.append(("text_pair", self.options["text_pair_column"], True))
+            if self.options.get("negative_column"):
+                columns.append(("text_negative", self.options["negative_column"], False))
+        return tuple(columns)
+
+    @property
+    def input_encoding(self) -> str:
+        """How the rows are tokenised (see TaskType.input_encoding): text, tokens, pair or pair_joint."""
+        return self.task_type.input_encoding(self.model)
+
+    @property
+    def label_column(self) -> str | None:
         return self.task_type.label_column(self.name, self.options)
 
 

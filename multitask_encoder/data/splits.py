@@ -69,20 +69,41 @@ def task_eval_rows(rows: Dataset, name: str, specs: dict[str, TaskSpec]) -> Data
         )
 
 
-def text_hashes(rows: Dataset) -> np.ndarray:
-    """A 64-bit hash of every row's text (whitespace collapsed), read a batch at a time: rows are compared
-    across splits by these, not by holding the texts."""
-    column = rows.select_columns(["text"])
+def text_hash(text: str) -> int:
+    """A 64-bit hash of a text, whitespace collapsed (0 is kept for "no text")."""
+    if not text:
+        return 0
+    return int.from_bytes(
+        hashlib.blake2b(" ".join(text.split()).encode("utf-8"), digest_size=8).digest(), "little"
+    )
+
+
+def text_hashes(rows: Dataset, columns: tuple[str, ...] = ("text", "text_pair")) -> np.ndarray:
+    """One 64-bit hash per row of its content (its text, and a pair's second text), read a batch at a time:
+    rows are compared across splits by these, not by holding the texts."""
+    present = [column for column in columns if column in rows.column_names]
+    view = rows.select_columns(present)
     hashes = np.empty(rows.num_rows, dtype=np.uint64)
     for start in range(0, rows.num_rows, BATCH_ROWS):
-        texts = column[start : start + BATCH_ROWS]["text"]
-        hashes[start : start + len(texts)] = [
-            int.from_bytes(
-                hashlib.blake2b(" ".join(text.split()).encode("utf-8"), digest_size=8).digest(), "little"
-            )
-            for text in texts
-        ]
+        batch = view[start : start + BATCH_ROWS]
+        joined = ["\x1f".join(texts) for texts in zip(*(batch[column] for column in present))]
+        hashes[start : start + len(joined)] = [text_hash(text) for text in joined]
     return hashes
+
+
+def row_text_keys(
+    rows: Dataset, columns: tuple[str, ...] = ("text", "text_pair", "text_negative")
+) -> np.ndarray:
+    """`[rows, k]` hashes of each row's texts (0 where a row has none): what the batches of a contrastive
+    group must hold only once."""
+    present = [column for column in columns if column in rows.column_names]
+    view = rows.select_columns(present)
+    keys = np.zeros((rows.num_rows, len(present)), dtype=np.uint64)
+    for start in range(0, rows.num_rows, BATCH_ROWS):
+        batch = view[start : start + BATCH_ROWS]
+        for index, column in enumerate(present):
+            keys[start : start + len(batch[column]), index] = [text_hash(text) for text in batch[column]]
+    return keys
 
 
 def shared_with_train(rows: Dataset, train_hashes: np.ndarray) -> np.ndarray:
@@ -107,6 +128,7 @@ __all__ = [
     "drop_rows",
     "hold_out",
     "label_array",
+    "row_text_keys",
     "shared_with_train",
     "task_eval_rows",
     "text_hashes",

@@ -7,6 +7,7 @@ official test splits; plus a second benchmark where every text carries two label
                                                           # serving speed (run after baselines)
     python bench/reference.py --part ablations --seed 0   # sampling x loss weighting, imbalanced mix
     python bench/reference.py --part multidomain --seed 0 # two labels per text vs two single-task models
+    python bench/reference.py --part pairs --seed 0       # sentence pairs and the embedding (reference_pairs.py)
     python bench/reference.py --quick                     # every part, tiny budgets, test subsets
     python bench/reference.py report                      # merge all results into tables and plots
 
@@ -36,7 +37,13 @@ import reference_report
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 DEFAULT_OUTPUT = REPO / "outputs" / "reference"
-PARTS = ("baselines", "multitask", "ablations", "multidomain")  # baselines first: multitask reuses its models
+PARTS = (
+    "baselines",
+    "multitask",
+    "ablations",
+    "multidomain",
+    "pairs",
+)  # baselines first: multitask reuses its models
 SCHEMA_VERSION = 1
 
 

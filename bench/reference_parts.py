@@ -239,6 +239,8 @@ def count_rows(path: str) -> int:
 
 def check_data(data: Path, part: str) -> None:
     folders = ("multi_domain_sentiment",) if part == "multidomain" else ("ag_news", "sst5", "conll2003")
+    if part == "pairs":
+        folders += ("stsb", "sick")
     for folder in folders:
         for split in ("train", "test"):
             path = data / folder / f"{split}.jsonl"
@@ -299,6 +301,8 @@ def task_scores(metrics: dict[str, Any], labels: list[str] | None = None) -> dic
         "support",
         "confusion_matrix",
         "per_type",
+        "pearson",
+        "spearman",
     )
     scores = {key: metrics[key] for key in keep if key in metrics}
     if labels is not None and "confusion_matrix" in scores:
@@ -342,9 +346,9 @@ class TrainingClock(TrainerCallback):
 
 
 @contextlib.contextmanager
-def timed_precompute(seconds: dict[str, float]):
-    """Time the trainer's frozen-encoder encoding passes by description ("Encoding train", "Encoding
-    <task>"), so the encoding of test sets is not counted as training time."""
+def timed_precompute(passes: list[tuple[str, float, float]]):
+    """Time the trainer's frozen-encoder encoding passes: (description, start, seconds) of each ("Encoding
+    train", "Encoding <task>"), so the encoding of evaluation sets is not counted as training time."""
     original = trainer_module.precompute_features
 
     def timed(model, dataset, collator, batch_size=64, description="Encoding"):
@@ -352,11 +356,11 @@ def timed_precompute(seconds: dict[str, float]):
         try:
             return original(model, dataset, collator, batch_size, description)
         finally:
-            seconds[description] = seconds.get(description, 0.0) + time.perf_counter() - start
+            passes.append((description, start, time.perf_counter() - start))
 
     trainer_module.precompute_features = timed
     try:
-        yield seconds
+        yield passes
     finally:
         trainer_module.precompute_features = original
 
@@ -437,13 +441,18 @@ def multitask_row(
     print(f"\n=== {ctx.part} / {name}: run_training {config_path}", flush=True)
 
     clock = TrainingClock()
-    encode_seconds: dict[str, float] = {}
+    encode_passes: list[tuple[str, float, float]] = []
     start = time.perf_counter()
-    with timed_precompute(encode_seconds):
+    with timed_precompute(encode_passes):
         results = training_job.run_training([str(config_path)], callbacks=[clock])
     end = time.perf_counter()
-    # The frozen-encoder path encodes the test sets before training; that is evaluation, not training.
-    eval_encoding = sum(s for description, s in encode_seconds.items() if description != "Encoding train")
+    # The frozen-encoder path encodes the validation sets before training (evaluation, not training); the
+    # test sets are encoded after training, outside train_s already.
+    eval_encoding = sum(
+        s
+        for description, began, s in encode_passes
+        if description != "Encoding train" and began < clock.train_begin
+    )
     train_s = clock.train_end - start - eval_encoding
 
     labels = {
@@ -457,8 +466,8 @@ def multitask_row(
         "train_s": train_s,
         "setup_s": clock.train_begin - start - eval_encoding,  # data, model, frozen-encoder encoding pass
         "train_loop_s": results["train"].get("train_runtime"),
-        "encode_train_s": encode_seconds.get("Encoding train", 0.0),
-        "eval_s": end - clock.train_end + eval_encoding,
+        "encode_train_s": sum(s for description, _, s in encode_passes if description == "Encoding train"),
+        "eval_s": end - clock.train_end + eval_encoding,  # test sets (their encoding included)
         "optimizer_steps": steps,
         "train_examples": steps * budget.batch_size,
         "train_examples_per_s": steps * budget.batch_size / train_s,
@@ -468,6 +477,7 @@ def multitask_row(
         "learned_loss_weights": learned_loss_weights(run_dir, list(labels)),
         "settings": {k: v for k, v in config.items() if k not in ("tasks", "output_dir", "data_cache_dir")},
         "label_counts": results.get("label_counts"),
+        "embedding": results.get("embedding"),  # embedding_evaluation sets: Spearman before and after
         "model_dir": str(run_dir),
     }
     if not keep_weights:
@@ -984,11 +994,18 @@ def part_multidomain(ctx: Context) -> dict[str, Any]:
     return {"rows": rows, "data": data_summary(data, tasks), "inference": inference}
 
 
+def part_pairs(ctx: Context) -> dict[str, Any]:
+    import reference_pairs  # it builds on this module's rows
+
+    return reference_pairs.part_pairs(ctx)
+
+
 PART_FUNCTIONS = {
     "baselines": part_baselines,
     "multitask": part_multitask,
     "ablations": part_ablations,
     "multidomain": part_multidomain,
+    "pairs": part_pairs,
 }
 
 
@@ -1028,6 +1045,8 @@ def run_part(part: str, mode: str, seed: int, data: Path, output_dir: Path) -> d
 
 # ---------------------------------------------------------------------------------------------- printing
 def score_text(metrics: dict[str, Any]) -> str:
+    if "spearman" in metrics:
+        return f"Spearman {metrics['spearman']:.4f}"
     if "macro_f1" in metrics:
         return f"accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f}"
     return f"entity F1 {metrics['f1']:.4f}"
@@ -1035,6 +1054,10 @@ def score_text(metrics: dict[str, Any]) -> str:
 
 def print_row(row: dict[str, Any]) -> None:
     scores = "; ".join(f"{task} {score_text(m)}" for task, m in row["tasks"].items())
+    if row.get("embedding"):
+        scores += "; embedding " + ", ".join(
+            f"{name} {e['before']:.2f} -> {e['after']:.2f}" for name, e in row["embedding"].items()
+        )
     print(
         f"--> {row['name']}: {scores}; train {row['train_s']:.1f} s "
         f"({row['train_examples_per_s']:.1f} examples/s), {row['params_to_serve'] / 1e6:.1f} M parameters to serve",

@@ -309,6 +309,12 @@ def render(records: list[dict[str, Any]], markdown_dir: Path, images: dict[str, 
             lines += [budget_line(records_, "ablations"), "", machine_line(records_), ""]
             lines += [*score_table(merge_rows(records_), with_batches=True), ""]
             lines += loss_weight_notes(records_)
+        if parts.get("pairs"):
+            records_ = parts["pairs"]
+            lines += ["#### Sentence pairs and the embedding itself: STS-B, SICK", ""]
+            lines += [pairs_budget_line(records_), "", machine_line(records_), ""]
+            lines += [*pairs_table(records_), ""]
+            lines += add_task_notes(records_)
         if parts.get("multidomain"):
             records_ = parts["multidomain"]
             lines += ["#### Two labels on every text: multi_domain_sentiment (domain + sentiment)", ""]
@@ -319,6 +325,95 @@ def render(records: list[dict[str, Any]], markdown_dir: Path, images: dict[str, 
                 lines += [serving_caption(inference), "", *inference_table(inference), ""]
     lines.append(END)
     return "\n".join(lines) + "\n"
+
+
+PAIR_COLUMNS = (  # (header, task, metric) of the pairs table; "embedding" tasks are embedding_evaluation sets
+    ("STS-B test, embedding Spearman", "embedding", "stsb_test"),
+    ("SICK test, embedding Spearman", "embedding", "sick_test"),
+    ("topic acc", "topic", "accuracy"),
+    ("sentiment acc", "sentiment", "accuracy"),
+    ("NER entity F1", "ner", "f1"),
+    ("STS-B similarity task Spearman", "similarity", "spearman"),
+    ("SICK entailment acc", "entailment", "accuracy"),
+    ("SICK relatedness Spearman", "relatedness", "spearman"),
+)
+
+
+def pairs_table(records: list[dict[str, Any]]) -> list[str]:
+    """The `pairs` part: one line per row key, each number the mean ± sd over seeds (percentages)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for record in records:
+        for row in record["rows"]:
+            entry = merged.setdefault(
+                row["key"], {"name": row["name"], "values": defaultdict(list), "train_s": []}
+            )
+            if row.get("train_s") is not None:
+                entry["train_s"].append(row["train_s"])
+            for header, task, metric in PAIR_COLUMNS:
+                if task == "embedding":
+                    value = (row.get("embedding") or {}).get(metric, {}).get("after")
+                    value = None if value is None else value / 100
+                else:
+                    value = row["tasks"].get(task, {}).get(metric)
+                if value is not None:
+                    entry["values"][header].append(value)
+    used = [c for c in PAIR_COLUMNS if any(e["values"].get(c[0]) for e in merged.values())]
+    body = [
+        [
+            entry["name"],
+            *(mean_sd(entry["values"].get(header, []), scale=100) for header, _, _ in used),
+            mean_sd(entry["train_s"], digits=0),
+        ]
+        for entry in merged.values()
+    ]
+    return table(["model", *(header for header, _, _ in used), "train s"], body)
+
+
+def pairs_budget_line(records: list[dict[str, Any]]) -> str:
+    budget = records[0]["budget"]
+    data = records[0].get("data") or {}
+    t = budget["steps_per_task"]
+    text = (
+        f"Budget: T = {t} optimizer steps per task (reference 3T, + similarity 4T, SICK rows T, per_task batches, "
+        f"uniform sampling), batch {budget['batch_size']}, max_seq_length {budget['max_seq_length']}, lr "
+        f"{budget['learning_rate']:g} encoder / {budget['head_learning_rate']:g} heads, training rows capped at "
+        f"{budget['max_train_examples']} per task; test rows "
+        + ", ".join(f"{task} {n}" for task, n in (data.get("test_rows") or {}).items())
+        + f"; embedding distillation weight {data.get('distillation_weight')}. Embedding Spearman: cosine of the "
+        "two texts' embeddings against the gold score, on the "
+        + (
+            "full STS-B and SICK test sets"
+            if budget["max_test_examples"] is None
+            else "STS-B and SICK test SUBSETS"
+        )
+        + " (x 100)."
+    )
+    if any(record["budget"] != budget for record in records):
+        text += " **Warning: the merged results files have different budgets.**"
+    return text
+
+
+def add_task_notes(records: list[dict[str, Any]]) -> list[str]:
+    """Per seed: did the old tasks' predictions stay identical, and how much faster an epoch trained."""
+    notes = []
+    for record in records:
+        for row in record["rows"]:
+            speed = row.get("speed")
+            if row["key"] != "add-task" or not speed:
+                continue
+            identical = ", ".join(
+                f"{task} {'identical' if same else 'CHANGED'}"
+                for task, same in row["old_predictions_identical"].items()
+            )
+            compared = sum(row["compared_texts"].values())
+            notes.append(
+                f"- add-task (seed {record['seed']}): old tasks' predictions on {compared} test texts: {identical}; "
+                f"an epoch ({speed['steps_per_epoch']} steps) on the fast path {speed['fast_epoch_s']:.1f} s after "
+                f"one {speed['encode_once_s']:.0f} s encoding pass, vs {speed['full_epoch_s']:.0f} s for the full "
+                f"fine-tune (sick-bi's optimizer loop per step): {speed['per_epoch_speedup']:.0f}x per epoch, "
+                f"{speed['first_epoch_speedup']:.1f}x for the first epoch with its encoding."
+            )
+    return [*notes, ""] if notes else []
 
 
 def loss_weight_notes(records: list[dict[str, Any]]) -> list[str]:

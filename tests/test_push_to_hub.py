@@ -67,6 +67,10 @@ MODEL_FILES_BUT_CODE = {
     "tokenizer_config.json",
     "README.md",
     "eval_results.json",
+    # The sentence-transformers files save_pretrained writes: the repo is also a SentenceTransformer.
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
 }
 STRAY_ENTRIES = [
     ".env",

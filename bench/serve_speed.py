@@ -54,6 +54,7 @@ from encode_speed import median_seconds  # the same alternating timer as the enc
 from multitask_encoder import MultiTaskEncoderModel, default_backbone
 from multitask_encoder.inference_multitask_encoder import (
     DEFAULT_TOKEN_BUDGET,
+    MODES_OUTSIDE_GUARD,
     RUNTIME_EXTRAS,
     RUNTIME_MODES,
     SERVING_MODES,
@@ -385,6 +386,8 @@ def measure_stream(folder: str, mode: str, count: int, window: int, data: Path) 
 # ---------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # The bench judges every mode again, those an earlier run measured outside the guard included.
+    MODES_OUTSIDE_GUARD.clear()
     if args.stream_child:
         folder, mode, count, window = args.stream_child
         stream_child(folder, mode, int(count), int(window), args.data)

@@ -951,8 +951,8 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             "bf16": token budget, the encoder of a float32 model under bf16 autocast (pooling and heads in
                 float32); not exact: embeddings agree with "exact" to cosine >= 0.999. Fast only where bf16 is
                 native (CPUs with AMX or AVX512-BF16, recent GPUs); elsewhere it warns.
-            "int8": token budget, the encoder's linear layers in int8 (CPU); not exact: embeddings agree with
-                "exact" to cosine >= 0.99, task accuracy within a few tenths of a point (measured in the bench).
+            "int8": token budget, the encoder's linear layers in int8 with torch's kernels (CPU). Refused while
+                `MODES_OUTSIDE_GUARD` names it: the bench measured texts below cosine 0.99 to "exact".
             "onnx", "onnx_int8", "openvino", "openvino_bf16": token budget, the encoder exported to ONNX and
                 served by ONNX Runtime (fp32; int8 products with fp32 outlier channels) or OpenVINO (fp32;
                 bf16, fast only where bf16 is native). Optional runtimes: `pip install

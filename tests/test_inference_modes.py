@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from multitask_encoder import MultiTaskEncoderModel
+from multitask_encoder import inference_multitask_encoder as inference
 from multitask_encoder.inference_multitask_encoder import (
     RUNTIME_MODES,
     SERVING_MODES,
@@ -65,6 +66,13 @@ def assert_same_predictions(ours: list[dict], reference: list[dict], atol: float
             if "entities" in want[task]:
                 spans = [(e["entity"], e["start"], e["end"]) for e in got[task]["entities"]]
                 assert spans == [(e["entity"], e["start"], e["end"]) for e in want[task]["entities"]], row
+
+
+@pytest.fixture(autouse=True)
+def every_mode_offered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests check how each mode serves, those the bench measured outside the guard (refused by default:
+    tests/test_runtime_modes.py) included."""
+    monkeypatch.setattr(inference, "MODES_OUTSIDE_GUARD", {})
 
 
 @pytest.fixture
@@ -308,6 +316,9 @@ REMOTE_CODE_SCRIPT = textwrap.dedent(  # run through the `run_without_package` f
     texts = json.load(open(texts_path, encoding="utf-8"))
     model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
     assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
+    # The mechanics of every mode are tested, those refused by default (MODES_OUTSIDE_GUARD) included.
+    inference = sys.modules[type(model).__module__.rsplit(".", 1)[0] + ".inference_multitask_encoder"]
+    inference.MODES_OUTSIDE_GUARD.clear()
     assert "multitask_encoder" not in sys.modules
     results = {"exact": {"embeddings": model.encode(texts, batch_size=4).tolist(), "predictions": model.predict(texts)}}
     for mode in modes:

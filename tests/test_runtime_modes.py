@@ -153,6 +153,17 @@ def test_a_mode_measured_outside_the_guard_is_refused_with_the_reason(
     assert model.serving_mode == "exact"
 
 
+def test_the_torch_int8_mode_is_refused_by_default_with_what_the_bench_measured(
+    model: MultiTaskEncoderModel,
+) -> None:
+    with pytest.raises(ValueError, match=r"int8 serving mode is not offered: .*below cosine 0\.99"):
+        model.optimize_for_inference("int8")
+    assert model.serving_mode == "exact"
+    needs_runtime("onnx_int8")
+    model.optimize_for_inference("onnx_int8")  # the int8 mode that passed the guard stays offered
+    assert model.serving_mode == "onnx_int8"
+
+
 def test_openvino_bf16_warns_where_the_cpu_has_no_native_bf16(
     model: MultiTaskEncoderModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:

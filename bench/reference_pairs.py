@@ -69,14 +69,18 @@ def embedding_sets(data: Path, cap: int | None) -> dict[str, dict[str, Any]]:
     return {name: {**entry, "max_examples": cap} if cap else entry for name, entry in sets.items()}
 
 
-def stsb_similarity(data: Path) -> dict[str, Any]:
+def similarity_task(data: Path, folder: str, score_column: str, score_range: list[float]) -> dict[str, Any]:
     return {
         "type": "similarity",
-        "train": str(data / "stsb" / "train.jsonl"),
-        "test": str(data / "stsb" / "test.jsonl"),
-        "label_column": "similarity",
-        "score_range": [0, 5],
+        "train": str(data / folder / "train.jsonl"),
+        "test": str(data / folder / "test.jsonl"),
+        "label_column": score_column,
+        "score_range": score_range,
     }
+
+
+def stsb_similarity(data: Path) -> dict[str, Any]:
+    return similarity_task(data, "stsb", "similarity", [0, 5])
 
 
 def sick_entailment(data: Path, encoding: str) -> dict[str, Any]:
@@ -90,13 +94,7 @@ def sick_entailment(data: Path, encoding: str) -> dict[str, Any]:
 
 
 def sick_relatedness(data: Path) -> dict[str, Any]:
-    return {
-        "type": "similarity",
-        "train": str(data / "sick" / "train.jsonl"),
-        "test": str(data / "sick" / "test.jsonl"),
-        "label_column": "relatedness",
-        "score_range": [1, 5],
-    }
+    return similarity_task(data, "sick", "relatedness", [1, 5])
 
 
 def original_row(ctx: Context) -> dict[str, Any]:

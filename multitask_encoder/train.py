@@ -347,25 +347,27 @@ def train_and_save(run: TrainingRun) -> dict[str, Any]:
     trainer.save_model(output_dir)  # weights, config, code files and tokenizer
 
     results: dict[str, Any] = {"train": train_result.metrics, "validation": {}, "test": {}}
+    scores_after: dict[str, float] = {}  # the last evaluation's metrics, without their eval_/test_ prefix
     if data.validation:
-        trainer.evaluate()
+        scores_after = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
         results["validation"] = dict(trainer.detailed_metrics)
     test_predictions: dict[str, tuple[Any, Any]] = {}
     if data.test:
         # The prediction files are written from this pass's logits, not from a second pass over the test sets.
-        trainer.evaluate(data.test, metric_key_prefix="test")
+        metrics = trainer.evaluate(data.test, metric_key_prefix="test")
+        scores_after = {k.removeprefix("test_"): v for k, v in metrics.items()}
         results["test"] = dict(trainer.detailed_metrics)
         test_predictions = {task: trainer.task_outputs[task] for task in data.test}
 
     if run.embedding_sets:  # the embedding itself, before and after this run (cosine Spearman x 100)
-        results["embedding"] = {
-            name: {
+        results["embedding"] = {}
+        for name, pairs in run.embedding_sets.items():
+            after = scores_after.get(f"embedding_{name}_spearman")  # every evaluation scores the sets
+            results["embedding"][name] = {
                 "before": run.embedding_before[name],
-                "after": embedding_spearman(model, pairs),
+                "after": embedding_spearman(model, pairs) if after is None else after,
                 "support": len(pairs.scores),
             }
-            for name, pairs in run.embedding_sets.items()
-        }
     if trainer.is_world_process_zero():
         for task, (logits, labels) in test_predictions.items():
             path = os.path.join(output_dir, f"predictions_{task}.csv")

@@ -19,15 +19,17 @@ import torch
 import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file
+from test_training import job_flags
 from transformers import AutoModel, AutoTokenizer
 
 import multitask_encoder  # noqa: F401  (the Auto classes: saved folders load without remote code)
 from multitask_encoder import MultiTaskEncoderModel
 from multitask_encoder.collator import MultiTaskCollator
-from multitask_encoder.data import DataError, load_multitask_data
+from multitask_encoder.data import DataError, load_embedding_eval_set, load_multitask_data
 from multitask_encoder.sampling import MultiTaskBatchSampler
 from multitask_encoder.tasks_multitask_encoder import TASK_TYPES, EncoderFeatures, parse_task_spec
 from multitask_encoder.train import run_training
+from multitask_encoder.trainer import embedding_spearman
 
 REPO = Path(__file__).resolve().parents[1]
 TOPICS = {
@@ -276,18 +278,7 @@ def write_config(path: Path, tasks: dict, **options) -> str:
 
 
 def flags(backbone: str, output_dir: Path, cache: Path, *extra: str) -> list[str]:
-    return [
-        "--backbone",
-        backbone,
-        "--output_dir",
-        str(output_dir),
-        "--use_cpu",
-        "--report_to",
-        "none",
-        "--data_cache_dir",
-        str(cache),
-        *extra,
-    ]
+    return [*job_flags(backbone, output_dir, cache), *extra]
 
 
 @pytest.fixture(scope="module")
@@ -317,7 +308,7 @@ def pair_run(pair_data: Path, tiny_backbone: str, tmp_path_factory):
     return output_dir, results
 
 
-def test_pair_tasks_train_beside_a_sentence_task(pair_run) -> None:
+def test_pair_tasks_train_beside_a_sentence_task(pair_run, pair_data: Path) -> None:
     output_dir, results = pair_run
     test = results["test"]
     # Each kind learns its toy signal (chance: 0.5 / 0.6 majority for the pair classes, mrr ~0.16 at 24 rows).
@@ -327,6 +318,12 @@ def test_pair_tasks_train_beside_a_sentence_task(pair_run) -> None:
     assert test["topic"]["accuracy"] >= 0.9
     embedding = results["embedding"]["toy_sts"]
     assert embedding["after"] > embedding["before"]  # the similarity task taught the embedding the toy topics
+    # "after" is the score of the model the folder holds (taken from the test evaluation, not recomputed).
+    pairs = load_embedding_eval_set(
+        "toy_sts", {"data": str(pair_data / "test.jsonl"), "score_column": "relatedness"}, "."
+    )
+    saved = MultiTaskEncoderModel.from_pretrained(output_dir)
+    assert embedding["after"] == pytest.approx(embedding_spearman(saved, pairs), abs=1e-6)
     card = (output_dir / "README.md").read_text()
     assert "### The embedding" in card and "`toy_sts`" in card
     header = (output_dir / "predictions_same_topic.csv").read_text().splitlines()[0]

@@ -1,10 +1,11 @@
-"""The runs behind `bench/reference.py`: the four parts of the reference multi-task benchmark.
+"""The runs behind `bench/reference.py`: the parts of the reference multi-task benchmark.
 
 Every compared row of a part gets the same budget (`Budget`): optimizer steps per task, batch size,
 max_seq_length, learning rates, training rows and test rows. Multi-task rows go through the package's
-training job (`multitask_encoder.train.run_training` on a generated YAML config); single-task rows are
-plain Hugging Face `AutoModelFor{Sequence,Token}Classification` + `Trainer`; every row is scored with the
-package's metrics (`classification_metrics`, `entity_metrics`) on the same test rows.
+training job (`multitask_encoder.train.prepare_run` + `train_and_save`, what `run_training` does, on a
+generated YAML config); single-task rows are plain Hugging Face `AutoModelFor{Sequence,Token}Classification`
++ `Trainer`; every row is scored with the package's metrics (`classification_metrics`, `entity_metrics`) on
+the same test rows.
 
     part         rows
     baselines    3 single-task models (T steps each) | frozen-encoder linear probe (LogisticRegression)
@@ -15,6 +16,9 @@ package's metrics (`classification_metrics`, `entity_metrics`) on the same test 
     multidomain  multi_domain_sentiment, `domain` and `sentiment` on every text: one multi-task model
                  (T steps, both heads from one encoder pass) | two single-task models (T steps each)
                  + serving speed
+    pairs        sentence pairs and the embedding itself (reference_pairs.py)
+    longer       the baselines' and multitask's headline rows at 4x the steps, with a learning curve
+                 (reference_longer.py)
 
 Training time (`train_s`) is wall time from the start of a row to its trained model: reading the data
 (tokenised once beforehand, so every row reads the same cache), building the model, the frozen-encoder
@@ -345,6 +349,26 @@ class TrainingClock(TrainerCallback):
         self.train_end = time.perf_counter()
 
 
+class LearningCurve(TrainerCallback):
+    """Scores the model being trained at chosen optimizer steps: `score(trainer)` -> {task: scores}, from
+    inside the training loop (evaluation switches the model to eval mode; the next training step switches it
+    back). Its seconds are left out of the row's training time."""
+
+    def __init__(self, steps: list[int], score) -> None:
+        self.steps = set(steps)
+        self.score = score
+        self.trainer: Trainer | None = None  # set once the trainer exists
+        self.points: list[dict[str, Any]] = []
+        self.seconds = 0.0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step in self.steps:
+            start = time.perf_counter()
+            self.points.append({"step": state.global_step, "tasks": self.score(self.trainer)})
+            self.seconds += time.perf_counter() - start
+            print(f"    learning curve, step {state.global_step}: " + curve_text(self.points[-1]), flush=True)
+
+
 @contextlib.contextmanager
 def timed_precompute(passes: list[tuple[str, float, float]]):
     """Time the trainer's frozen-encoder encoding passes: (description, start, seconds) of each ("Encoding
@@ -407,8 +431,12 @@ def multitask_row(
     options: dict[str, Any],
     task_batches: dict[str, int] | None = None,
     keep_weights: bool = True,
+    curve_steps: list[int] | None = None,
+    curve_rows: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train and test one multi-task model through `run_training` with a generated config."""
+    """Train and test one multi-task model through the training job (`prepare_run`, `train_and_save`) with a
+    generated config; with `curve_steps`, also score it on `curve_rows` (task -> tokenised test rows) at
+    those optimizer steps."""
     budget = ctx.budget
     run_dir = ctx.run_dir(key)
     config = {
@@ -443,9 +471,22 @@ def multitask_row(
     clock = TrainingClock()
     encode_passes: list[tuple[str, float, float]] = []
     start = time.perf_counter()
+    curve = None
+    if curve_steps:
+
+        def score(trainer) -> dict[str, Any]:
+            trainer.evaluate(curve_rows, metric_key_prefix="curve")
+            return {task: task_scores(m) for task, m in trainer.detailed_metrics.items()}
+
+        curve = LearningCurve(curve_steps, score)
     with timed_precompute(encode_passes):
-        results = training_job.run_training([str(config_path)], callbacks=[clock])
+        run = training_job.prepare_run([str(config_path)], callbacks=[clock])
+        if curve is not None:
+            curve.trainer = run.trainer
+            run.trainer.add_callback(curve)
+        results = training_job.train_and_save(run)
     end = time.perf_counter()
+    curve_s = curve.seconds if curve else 0.0
     # The frozen-encoder path encodes the validation sets before training (evaluation, not training); the
     # test sets are encoded after training, outside train_s already.
     eval_encoding = sum(
@@ -453,7 +494,7 @@ def multitask_row(
         for description, began, s in encode_passes
         if description != "Encoding train" and began < clock.train_begin
     )
-    train_s = clock.train_end - start - eval_encoding
+    train_s = clock.train_end - start - eval_encoding - curve_s
 
     labels = {
         task: spec.labels for task, spec in MultiTaskEncoderConfig.from_pretrained(run_dir).tasks.items()
@@ -465,7 +506,7 @@ def multitask_row(
         "tasks": {task: task_scores(m, labels[task]) for task, m in results["test"].items()},
         "train_s": train_s,
         "setup_s": clock.train_begin - start - eval_encoding,  # data, model, frozen-encoder encoding pass
-        "train_loop_s": results["train"].get("train_runtime"),
+        "train_loop_s": results["train"].get("train_runtime") - curve_s,
         "encode_train_s": sum(s for description, _, s in encode_passes if description == "Encoding train"),
         "eval_s": end - clock.train_end + eval_encoding,  # test sets (their encoding included)
         "optimizer_steps": steps,
@@ -480,6 +521,9 @@ def multitask_row(
         "embedding": results.get("embedding"),  # embedding_evaluation sets: Spearman before and after
         "model_dir": str(run_dir),
     }
+    if curve is not None:
+        row["learning_curve"] = curve.points
+        row["learning_curve_s"] = curve_s
     if not keep_weights:
         (run_dir / "model.safetensors").unlink()
     print_row(row)
@@ -547,9 +591,26 @@ def single_task_model(backbone: str, token_level: bool, labels: list[str]):
     )
 
 
-def single_task_run(ctx: Context, task: str, entry: dict[str, Any], steps: int) -> dict[str, Any]:
+def single_task_scores(trainer: Trainer, rows, labels: list[str], token_level: bool) -> dict[str, Any]:
+    """A single-task model's metrics on converted rows, scored as the package scores its tasks."""
+    output = trainer.predict(rows)
+    predicted = np.asarray(output.predictions).argmax(-1)
+    if token_level:
+        return entity_metrics(*token_tag_sequences(predicted, np.asarray(output.label_ids), labels))
+    return classification_metrics(predicted, output.label_ids, labels)
+
+
+def single_task_run(
+    ctx: Context,
+    task: str,
+    entry: dict[str, Any],
+    steps: int,
+    curve_steps: list[int] | None = None,
+    curve_rows=None,
+) -> dict[str, Any]:
     """One plain HF single-task model: the same rows (the package's loader, same caps and seed), the same
-    tokenisation, batch size, length, steps and learning rates as the multi-task runs."""
+    tokenisation, batch size, length, steps and learning rates as the multi-task runs; with `curve_steps`,
+    also scored on `curve_rows` (this task's tokenised test rows) at those optimizer steps."""
     budget = ctx.budget
     run_dir = ctx.run_dir(f"single-{task}")
     print(f"\n=== {ctx.part} / single-task {task}: HF Trainer, {steps} steps", flush=True)
@@ -587,35 +648,53 @@ def single_task_run(ctx: Context, task: str, entry: dict[str, Any], steps: int) 
         processing_class=ctx.tokenizer,
         head_learning_rate=budget.head_learning_rate,
     )
+    curve = None
+    if curve_steps:
+        converted = convert(curve_rows, task)
+        curve = LearningCurve(
+            curve_steps, lambda t: {task: task_scores(single_task_scores(t, converted, labels, token_level))}
+        )
+        curve.trainer = trainer
+        trainer.add_callback(curve)
     result = trainer.train()
-    train_s = time.perf_counter() - start
+    curve_s = curve.seconds if curve else 0.0
+    train_s = time.perf_counter() - start - curve_s
 
-    output = trainer.predict(convert(data.test[task], task))
-    predicted = np.asarray(output.predictions).argmax(-1)
-    if token_level:
-        metrics = entity_metrics(*token_tag_sequences(predicted, np.asarray(output.label_ids), labels))
-    else:
-        metrics = classification_metrics(predicted, output.label_ids, labels)
+    metrics = single_task_scores(trainer, convert(data.test[task], task), labels, token_level)
     trainer.save_model(str(run_dir))
-    eval_s = time.perf_counter() - start - train_s
+    eval_s = time.perf_counter() - start - train_s - curve_s
     print(f"    {task}: train {train_s:.0f} s, test " + score_text(metrics), flush=True)
-    return {
+    run = {
         "scores": task_scores(metrics, labels),
         "train_s": train_s,
-        "train_loop_s": result.metrics.get("train_runtime"),
+        "train_loop_s": result.metrics.get("train_runtime") - curve_s,
         "eval_s": eval_s,
         "steps": steps,
         "train_loss": result.metrics.get("train_loss"),
         "params": checkpoint_parameters(run_dir),
         "model_dir": str(run_dir),
     }
+    if curve is not None:
+        run["learning_curve"] = curve.points
+        run["learning_curve_s"] = curve_s
+    return run
 
 
 def single_task_row(
-    ctx: Context, key: str, name: str, tasks: dict[str, dict[str, Any]], steps: int
+    ctx: Context,
+    key: str,
+    name: str,
+    tasks: dict[str, dict[str, Any]],
+    steps: int,
+    curve_steps: list[int] | None = None,
+    curve_rows: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One single-task model per task, trained one after another; the row sums their cost."""
-    runs = {task: single_task_run(ctx, task, entry, steps) for task, entry in tasks.items()}
+    """One single-task model per task, trained one after another; the row sums their cost. With
+    `curve_steps`, each model's learning curve on its `curve_rows` is in the row's `per_task`."""
+    runs = {
+        task: single_task_run(ctx, task, entry, steps, curve_steps, (curve_rows or {}).get(task))
+        for task, entry in tasks.items()
+    }
     train_s = sum(run["train_s"] for run in runs.values())
     examples = steps * ctx.budget.batch_size * len(tasks)
     row = {
@@ -1000,12 +1079,19 @@ def part_pairs(ctx: Context) -> dict[str, Any]:
     return reference_pairs.part_pairs(ctx)
 
 
+def part_longer(ctx: Context) -> dict[str, Any]:
+    import reference_longer  # it builds on this module's rows
+
+    return reference_longer.part_longer(ctx)
+
+
 PART_FUNCTIONS = {
     "baselines": part_baselines,
     "multitask": part_multitask,
     "ablations": part_ablations,
     "multidomain": part_multidomain,
     "pairs": part_pairs,
+    "longer": part_longer,
 }
 
 
@@ -1050,6 +1136,10 @@ def score_text(metrics: dict[str, Any]) -> str:
     if "macro_f1" in metrics:
         return f"accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f}"
     return f"entity F1 {metrics['f1']:.4f}"
+
+
+def curve_text(point: dict[str, Any]) -> str:
+    return "; ".join(f"{task} {score_text(m)}" for task, m in point["tasks"].items())
 
 
 def print_row(row: dict[str, Any]) -> None:

@@ -217,6 +217,13 @@ def budget_line(records: list[dict[str, Any]], part: str) -> str:
     groups = data.get("group_sizes") or {}
     if part == "ablations":
         steps = f"{3 * budget['ablation_steps_per_task']} optimizer steps per run (per_task batches)"
+    elif part == "longer":
+        t = data.get("steps_per_task")
+        steps = (
+            f"{t} optimizer steps per task ({data.get('longer_factor')}x the reference T = "
+            f"{budget['steps_per_task']}; single-task: {t} each; multi-task: {3 * t} per_task batches, uniform "
+            "sampling)"
+        )
     elif part == "multidomain":
         steps = (
             f"{budget['multidomain_steps']} optimizer steps for the multi-task model (both heads every step) and "
@@ -302,7 +309,18 @@ def render(records: list[dict[str, Any]], markdown_dir: Path, images: dict[str, 
             if inference:
                 lines += [serving_caption(inference), "", *inference_table(inference), ""]
             for name, path in images.get(mode, {}).items():
-                lines += [f"![{name}]({os.path.relpath(path, markdown_dir)})", ""]
+                if name != CURVE_CAPTION:
+                    lines += [f"![{name}]({os.path.relpath(path, markdown_dir)})", ""]
+        if parts.get("longer"):
+            records_ = parts["longer"]
+            factor = (records_[0].get("data") or {}).get("longer_factor")
+            lines += [f"#### The headline rows at {factor}x the budget, with a learning curve", ""]
+            lines += [budget_line(records_, "longer"), "", machine_line(records_), ""]
+            lines += [*score_table(merge_rows(records_)), ""]
+            lines += [*curve_table(records_), ""]
+            if CURVE_CAPTION in images.get(mode, {}):
+                path = images[mode][CURVE_CAPTION]
+                lines += [f"![{CURVE_CAPTION}]({os.path.relpath(path, markdown_dir)})", ""]
         if parts.get("ablations"):
             records_ = parts["ablations"]
             lines += ["#### Ablations: task sampling and loss weighting on an imbalanced mix", ""]
@@ -367,6 +385,58 @@ def pairs_table(records: list[dict[str, Any]]) -> list[str]:
         for entry in merged.values()
     ]
     return table(["model", *(header for header, _, _ in used), "train s"], body)
+
+
+CURVE_CAPTION = "learning curve"
+CURVE_TASKS = (("topic", "topic acc"), ("sentiment", "sentiment acc"), ("ner", "NER entity F1"))
+
+
+def curve_table(records: list[dict[str, Any]]) -> list[str]:
+    """The `longer` part's learning curve: per-task steps down, single-task vs multi-task score per task
+    (mean ± sd over seeds, percentages) on the curve's test subsets."""
+    first = records[0]["learning_curve"]
+    steps = first["steps_per_task"]
+    if any(record["learning_curve"]["steps_per_task"] != steps for record in records):
+        raise ResultsError("The longer part's results files have different learning-curve steps.")
+    header = ["steps per task", "multi-task batches (topic / sentiment / NER)"]
+    for _, title in CURVE_TASKS:
+        header += [f"{title}, single", f"{title}, multi"]
+    body = []
+    for i, step in enumerate(steps):
+        batches = first["multitask_task_batches"][i]
+        cells = [str(step), " / ".join(str(batches[task]) for task, _ in CURVE_TASKS)]
+        for task, _ in CURVE_TASKS:
+            for side in ("single", "multitask"):
+                cells.append(mean_sd([record["learning_curve"][side][task][i] for record in records], 100))
+        body.append(cells)
+    rows = ", ".join(f"{task} {n}" for task, n in first["test_rows"].items())
+    caption = (
+        f"Learning curve on seeded test subsets ({rows} rows), scored mid-run: a point is a model part-way "
+        "through its schedule, not one trained for that many steps on its own."
+    )
+    return [caption, "", *table(header, body)]
+
+
+def plot_learning_curve(plt, records: list[dict[str, Any]], path: Path, mode: str) -> None:
+    steps = records[0]["learning_curve"]["steps_per_task"]
+    figure, axes = plt.subplots(1, len(CURVE_TASKS), figsize=(4.2 * len(CURVE_TASKS), 3.6), squeeze=False)
+    for axis, (task, title) in zip(axes[0], CURVE_TASKS):
+        for side, label, marker in (("single", "single-task", "o"), ("multitask", "multi-task", "s")):
+            values = [
+                100 * statistics.fmean(record["learning_curve"][side][task][i] for record in records)
+                for i in range(len(steps))
+            ]
+            axis.plot(steps, values, marker=marker, label=label)
+        axis.set_xlabel("optimizer steps on this task")
+        axis.set_ylabel(f"{title} (%)")
+        axis.set_title(task)
+        axis.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    factor = (records[0].get("data") or {}).get("longer_factor")
+    figure.suptitle(f"Reference benchmark ({mode}), {factor}x budget: learning curve on test subsets")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def pairs_budget_line(records: list[dict[str, Any]]) -> str:
@@ -461,7 +531,8 @@ def write_section(path: Path, section: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- plots
 def plot_all(records: list[dict[str, Any]], img_dir: Path) -> dict[str, dict[str, Path]]:
-    """Per mode: score vs training time (reference rows) and the topic/sentiment confusion matrices.
+    """Per mode: score vs training time (reference rows), the topic/sentiment confusion matrices and the
+    `longer` part's learning curve.
     Returns {mode: {caption: path}}; empty when matplotlib is missing."""
     try:
         import matplotlib
@@ -474,11 +545,15 @@ def plot_all(records: list[dict[str, Any]], img_dir: Path) -> dict[str, dict[str
     img_dir.mkdir(parents=True, exist_ok=True)
     images: dict[str, dict[str, Path]] = {}
     for mode, parts in by_mode_and_part(records).items():
+        suffix = "" if mode == "full" else f"-{mode}"
+        images[mode] = {}
+        if parts.get("longer"):
+            path = img_dir / f"reference-learning-curve{suffix}.png"
+            plot_learning_curve(plt, parts["longer"], path, mode)
+            images[mode][CURVE_CAPTION] = path
         rows = merge_rows([r for part in REFERENCE_PARTS for r in parts.get(part, [])])
         if not rows:
             continue
-        suffix = "" if mode == "full" else f"-{mode}"
-        images[mode] = {}
         path = img_dir / f"reference-score-vs-time{suffix}.png"
         plot_score_vs_time(plt, rows, path, mode)
         images[mode]["score vs training time"] = path

@@ -232,3 +232,80 @@ def test_plots_are_written(report, results_dir: Path, tmp_path: Path) -> None:
         assert (img / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in img.iterdir()) == ["reference-confusion.png", "reference-score-vs-time.png"]
     assert "![score vs training time](img/reference-score-vs-time.png)" in section
+
+
+def longer_record(seed: int, ner_curve: dict[str, list[float]], steps: list[int] | None = None) -> dict:
+    """A `longer` part results file: final rows and a learning curve of 2 points per side."""
+    curve_steps = steps or [50, 400]
+    curve = {
+        "steps_per_task": curve_steps,
+        "test_rows": {"topic": 1000, "sentiment": 1000, "ner": 1000},
+        "single": {"topic": [0.80, 0.90], "sentiment": [0.60, 0.70], "ner": ner_curve["single"]},
+        "multitask": {"topic": [0.82, 0.91], "sentiment": [0.61, 0.69], "ner": ner_curve["multitask"]},
+        "multitask_task_batches": [
+            {"topic": 48, "sentiment": 51, "ner": 51},
+            {"topic": 399, "sentiment": 402, "ner": 399},
+        ],
+    }
+    content = record(
+        "longer",
+        seed,
+        [row("single", 0.90, ner_curve["single"][-1], 1200.0), row("multitask", 0.91, 0.80, 1100.0)],
+        learning_curve=curve,
+    )
+    content["data"].update({"longer_factor": 4, "steps_per_task": 400})
+    return content
+
+
+def test_longer_part_reports_the_learning_curve(report, tmp_path: Path) -> None:
+    folder = tmp_path / "longer"
+    folder.mkdir()
+    write(
+        folder,
+        "reference-longer-seed0.json",
+        longer_record(0, {"single": [0.20, 0.70], "multitask": [0.50, 0.80]}),
+    )
+    write(
+        folder,
+        "reference-longer-seed1.json",
+        longer_record(1, {"single": [0.30, 0.80], "multitask": [0.50, 0.90]}),
+    )
+    section = report.main(["--results-dir", str(folder), "--markdown", str(tmp_path / "p.md"), "--no-plots"])
+    assert "#### The headline rows at 4x the budget, with a learning curve" in section
+    assert "400 optimizer steps per task (4x the reference T = 100" in section
+    assert "multi-task: 1200 per_task batches" in section
+    # The curve: per-task steps down, single vs multi per task, mean ± sd over the two seeds (percent).
+    first = next(line for line in section.splitlines() if line.startswith("| 50 |"))
+    assert (
+        first
+        == "| 50 | 48 / 51 / 51 | 80.0 ± 0.0 | 82.0 ± 0.0 | 60.0 ± 0.0 | 61.0 ± 0.0 | 25.0 ± 7.1 | 50.0 ± 0.0 |"
+    )
+    last = next(line for line in section.splitlines() if line.startswith("| 400 |"))
+    assert last.endswith("| 75.0 ± 7.1 | 85.0 ± 7.1 |")
+    assert "(topic 1000, sentiment 1000, ner 1000 rows)" in section
+
+    # Seeds with different curve steps cannot be merged into one table.
+    write(
+        folder,
+        "reference-longer-seed2.json",
+        longer_record(2, {"single": [0.2, 0.7], "multitask": [0.5, 0.8]}, steps=[25, 400]),
+    )
+    with pytest.raises(report.ResultsError, match="different learning-curve steps"):
+        report.main(["--results-dir", str(folder), "--markdown", str(tmp_path / "p.md"), "--no-plots"])
+
+
+def test_longer_part_plots_its_curve(report, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    folder = tmp_path / "longer"
+    folder.mkdir()
+    write(
+        folder,
+        "reference-longer-seed0.json",
+        longer_record(0, {"single": [0.20, 0.70], "multitask": [0.50, 0.80]}),
+    )
+    img = tmp_path / "docs" / "img"
+    section = report.main(
+        ["--results-dir", str(folder), "--markdown", str(tmp_path / "docs" / "b.md"), "--img-dir", str(img)]
+    )
+    assert (img / "reference-learning-curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![learning curve](img/reference-learning-curve.png)" in section

@@ -8,6 +8,7 @@ official test splits; plus a second benchmark where every text carries two label
     python bench/reference.py --part ablations --seed 0   # sampling x loss weighting, imbalanced mix
     python bench/reference.py --part multidomain --seed 0 # two labels per text vs two single-task models
     python bench/reference.py --part pairs --seed 0       # sentence pairs and the embedding (reference_pairs.py)
+    python bench/reference.py --part embedding --seed 0   # what limits the pairs part's (c) row (~15 min)
     python bench/reference.py --part longer --seed 0      # the headline rows at 4x the budget, learning curve
                                                           # (reference_longer.py; ~45 min)
     python bench/reference.py --quick                     # every part, tiny budgets, test subsets
@@ -45,6 +46,7 @@ PARTS = (
     "ablations",
     "multidomain",
     "pairs",
+    "embedding",
     "longer",
 )  # baselines first: multitask reuses its models
 SCHEMA_VERSION = 1

@@ -17,6 +17,13 @@ texts' embeddings with the gold score) on STS-B test and SICK test.
                         frozen, precomputed embeddings, ADD_TASK_EPOCHS epochs: the old tasks' predictions are
                         compared bit for bit, and the time per epoch with the full fine-tune's (sick-bi)
 
+The `embedding` part (`part_embedding`) asks what limits row (c):
+
+    key                       rows
+    stsb-alone                `similarity` on STS-B train alone, T steps: (c)'s similarity share without the rest
+    stsb-alone-4T             the same, 4T steps (4x the training rows: all 5,749 STS-B pairs)
+    similarity-distillation   (c) with embedding_distillation_weight DISTILLATION_WEIGHT (4T steps)
+
 SICK overlaps STS-B test (see ../shared/data/sick/SOURCE.md): no row that reports STS-B trains on SICK, and
 the SICK rows carry no embedding evaluation.
 """
@@ -289,5 +296,64 @@ def part_pairs(ctx: Context) -> dict[str, Any]:
         "test_rows": {task: len(rows_) for task, rows_ in stsb_data.test.items()},
         "distillation_weight": DISTILLATION_WEIGHT,
         "add_task_epochs": ADD_TASK_EPOCHS,
+    }
+    return {"rows": rows, "data": summary, "inference": None}
+
+
+def part_embedding(ctx: Context) -> dict[str, Any]:
+    """What limits the embedding of row (c): the similarity task alone at (c)'s share and at 4x it, and (c)
+    with the distillation of row (d) added."""
+    check_pair_data(ctx.data)
+    budget, data = ctx.budget, ctx.data
+    T = budget.steps_per_task
+    evaluation = {"embedding_evaluation": embedding_sets(data, budget.max_test_examples)}
+    reference = reference_tasks(
+        data, dict.fromkeys(TASKS3, budget.max_train_examples), budget.max_test_examples
+    )
+    four_times = None if budget.max_train_examples is None else 4 * budget.max_train_examples
+    alone = {
+        "similarity": with_caps(stsb_similarity(data), budget.max_train_examples, budget.max_test_examples)
+    }
+    alone_4t = {"similarity": with_caps(stsb_similarity(data), four_times, budget.max_test_examples)}
+    with_stsb = {**reference, **alone}
+    stsb_data = warm_cache(ctx, with_stsb, single_tasks=False)
+    for tasks in (alone, alone_4t):
+        warm_cache(ctx, tasks, single_tasks=False)
+    batches = planned_task_batches(
+        stsb_data.group_sizes, stsb_data.group_tasks, 4 * T, budget, "uniform", ctx.seed
+    )
+    rows = [
+        multitask_row(
+            ctx,
+            "stsb-alone",
+            f"similarity on STS-B train alone, {T} steps",
+            alone,
+            T,
+            evaluation,
+            keep_weights=False,
+        ),
+        multitask_row(
+            ctx,
+            "stsb-alone-4T",
+            f"similarity on STS-B train alone, {4 * T} steps",
+            alone_4t,
+            4 * T,
+            evaluation,
+            keep_weights=False,
+        ),
+        multitask_row(
+            ctx,
+            "similarity-distillation",
+            f"(c) + embedding_distillation_weight {DISTILLATION_WEIGHT:g}",
+            with_stsb,
+            4 * T,
+            {**evaluation, "embedding_distillation_weight": DISTILLATION_WEIGHT},
+            batches,
+            keep_weights=False,
+        ),
+    ]
+    summary = {
+        "test_rows": {task: len(rows_) for task, rows_ in stsb_data.test.items()},
+        "distillation_weight": DISTILLATION_WEIGHT,
     }
     return {"rows": rows, "data": summary, "inference": None}

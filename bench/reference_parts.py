@@ -17,6 +17,7 @@ the same test rows.
                  (T steps, both heads from one encoder pass) | two single-task models (T steps each)
                  + serving speed
     pairs        sentence pairs and the embedding itself (reference_pairs.py)
+    embedding    what limits the pairs part's row (c): the similarity task alone, and with distillation
     longer       the baselines' and multitask's headline rows at 4x the steps, with a learning curve
                  (reference_longer.py)
 
@@ -243,7 +244,7 @@ def count_rows(path: str) -> int:
 
 def check_data(data: Path, part: str) -> None:
     folders = ("multi_domain_sentiment",) if part == "multidomain" else ("ag_news", "sst5", "conll2003")
-    if part == "pairs":
+    if part in ("pairs", "embedding"):
         folders += ("stsb", "sick")
     for folder in folders:
         for split in ("train", "test"):
@@ -1079,6 +1080,12 @@ def part_pairs(ctx: Context) -> dict[str, Any]:
     return reference_pairs.part_pairs(ctx)
 
 
+def part_embedding(ctx: Context) -> dict[str, Any]:
+    import reference_pairs
+
+    return reference_pairs.part_embedding(ctx)
+
+
 def part_longer(ctx: Context) -> dict[str, Any]:
     import reference_longer  # it builds on this module's rows
 
@@ -1091,6 +1098,7 @@ PART_FUNCTIONS = {
     "ablations": part_ablations,
     "multidomain": part_multidomain,
     "pairs": part_pairs,
+    "embedding": part_embedding,
     "longer": part_longer,
 }
 

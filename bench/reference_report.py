@@ -333,6 +333,14 @@ def render(records: list[dict[str, Any]], markdown_dir: Path, images: dict[str, 
             lines += [pairs_budget_line(records_), "", machine_line(records_), ""]
             lines += [*pairs_table(records_), ""]
             lines += add_task_notes(records_)
+        if parts.get("embedding"):
+            records_ = parts["embedding"]
+            lines += [
+                "#### What limits the embedding of row (c): the similarity task alone, and with distillation",
+                "",
+            ]
+            lines += [embedding_budget_line(records_), "", machine_line(records_), ""]
+            lines += [*pairs_table(records_), ""]
         if parts.get("multidomain"):
             records_ = parts["multidomain"]
             lines += ["#### Two labels on every text: multi_domain_sentiment (domain + sentiment)", ""]
@@ -457,6 +465,24 @@ def pairs_budget_line(records: list[dict[str, Any]]) -> str:
             else "STS-B and SICK test SUBSETS"
         )
         + " (x 100)."
+    )
+    if any(record["budget"] != budget for record in records):
+        text += " **Warning: the merged results files have different budgets.**"
+    return text
+
+
+def embedding_budget_line(records: list[dict[str, Any]]) -> str:
+    budget = records[0]["budget"]
+    data = records[0].get("data") or {}
+    t = budget["steps_per_task"]
+    text = (
+        f"Budget: T = {t}; similarity on STS-B train alone for T steps ({budget['max_train_examples']} training "
+        f"rows) and for 4T steps (4x the rows); (c) + distillation: topic, sentiment, NER and similarity, 4T "
+        f"per_task batches, uniform sampling, embedding distillation weight {data.get('distillation_weight')}; "
+        f"batch {budget['batch_size']}, max_seq_length {budget['max_seq_length']}, lr "
+        f"{budget['learning_rate']:g} encoder / {budget['head_learning_rate']:g} heads; test rows "
+        + ", ".join(f"{task} {n}" for task, n in (data.get("test_rows") or {}).items())
+        + "."
     )
     if any(record["budget"] != budget for record in records):
         text += " **Warning: the merged results files have different budgets.**"

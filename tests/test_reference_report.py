@@ -309,3 +309,30 @@ def test_longer_part_plots_its_curve(report, tmp_path: Path) -> None:
     )
     assert (img / "reference-learning-curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "![learning curve](img/reference-learning-curve.png)" in section
+
+
+def test_embedding_part_gets_its_own_table(report, tmp_path: Path) -> None:
+    folder = tmp_path / "embedding"
+    folder.mkdir()
+    alone = {
+        "key": "stsb-alone",
+        "name": "similarity alone",
+        "tasks": {"similarity": {"pearson": 0.84, "spearman": 0.83, "support": 1379}},
+        "embedding": {
+            "stsb_test": {"before": 82.0, "after": 83.0},
+            "sick_test": {"before": 77.1, "after": 70.0},
+        },
+        "train_s": 60.0,
+    }
+    for seed, after in ((0, 83.0), (1, 85.0)):
+        content = record("embedding", seed, [copy.deepcopy(alone)])
+        content["rows"][0]["embedding"]["stsb_test"]["after"] = after
+        content["data"] = {"test_rows": {"similarity": 1379}, "distillation_weight": 1.0}
+        content["budget"]["max_train_examples"] = 3200
+        write(folder, f"reference-embedding-seed{seed}.json", content)
+    section = report.main(["--results-dir", str(folder), "--markdown", str(tmp_path / "p.md"), "--no-plots"])
+    assert "#### What limits the embedding of row (c)" in section
+    assert "embedding distillation weight 1.0" in section
+    line = next(line for line in section.splitlines() if line.startswith("| similarity alone"))
+    # STS-B embedding 83 and 85 -> 84.0 ± 1.4; SICK 70.0 on both seeds; the task's own Spearman 83.0.
+    assert line.split(" | ")[1:4] == ["84.0 ± 1.4", "70.0 ± 0.0", "83.0 ± 0.0"]

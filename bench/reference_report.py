@@ -248,9 +248,16 @@ def budget_line(records: list[dict[str, Any]], part: str) -> str:
     if data.get("imbalance"):
         parts.append(data["imbalance"])
     line = "Budget: " + "; ".join(p for p in parts if p) + "."
-    if any(record["budget"] != budget for record in records):
-        line += " **Warning: the merged results files have different budgets.**"
+    line += budget_warning(records)
     return line
+
+
+def budget_warning(records: list[dict[str, Any]]) -> str:
+    """A warning to append to a part's budget line when its merged results files were run with different budgets."""
+    budget = records[0]["budget"]
+    if any(record["budget"] != budget for record in records):
+        return " **Warning: the merged results files have different budgets.**"
+    return ""
 
 
 def machine_line(records: list[dict[str, Any]]) -> str:
@@ -466,8 +473,7 @@ def pairs_budget_line(records: list[dict[str, Any]]) -> str:
         )
         + " (x 100)."
     )
-    if any(record["budget"] != budget for record in records):
-        text += " **Warning: the merged results files have different budgets.**"
+    text += budget_warning(records)
     return text
 
 
@@ -484,8 +490,7 @@ def embedding_budget_line(records: list[dict[str, Any]]) -> str:
         + ", ".join(f"{task} {n}" for task, n in (data.get("test_rows") or {}).items())
         + "."
     )
-    if any(record["budget"] != budget for record in records):
-        text += " **Warning: the merged results files have different budgets.**"
+    text += budget_warning(records)
     return text
 
 

@@ -257,18 +257,22 @@ def longer_record(seed: int, ner_curve: dict[str, list[float]], steps: list[int]
     return content
 
 
-def test_longer_part_reports_the_learning_curve(report, tmp_path: Path) -> None:
+def longer_results(tmp_path: Path, ner_curves: list[dict[str, list[float]]]) -> Path:
+    """A results folder with one `longer` results file per NER curve (seeds 0, 1, ...)."""
     folder = tmp_path / "longer"
     folder.mkdir()
-    write(
-        folder,
-        "reference-longer-seed0.json",
-        longer_record(0, {"single": [0.20, 0.70], "multitask": [0.50, 0.80]}),
-    )
-    write(
-        folder,
-        "reference-longer-seed1.json",
-        longer_record(1, {"single": [0.30, 0.80], "multitask": [0.50, 0.90]}),
+    for seed, ner_curve in enumerate(ner_curves):
+        write(folder, f"reference-longer-seed{seed}.json", longer_record(seed, ner_curve))
+    return folder
+
+
+def test_longer_part_reports_the_learning_curve(report, tmp_path: Path) -> None:
+    folder = longer_results(
+        tmp_path,
+        [
+            {"single": [0.20, 0.70], "multitask": [0.50, 0.80]},
+            {"single": [0.30, 0.80], "multitask": [0.50, 0.90]},
+        ],
     )
     section = report.main(["--results-dir", str(folder), "--markdown", str(tmp_path / "p.md"), "--no-plots"])
     assert "#### The headline rows at 4x the budget, with a learning curve" in section
@@ -296,13 +300,7 @@ def test_longer_part_reports_the_learning_curve(report, tmp_path: Path) -> None:
 
 def test_longer_part_plots_its_curve(report, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    folder = tmp_path / "longer"
-    folder.mkdir()
-    write(
-        folder,
-        "reference-longer-seed0.json",
-        longer_record(0, {"single": [0.20, 0.70], "multitask": [0.50, 0.80]}),
-    )
+    folder = longer_results(tmp_path, [{"single": [0.20, 0.70], "multitask": [0.50, 0.80]}])
     img = tmp_path / "docs" / "img"
     section = report.main(
         ["--results-dir", str(folder), "--markdown", str(tmp_path / "docs" / "b.md"), "--img-dir", str(img)]

@@ -135,6 +135,20 @@ class MultiTaskTrainingArguments(TrainingArguments):
             "distance to a frozen copy's embedding of the same texts is added to the loss (0: off)."
         },
     )
+    teacher_weight_start: float = field(
+        default=1.0,
+        metadata={
+            "help": "With `teachers:` in the config: the weight of a teacher's targets against the gold labels at "
+            "the first step (the loss is w * distillation + (1 - w) * gold)."
+        },
+    )
+    teacher_weight_end: float = field(
+        default=0.0,
+        metadata={
+            "help": "The teacher's weight at the last step; it moves linearly from teacher_weight_start "
+            "(teacher annealing, Clark et al. 2019: 1 -> 0). Equal values keep it constant."
+        },
+    )
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "Stop after this many evaluations without improvement."}
     )
@@ -168,6 +182,9 @@ class MultiTaskTrainingArguments(TrainingArguments):
                 "prediction_loss_only and batch_eval_metrics are not supported: the multi-task evaluation "
                 "scores every task on its whole evaluation set."
             )
+        for name in ("teacher_weight_start", "teacher_weight_end"):
+            if not 0.0 <= getattr(self, name) <= 1.0:  # also refuses NaN
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}.")
         if self.embedding_distillation_weight < 0:
             raise ValueError(
                 f"embedding_distillation_weight must be >= 0, got {self.embedding_distillation_weight}."
@@ -222,6 +239,13 @@ class JobArguments:
         default=False,
         metadata={
             "help": "With init_from: the encoder and the trained heads do not move (their predictions stay)."
+        },
+    )
+    only_tasks: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Train only these tasks of the config (the others and their teachers are left out); what "
+            "`python -m multitask_encoder.teachers` uses to train each task's teacher."
         },
     )
     drop_held_out_duplicates: bool = field(

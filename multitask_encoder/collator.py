@@ -8,6 +8,7 @@ takes them.
                                                        to the word pieces by the rows' word_ids; -100 = missing)
       pair_input_ids/... [seq2_i] (second texts)   ─► pair_inputs: padded [pairs, seq2] + rows [pairs] (the batch row
       negative_input_ids/... (contrastive)          ─► negative_inputs   of each), only the rows that have one
+      teacher_<task> (train rows, with a teacher)   ─► teacher_targets[task]: collate_teacher (logits' shape, NaN = none)
       word_ids, group, text, ...                    ─► dropped (the model's forward takes no other keys)
 
 Every task's `labels_<task>` is emitted for every batch, even when no row of the batch has that task's
@@ -66,6 +67,14 @@ class MultiTaskCollator:
         for name, spec in self.task_specs.items():
             values = [row.get(f"labels_{name}") for row in rows]
             batch[f"labels_{name}"] = spec.task_type.collate_labels(spec, values, context)
+        # Single-task teachers' targets (teachers.py), on the train rows of the tasks that have a teacher.
+        teacher = {
+            name: spec.task_type.collate_teacher(spec, [row.get(f"teacher_{name}") for row in rows], context)
+            for name, spec in self.task_specs.items()
+            if f"teacher_{name}" in rows[0]
+        }
+        if teacher:
+            batch["teacher_targets"] = teacher
         for prefix in ("pair", "negative"):
             second = self.second_texts(rows, prefix)
             if second is not None:

@@ -15,8 +15,9 @@ from typing import Any
 
 import yaml
 
-# The sections of a config that are not options: the tasks and their data, the embedding's evaluation sets.
-SECTIONS = ("tasks", "embedding_evaluation")
+# The sections of a config that are not options: the tasks and their data, the embedding's evaluation sets,
+# the single-task teachers to distil.
+SECTIONS = ("tasks", "embedding_evaluation", "teachers")
 
 
 class ConfigError(ValueError):

@@ -418,6 +418,8 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         pair_inputs: dict[str, torch.Tensor] | None = None,
         negative_inputs: dict[str, torch.Tensor] | None = None,
         encoder_outputs: dict[str, torch.Tensor] | None = None,
+        teacher_targets: dict[str, torch.Tensor] | None = None,
+        teacher_weight: float | None = None,
         return_dict: bool | None = None,
         **labels: torch.Tensor,
     ) -> MultiTaskEncoderOutput:
@@ -434,6 +436,10 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
                 encoder-decoder models; the frozen-encoder fast path): `pooled_embeddings` `[batch, hidden]`,
                 when a token task runs `last_hidden_state` `[batch, seq, hidden]` with `attention_mask`, and
                 for pairs `pair_pooled_embeddings` `[pairs, hidden]` with `pair_rows` `[pairs]`.
+            teacher_targets: a single-task teacher's targets per task (shapes: the task type's
+                `collate_teacher`, NaN = none), distilled into the task's loss: `teacher_weight` times the
+                distillation loss plus `1 - teacher_weight` times the gold loss (BAM's teacher annealing moves
+                the weight from 1 to 0 over training; training-only, never needed to serve).
             labels_<task>: labels for that task (shapes: the task type's `collate_labels`); -100 = missing.
 
         Returns:
@@ -497,6 +503,8 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             if self.task_log_vars is not None:
                 loss = loss + 0.0 * self.task_log_vars[position]
             value = spec.task_type.loss(spec, logits, task_labels, features)
+            if teacher_targets is not None and name in teacher_targets:
+                value = self._distilled(spec, logits, value, teacher_targets[name], teacher_weight, features)
             if value is not None:
                 losses[name] = value.detach()
                 if self.task_log_vars is not None:
@@ -508,6 +516,18 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         output.loss = total_loss
         output.task_losses = losses or None
         return output
+
+    @staticmethod
+    def _distilled(spec, logits, gold_loss, targets, weight, features) -> torch.Tensor | None:
+        """The gold loss mixed with the distillation loss against a teacher's targets: w * teacher + (1 - w) *
+        gold, which for cross-entropy is the loss of the mixed target w * teacher + (1 - w) * gold (BAM)."""
+        weight = 1.0 if weight is None else float(weight)
+        distilled = spec.task_type.distillation_loss(spec, logits, targets, features)
+        if distilled is None:
+            return gold_loss
+        if gold_loss is None:
+            return weight * distilled
+        return weight * distilled + (1.0 - weight) * gold_loss
 
     def embed(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Tokenised texts (`input_ids`, `attention_mask`[, `token_type_ids`] `[n, seq]`) -> their sentence

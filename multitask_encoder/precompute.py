@@ -109,6 +109,10 @@ def precompute_features(
             for key, value in batch.items():
                 if key.startswith("labels_"):
                     item[key] = value[row].cpu()
+            if "teacher_targets" in batch:
+                item["teacher_targets"] = {
+                    name: value[row].cpu() for name, value in batch["teacher_targets"].items()
+                }
             has_token_labels = any((item[f"labels_{name}"] != IGNORE_INDEX).any() for name in token_tasks)
             if has_token_labels:  # the real tokens only; PrecomputedCollator pads them on the right
                 keep = real_tokens[row]
@@ -116,6 +120,8 @@ def precompute_features(
                 item["attention_mask"] = batch["attention_mask"][row, keep].cpu()
                 for name in token_tasks:
                     item[f"labels_{name}"] = item[f"labels_{name}"][keep.cpu()]
+                    if name in item.get("teacher_targets", {}):
+                        item["teacher_targets"][name] = item["teacher_targets"][name][keep.cpu()]
     model.train(was_training)
     return PrecomputedFeatures(rows)
 
@@ -152,6 +158,13 @@ class PrecomputedCollator:
         for key in rows[0]:
             if key.startswith("labels_") and key[len("labels_") :] not in self.token_tasks:
                 batch[key] = torch.stack([row[key] for row in rows])
+        teacher_tasks = list(rows[0].get("teacher_targets", {}))
+        if teacher_tasks:
+            batch["teacher_targets"] = {
+                name: torch.stack([row["teacher_targets"][name] for row in rows])
+                for name in teacher_tasks
+                if name not in self.token_tasks
+            }
         if not self.token_tasks:
             return batch
         longest = max((row["token_states"].shape[0] for row in rows if "token_states" in row), default=1)
@@ -170,4 +183,13 @@ class PrecomputedCollator:
         batch["attention_mask"] = mask
         for name in self.token_tasks:
             batch[f"labels_{name}"] = token_labels[name]
+        for name in set(teacher_tasks) & set(self.token_tasks):
+            targets = torch.full(
+                (len(rows), longest, rows[0]["teacher_targets"][name].shape[-1]), float("nan")
+            )
+            for i, row in enumerate(rows):
+                if "token_states" in row:
+                    value = row["teacher_targets"][name]
+                    targets[i, : value.shape[0]] = value
+            batch["teacher_targets"][name] = targets
         return batch

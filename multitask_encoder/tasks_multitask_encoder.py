@@ -371,6 +371,34 @@ class TaskType:
             f"[batch, seq, {spec.num_outputs}]" if self.reads_token_states else f"[batch, {spec.num_outputs}]"
         )
 
+    # -------------------------------------------------------------- distillation (teachers.py)
+    # Why a single-task teacher cannot teach this type, or None when it can.
+    distillation_refused: ClassVar[str | None] = None
+
+    def teacher_targets(self, spec: TaskSpec, logits: torch.Tensor) -> torch.Tensor:
+        """A teacher's logits for this task (its `<task>_logits`, labels in `spec.labels` order) -> the soft
+        targets the student learns from, same shape: class probabilities for the classification types."""
+        return torch.softmax(logits.float(), dim=-1)
+
+    def collate_teacher(self, spec: TaskSpec, values: list[Any], batch: LabelBatch) -> torch.Tensor:
+        """Rows' teacher targets (a list of `num_outputs` floats; [] or None where a row has none) -> a float
+        tensor shaped like the task's logits, NaN where there is no target."""
+        missing = [math.nan] * spec.num_outputs
+        return torch.tensor([as_list(v) or missing for v in values], dtype=torch.float)
+
+    def distillation_loss(
+        self, spec: TaskSpec, logits: torch.Tensor, targets: torch.Tensor, features: EncoderFeatures
+    ) -> torch.Tensor | None:
+        """The student's loss against the teacher's targets over the rows (or tokens) that have one; None when
+        none does. Cross-entropy with the teacher's class probabilities as soft targets (Hinton et al. 2015)."""
+        logits = logits.float().reshape(-1, logits.shape[-1])
+        targets = targets.float().reshape(logits.shape)
+        present = torch.isfinite(targets).all(dim=-1)
+        if not present.any():
+            return None
+        log_probabilities = torch.log_softmax(logits[present], dim=-1)
+        return -(targets[present] * log_probabilities).sum(dim=-1).mean()
+
     # -------------------------------------------------------------- predict
     def decode(
         self,
@@ -585,6 +613,17 @@ class MultiLabelClassification(TaskType):
             return None
         return F.binary_cross_entropy_with_logits(logits[labelled_rows], labels[labelled_rows])
 
+    def teacher_targets(self, spec, logits):
+        return torch.sigmoid(logits.float())
+
+    def distillation_loss(self, spec, logits, targets, features):
+        logits = logits.float()
+        targets = targets.float().reshape(logits.shape)
+        present = torch.isfinite(targets).all(dim=-1)
+        if not present.any():
+            return None
+        return F.binary_cross_entropy_with_logits(logits[present], targets[present])
+
     def decode(self, spec, logits, texts, encodings, top_k):
         predictions = []
         for row in torch.sigmoid(logits).tolist():
@@ -704,6 +743,17 @@ class Regression(TaskType):
             return None
         return F.mse_loss(logits[labelled], labels[labelled])
 
+    def teacher_targets(self, spec, logits):
+        return logits.float()  # the teacher's values
+
+    def distillation_loss(self, spec, logits, targets, features):
+        logits = logits.float()
+        targets = targets.float().reshape(logits.shape)
+        present = torch.isfinite(targets)
+        if not present.any():
+            return None
+        return F.mse_loss(logits[present], targets[present])
+
     def decode(self, spec, logits, texts, encodings, top_k):
         rows = logits.tolist()
         if spec.num_outputs == 1:
@@ -812,6 +862,21 @@ class TokenClassification(_SingleLabel):
             labels.append(align_word_tags(word_ids, as_list(tags), batch.length, offset, continuation))
         return torch.tensor(labels, dtype=torch.long)
 
+    def collate_teacher(self, spec, values, batch):
+        """Each row's per-word teacher distributions `[words, num_tags]` -> `[batch, length, num_tags]` on the
+        first piece of every word (the positions that carry the word's label), NaN elsewhere."""
+        targets = torch.full((len(values), batch.length, spec.num_outputs), math.nan)
+        for i, (row, words) in enumerate(zip(batch.rows, values)):
+            words = as_list(words)
+            if not words:
+                continue
+            word_ids = as_list(row.get("word_ids"))
+            offset = batch.length - len(word_ids) if batch.padding_side == "left" else 0
+            for position, word in first_pieces(word_ids):
+                if word < len(words):
+                    targets[i, offset + position] = torch.as_tensor(words[word], dtype=torch.float)
+        return targets
+
     def decode(self, spec, logits, texts, encodings, top_k):
         return [
             {"entities": entities(text, encoding, row, spec)}
@@ -860,6 +925,13 @@ def scatter_rows(values: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(a.float(), b.float(), dim=-1)
+
+
+def cosent_loss(scores: torch.Tensor, targets: torch.Tensor, scale: float) -> torch.Tensor:
+    """CoSENT (Su, 2022): log(1 + sum over pairs (i, j) with target_i > target_j of exp(s * (cos_j - cos_i)))."""
+    differences = scale * (scores[None, :] - scores[:, None])  # [i, j] = s * (cos_j - cos_i)
+    differences = differences[targets[:, None] > targets[None, :]]
+    return torch.logsumexp(torch.cat([differences.new_zeros(1), differences]), dim=0)
 
 
 class PairClassification(SequenceClassification):
@@ -1019,13 +1091,22 @@ class Similarity(TaskType):
         if spec.options["loss"] == "cosine_mse":
             low, high = spec.options["score_range"] or (0.0, 1.0)
             return F.mse_loss(scores, (labels - low) / (high - low))
-        # CoSENT: log(1 + sum over pairs (i, j) with label_i > label_j of exp(s * (cos_j - cos_i))).
-        scale = spec.options["cosent_scale"]
-        differences = scale * (scores[None, :] - scores[:, None])  # [i, j] = s * (cos_j - cos_i)
-        ordered = labels[:, None] > labels[None, :]
-        differences = differences[ordered]
-        zero = differences.new_zeros(1)
-        return torch.logsumexp(torch.cat([zero, differences]), dim=0)
+        return cosent_loss(scores, labels, spec.options["cosent_scale"])
+
+    def teacher_targets(self, spec, logits):
+        return logits.float()  # the teacher's cosine of the two texts
+
+    def distillation_loss(self, spec, logits, targets, features):
+        """The student's cosine against the teacher's: CoSENT ranks the batch's pairs in the teacher's order
+        (scale-free, as for the gold scores), cosine_mse regresses onto the teacher's cosine."""
+        scores = logits.float().reshape(-1)
+        targets = targets.float().reshape(-1)
+        present = torch.isfinite(targets)
+        if not present.any():
+            return None
+        if spec.options["loss"] == "cosine_mse":
+            return F.mse_loss(scores[present], targets[present])
+        return cosent_loss(scores[present], targets[present], spec.options["cosent_scale"])
 
     def decode(self, spec, logits, texts, encodings, top_k):
         score_range = spec.options["score_range"]
@@ -1084,6 +1165,10 @@ class Contrastive(TaskType):
     body_metrics = ("accuracy", "mrr", "support")
     support_name = "Support (anchors, each searched among all positives of the set)"
     count_unit = "pairs"
+    distillation_refused = (
+        "its loss ranks each anchor against the other rows of the batch, so a teacher's target depends on "
+        "which rows the student's batch holds; there is no per-row target to compute once"
+    )
 
     def default_labels(self):
         return ["positive"]
@@ -1335,6 +1420,16 @@ def continuation_tags(spec: TaskSpec) -> list[int]:
     return [
         label2id.get("I-" + tag[2:], i) if tag.startswith("B-") else i for i, tag in enumerate(spec.labels)
     ]
+
+
+def first_pieces(word_ids: list[int]) -> list[tuple[int, int]]:
+    """(position, word) of the first piece of every word of a row's `word_ids` (-1: special tokens)."""
+    pieces, previous = [], None
+    for position, word in enumerate(word_ids):
+        if word >= 0 and word != previous:
+            pieces.append((position, word))
+        previous = word
+    return pieces
 
 
 def align_word_tags(

@@ -43,10 +43,11 @@ from .checkpoints import (
 )
 from .cli import DEBUG_ENV, EXIT_REFUSED, debug_requested, report
 from .config_file import ConfigError, check_options, read_config_file
-from .data import MultiTaskData, load_embedding_eval_set, load_multitask_data
+from .data import MultiTaskData, data_cache_dir, load_embedding_eval_set, load_multitask_data
 from .model_card import backbone_languages, write_model_card
 from .modeling_multitask_encoder import MultiTaskEncoderModel
 from .plots import write_plots
+from .teachers import attach_teachers
 from .trainer import MultiTaskTrainer, embedding_spearman, scalar_metrics
 
 logger = logging.getLogger(__name__)
@@ -79,8 +80,8 @@ def build_parser() -> HfArgumentParser:
 
 
 def parse_arguments(argv: list[str] | None = None):
-    """(model_args, training_args, job_args, tasks, embedding evaluation sets, config_path): the file's values,
-    then the flags."""
+    """(model_args, training_args, job_args, tasks, embedding evaluation sets, teachers, config_path): the
+    file's values, then the flags."""
     argv = list(sys.argv[1:] if argv is None else argv)
     config_path = str(DEMO_CONFIG)
     if argv and not argv[0].startswith("-"):
@@ -95,9 +96,20 @@ def parse_arguments(argv: list[str] | None = None):
         raise ConfigError(
             f"{config_path}: `embedding_evaluation:` must map names to sets of text pairs and scores."
         )
+    teachers = values.pop("teachers", None) or {}
+    if not isinstance(teachers, dict):
+        raise ConfigError(
+            f"{config_path}: `teachers:` must map task names to trained model folders or Hub ids."
+        )
     parser.set_defaults(**values)
     model_args, training_args, job_args = parser.parse_args_into_dataclasses(args=argv)
-    return model_args, training_args, job_args, tasks, embedding_sets, os.path.abspath(config_path)
+    if job_args.only_tasks:
+        unknown = [name for name in job_args.only_tasks if name not in tasks]
+        if unknown:
+            raise ConfigError(f"--only_tasks: {unknown} are not tasks of {config_path} ({list(tasks)}).")
+        tasks = {name: entry for name, entry in tasks.items() if name in job_args.only_tasks}
+        teachers = {name: source for name, source in teachers.items() if name in tasks}
+    return model_args, training_args, job_args, tasks, embedding_sets, teachers, os.path.abspath(config_path)
 
 
 class RunPrinter(ProgressCallback):
@@ -207,9 +219,17 @@ def tasks_with_trained_labels(tasks: dict[str, Any], model: MultiTaskEncoderMode
     return entries
 
 
-def prepare_run(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> TrainingRun:
-    """Everything before training, where a bad input is refused (config, options, data, output folder)."""
-    model_args, training_args, job_args, tasks, embedding_entries, config_path = parse_arguments(argv)
+def prepare_run(
+    argv: list[str] | None = None,
+    callbacks: list[TrainerCallback] | None = None,
+    use_teachers: bool = True,
+) -> TrainingRun:
+    """Everything before training, where a bad input is refused (config, options, data, output folder).
+    `use_teachers=False` leaves the config's `teachers:` out (training the teachers themselves)."""
+    model_args, training_args, job_args, tasks, embedding_entries, teachers, config_path = parse_arguments(
+        argv
+    )
+    teachers = teachers if use_teachers else {}
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     # What is not installed is named before any data is read.
     check_trackers(training_args.report_to)
@@ -251,9 +271,20 @@ def prepare_run(argv: list[str] | None = None, callbacks: list[TrainerCallback] 
             name: load_embedding_eval_set(name, entry, os.path.dirname(config_path), job_args.data_cache_dir)
             for name, entry in embedding_entries.items()
         }
-    fingerprint = run_fingerprint(
-        tasks, model_args, training_args, MULTITASK_OPTIONS, data.train._fingerprint
-    )
+        train_data_id = data.train._fingerprint
+        # Single-task teachers' targets beside the train rows (computed once, cached; teachers.py).
+        data.train, teacher_fingerprints = attach_teachers(
+            data.train,
+            teachers,
+            data.task_specs,
+            tokenizer,
+            base_dir=os.path.dirname(config_path),
+            cache_dir=data_cache_dir(job_args.data_cache_dir),
+            batch_size=training_args.per_device_eval_batch_size,
+        )
+    if teacher_fingerprints:  # another teacher makes another run (a checkpoint of this one is not resumed)
+        train_data_id = f"{train_data_id}+teachers:{json.dumps(teacher_fingerprints, sort_keys=True)}"
+    fingerprint = run_fingerprint(tasks, model_args, training_args, MULTITASK_OPTIONS, train_data_id)
     # Never lose work, never mix runs: a run killed mid-way picks up from its last intact checkpoint; a
     # finished run or another run's checkpoints are refused (checkpoints.py).
     resume = training_args.resume_from_checkpoint

@@ -121,6 +121,7 @@ class MultiTaskTrainer(Trainer):
         self._eval_task: str | None = None
         self._task_loss_sums: dict[str, float] = defaultdict(float)
         self._task_loss_counts: dict[str, int] = defaultdict(int)
+        self._last_teacher_weight: float | None = None  # logged with the training loss
         self.batch_sampler: MultiTaskBatchSampler | None = None
 
     def _precompute(self, model, collator, datasets, args):
@@ -189,6 +190,12 @@ class MultiTaskTrainer(Trainer):
             # A frozen encoder is a fixed feature extractor: run it without dropout, so the heads learn from
             # the features they will see at inference, exactly as on the precomputed fast path.
             encoder.eval()
+        if "teacher_targets" in inputs:
+            if model.training:  # teacher annealing: a function of the step, so a resumed run continues it
+                inputs = {**inputs, "teacher_weight": self.teacher_weight()}
+                self._last_teacher_weight = inputs["teacher_weight"]
+            else:
+                inputs = {key: value for key, value in inputs.items() if key != "teacher_targets"}
         loss, outputs = super().compute_loss(
             model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
         )
@@ -202,6 +209,14 @@ class MultiTaskTrainer(Trainer):
                 self._task_loss_sums[name] += float(value)
                 self._task_loss_counts[name] += 1
         return (loss, outputs) if return_outputs else loss
+
+    def teacher_weight(self) -> float:
+        """The weight of the teachers' targets at this step: linear from `teacher_weight_start` at step 0 to
+        `teacher_weight_end` at the last step (Clark et al. 2019's teacher annealing: 1 -> 0)."""
+        start, end = self.args.teacher_weight_start, self.args.teacher_weight_end
+        total = max(self.state.max_steps or 1, 1)
+        progress = min(self.state.global_step / total, 1.0)
+        return start + (end - start) * progress
 
     def _embedding_distance(self, embeddings, inputs) -> torch.Tensor:
         """Mean cosine distance of the batch's embeddings to the embeddings the original model gives the same
@@ -227,6 +242,8 @@ class MultiTaskTrainer(Trainer):
                 logs[f"loss_{name}"] = total / self._task_loss_counts[name]
             self._task_loss_sums.clear()
             self._task_loss_counts.clear()
+        if "loss" in logs and self._last_teacher_weight is not None:
+            logs["teacher_weight"] = self._last_teacher_weight
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------ optimizer

@@ -34,6 +34,7 @@ task, the file, the row and the column, before any tokenisation.
 from .loading import (
     EmbeddingPairs,
     MultiTaskData,
+    data_cache_dir,
     load_embedding_eval_set,
     load_multitask_data,
     model_task_specs,
@@ -47,6 +48,7 @@ __all__ = [
     "EmbeddingPairs",
     "MultiTaskData",
     "TaskDataSpec",
+    "data_cache_dir",
     "load_embedding_eval_set",
     "load_multitask_data",
     "model_task_specs",

@@ -130,7 +130,7 @@ def load_multitask_data(
     entries = parse_task_entries(tasks)
     sources = resolve_sources(entries, base_dir)
     groups = group_train_sources(entries, sources)
-    cache_dir = cache_dir or _default_cache()
+    cache_dir = cache_dir or data_cache_dir()
     os.makedirs(cache_dir, exist_ok=True)
     reader = SourceReader(cache_dir)
 
@@ -300,7 +300,7 @@ def load_embedding_eval_set(
         path,
         file_format(name, path, entry.get("format")),
         entry.get("encoding"),
-        cache_dir or _default_cache(),
+        cache_dir or data_cache_dir(),
     )
     columns = {
         role: entry.get(f"{role}_column", default)
@@ -338,8 +338,9 @@ def load_embedding_eval_set(
     return pairs
 
 
-def _default_cache() -> str:
-    return os.path.join(datasets.config.HF_DATASETS_CACHE, "multitask_encoder")
+def data_cache_dir(cache_dir: str | None = None) -> str:
+    """Where read and tokenised sets (and teachers' targets) are cached: `cache_dir`, else the datasets cache."""
+    return cache_dir or os.path.join(datasets.config.HF_DATASETS_CACHE, "multitask_encoder")
 
 
 def _concatenate(parts: list[Dataset]) -> Dataset:
@@ -352,6 +353,7 @@ def _concatenate(parts: list[Dataset]) -> Dataset:
 __all__ = [
     "EmbeddingPairs",
     "MultiTaskData",
+    "data_cache_dir",
     "load_embedding_eval_set",
     "load_multitask_data",
     "model_task_specs",

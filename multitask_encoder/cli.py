@@ -1,4 +1,5 @@
-"""What the package's command-line tools (`multitask-encoder-predict`, `multitask-encoder-train`, push_to_hub.py) share: every refusal is
+"""What the package's command-line tools (`multitask-encoder-predict`, `multitask-encoder-train`,
+`multitask-encoder-interpolate`, push_to_hub.py) share: every refusal is
 one line on stderr and a non-zero exit status, without a traceback unless one is asked for.
 
     usage error (argparse)          -> "PROG: error: MESSAGE (see PROG --help)", exit status 2

@@ -49,6 +49,11 @@ class MultiTaskEncoderConfig(PretrainedConfig):
             The task `pipeline("text-classification")` / `pipeline("token-classification")` serve (through
             `AutoModelForSequenceClassification` / `AutoModelForTokenClassification`); default: the first
             sentence-level / token-level task.
+        weight_interpolation (`dict`, *optional*):
+            Set when the encoder is a WiSE-FT weight interpolation (Wortsman et al., 2022) of a trained model's
+            encoder and the encoder it started from (`multitask_encoder.interpolate`): `alpha` (1: the trained
+            encoder, 0: the original), `original` and `trained` (their names) and `heads` (`"trained"`: kept
+            from the trained model, `"refit"`: refit on the interpolated encoder).
     """
 
     model_type = "multitask_encoder"
@@ -68,6 +73,7 @@ class MultiTaskEncoderConfig(PretrainedConfig):
         base_model_name: str | None = None,
         sequence_classification_task: str | None = None,
         token_classification_task: str | None = None,
+        weight_interpolation: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(encoder_config, dict):
@@ -93,6 +99,11 @@ class MultiTaskEncoderConfig(PretrainedConfig):
         # The task the standard pipelines serve (AutoModelForSequence/TokenClassification); None: the first.
         self.sequence_classification_task = sequence_classification_task
         self.token_classification_task = token_classification_task
+        if weight_interpolation is not None and not isinstance(weight_interpolation, dict):
+            raise ValueError(
+                f"weight_interpolation must be a mapping (alpha, original, trained), got {weight_interpolation!r}."
+            )
+        self.weight_interpolation = None if weight_interpolation is None else dict(weight_interpolation)
         # `PretrainedConfig()` is built with no arguments by transformers internals (e.g. to diff against
         # defaults when saving), so an empty task dict is allowed here and refused when a model is built.
         self.tasks: dict[str, TaskSpec] = parse_tasks(tasks or {})

@@ -8,6 +8,7 @@ root (one source of truth). The wheel must ship it as package data (`templates/*
 
     render_model_card(config, results, training, repo_id, revision, datasets)  -> the card's text
     write_model_card(output_dir, config, results, training_args, model_args, tasks, examples)  -> README.md path
+    amend_interpolation_note(card, config)  -> an existing card with the WiSE-FT interpolation line
 """
 
 from __future__ import annotations
@@ -481,6 +482,7 @@ def render_model_card(
         "sequence_task": _served_task(config, token_level=False),
         "token_task": _served_task(config, token_level=True),
         "adapter": adapter,
+        "interpolation": interpolation_note(config),
         "title": repo_id or "Multi-task encoder",
         "repo_id": repo_id,
         "revision": revision,
@@ -518,6 +520,54 @@ def render_model_card(
         ),
     }
     return _environment().get_template(TEMPLATE_NAME).render(context)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Weight interpolation (multitask_encoder/interpolate.py)
+# ----------------------------------------------------------------------------------------------------------
+
+INTERPOLATION_NOTE_START = "**Weight interpolation (WiSE-FT).**"
+WISE_FT_PAPER = "[Wortsman et al., 2022](https://arxiv.org/abs/2109.01903)"
+
+
+def interpolation_note(config: MultiTaskEncoderConfig, scores_of_trained: bool = False) -> str | None:
+    """The card's line for an encoder that is a WiSE-FT interpolation (`config.weight_interpolation`), or None.
+    `scores_of_trained`: the card's evaluation is the trained model's (a card amended, not re-evaluated)."""
+    record = getattr(config, "weight_interpolation", None)
+    if not record:
+        return None
+    alpha = record.get("alpha")
+    original = _table_cell(record.get("original") or "the original encoder")
+    trained = _table_cell(record.get("trained") or "the trained model")
+    heads = (
+        "refit on this interpolated (frozen) encoder"
+        if record.get("heads") == "refit"
+        else "those of the trained model"
+    )
+    note = (
+        f"{INTERPOLATION_NOTE_START} The encoder is a WiSE-FT interpolation ({WISE_FT_PAPER}) at alpha = "
+        f"{_format_value(alpha)}: its weights are (1 − {_format_value(alpha)}) × the original encoder "
+        f"`{original}` + {_format_value(alpha)} × the encoder of the trained model `{trained}`; the task "
+        f"heads are {heads}."
+    )
+    if scores_of_trained:
+        note += " The evaluation scores below are those of the trained model (alpha = 1)."
+    return note
+
+
+def amend_interpolation_note(card: str, config: MultiTaskEncoderConfig) -> str:
+    """An existing card (the trained model's) with the interpolation line of `config` put before its first
+    section, replacing an earlier interpolation line; everything else stays as it was."""
+    lines = [line for line in card.split("\n") if not line.startswith(INTERPOLATION_NOTE_START)]
+    card = "\n".join(lines)
+    note = interpolation_note(config, scores_of_trained=True)
+    if note is None:
+        return card
+    heading = card.find("\n## ")
+    if heading < 0:
+        return card.rstrip("\n") + "\n\n" + note + "\n"
+    before = card[:heading].rstrip("\n")
+    return before + "\n\n" + note + "\n" + card[heading:]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """PNG plots of a training run, written beside the model (`plots/`) and embedded in its card: each
 classification task's confusion matrix, the training losses (total and per task) and each task's main
-evaluation metric over the steps.
+evaluation metric over the steps; and the score-against-alpha curve of a weight interpolation.
 
 matplotlib is optional (`pip install 'multitask-encoder[plots]'`): without it no plot is made, with one log
 line. Figures are drawn with matplotlib's object API (`Figure.savefig`), never pyplot: the backend of the
@@ -76,6 +76,32 @@ def write_plots(
     return [os.path.join(PLOTS_DIR, os.path.basename(path)) for path in written]
 
 
+def write_interpolation_plot(
+    path: str, alphas: list[float], series: dict[str, list[float | None]]
+) -> str | None:
+    """The WiSE-FT curve (multitask_encoder/interpolate.py): each series' score against alpha, one line each;
+    returns `path`, or None without matplotlib."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        logger.info("matplotlib is not installed: no plot (pip install 'multitask-encoder[plots]').")
+        return None
+    figure = Figure(figsize=(6, 3.8), layout="constrained")
+    axes = figure.add_subplot()
+    for label, values in series.items():
+        points = [(alpha, value) for alpha, value in zip(alphas, values) if value is not None]
+        if points:
+            axes.plot(*zip(*points), label=label, marker="o")
+    axes.set_xlabel("alpha (0: original encoder, 1: trained encoder)")
+    axes.set_ylabel("validation score")
+    axes.set_title("Weight interpolation (WiSE-FT)")
+    axes.set_xlim(-0.03, 1.03)
+    axes.legend(fontsize=8)
+    axes.grid(alpha=0.3)
+    figure.savefig(path, dpi=110)
+    return path
+
+
 def _curves(
     figure_class, folder: str, name: str, series: dict[str, list[tuple[int, float]]], title: str
 ) -> str:
@@ -99,4 +125,4 @@ def _save(figure, folder: str, name: str) -> str:
     return path
 
 
-__all__ = ["PLOTS_DIR", "write_plots"]
+__all__ = ["PLOTS_DIR", "write_interpolation_plot", "write_plots"]

@@ -135,6 +135,22 @@ class MultiTaskTrainingArguments(TrainingArguments):
             "distance to a frozen copy's embedding of the same texts is added to the loss (0: off)."
         },
     )
+    linear_probe_epochs: int = field(
+        default=0,
+        metadata={
+            "help": "Linear probe first (LP-FT, Kumar et al. 2022): before fine-tuning, train the heads alone on the "
+            "frozen encoder's fast path for up to this many epochs (early-stopped on validation when the tasks have "
+            "validation sets, keeping the best epoch), then fine-tune everything as configured (0: off)."
+        },
+    )
+    linear_probe_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "The heads' learning rate in the linear probe (default: head_learning_rate)."},
+    )
+    linear_probe_patience: int = field(
+        default=2,
+        metadata={"help": "The linear probe stops after this many epochs without a better validation score."},
+    )
     teacher_weight_start: float = field(
         default=1.0,
         metadata={
@@ -181,6 +197,16 @@ class MultiTaskTrainingArguments(TrainingArguments):
             raise ValueError(
                 "prediction_loss_only and batch_eval_metrics are not supported: the multi-task evaluation "
                 "scores every task on its whole evaluation set."
+            )
+        if self.linear_probe_epochs < 0 or self.linear_probe_patience < 1:
+            raise ValueError(
+                f"linear_probe_epochs must be >= 0 and linear_probe_patience >= 1, got {self.linear_probe_epochs} "
+                f"and {self.linear_probe_patience}."
+            )
+        if self.linear_probe_epochs and self.freeze_encoder:
+            raise ValueError(
+                "linear_probe_epochs trains the heads on the frozen encoder before fine-tuning it; with "
+                "freeze_encoder nothing is fine-tuned after it (train the heads with freeze_encoder alone)."
             )
         for name in ("teacher_weight_start", "teacher_weight_end"):
             if not 0.0 <= getattr(self, name) <= 1.0:  # also refuses NaN

@@ -315,7 +315,7 @@ class Scorer:
             "--freeze_existing",
             "false",
         ]
-        self.run = prepare_run(argv)
+        self.run = prepare_run(argv, use_teachers=False)
         if self.run.model_args.peft is not None:
             raise InterpolationError(
                 f"{self.config} trains a PEFT adapter (peft:); the trained folder holds the merged weights: give "
@@ -401,7 +401,7 @@ def refit_heads(
     ]
     if learning_rate is not None:
         argv += ["--learning_rate", str(learning_rate), "--head_learning_rate", str(learning_rate)]
-    run = prepare_run(argv)
+    run = prepare_run(argv, use_teachers=False)
     check_config_tasks(model.config.tasks, run.model.config.tasks, config)
     results = train_and_save(run)
     scores = {

@@ -483,6 +483,8 @@ def render_model_card(
         "token_task": _served_task(config, token_level=True),
         "adapter": adapter,
         "interpolation": interpolation_note(config),
+        "distillation": (results or {}).get("distillation"),
+        "linear_probe": (results or {}).get("linear_probe"),
         "title": repo_id or "Multi-task encoder",
         "repo_id": repo_id,
         "revision": revision,

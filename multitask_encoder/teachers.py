@@ -89,6 +89,13 @@ def _label_order(task: str, source: str, student: list[str], teacher: list[str])
     return [teacher.index(label) for label in student]
 
 
+def teacher_display_name(source: str) -> str:
+    """A teacher as a public card names it: a Hub id as given, a local folder by its name only."""
+    if os.path.isdir(source) or os.path.isabs(source) or source.startswith("."):
+        return f"{os.path.basename(os.path.normpath(source))} (local folder)"
+    return source
+
+
 def resolve_source(source: str, base_dir: str) -> str:
     """A teacher given as a path relative to the config file, or a Hub id."""
     candidate = os.path.join(base_dir, source)

@@ -44,10 +44,11 @@ from .checkpoints import (
 from .cli import DEBUG_ENV, EXIT_REFUSED, debug_requested, report
 from .config_file import ConfigError, check_options, read_config_file
 from .data import MultiTaskData, data_cache_dir, load_embedding_eval_set, load_multitask_data
+from .linear_probe import fit_heads_first
 from .model_card import backbone_languages, write_model_card
 from .modeling_multitask_encoder import MultiTaskEncoderModel
 from .plots import write_plots
-from .teachers import attach_teachers
+from .teachers import attach_teachers, teacher_display_name
 from .trainer import MultiTaskTrainer, embedding_spearman, scalar_metrics
 
 logger = logging.getLogger(__name__)
@@ -197,6 +198,7 @@ class TrainingRun:
     resume_from: str | None
     embedding_sets: dict[str, Any]
     embedding_before: dict[str, float]  # each set's Spearman for the model before training
+    teachers: dict[str, str]  # task -> its teacher (as the config names it), when distilling
 
 
 def tasks_with_trained_labels(tasks: dict[str, Any], model: MultiTaskEncoderModel) -> dict[str, Any]:
@@ -347,6 +349,7 @@ def prepare_run(
         resume,
         embedding_sets,
         embedding_before,
+        teachers,
     )
 
 
@@ -366,6 +369,8 @@ def train_and_save(run: TrainingRun) -> dict[str, Any]:
         write_run_file(output_dir, run.fingerprint, finished=False)
     if run.resume_from:
         logger.info(f"Resuming from {run.resume_from}")
+    printer = [RunPrinter()] if not args.disable_tqdm else []
+    linear_probe = fit_heads_first(run, callbacks=printer)  # LP-FT's first phase, when asked for
     train_result = trainer.train(resume_from_checkpoint=run.resume_from)
     if has_adapter(model):
         # The adapter alone to adapter/ (main process), merged into the weights the folder holds (everywhere).
@@ -378,6 +383,13 @@ def train_and_save(run: TrainingRun) -> dict[str, Any]:
     trainer.save_model(output_dir)  # weights, config, code files and tokenizer
 
     results: dict[str, Any] = {"train": train_result.metrics, "validation": {}, "test": {}}
+    if linear_probe is not None:
+        results["linear_probe"] = linear_probe
+    if run.teachers:
+        results["distillation"] = {
+            "teachers": {task: teacher_display_name(source) for task, source in run.teachers.items()},
+            "teacher_weight": [args.teacher_weight_start, args.teacher_weight_end],
+        }
     scores_after: dict[str, float] = {}  # the last evaluation's metrics, without their eval_/test_ prefix
     if data.validation:
         scores_after = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}

@@ -439,6 +439,10 @@ def test_the_teachers_command_and_a_student_that_learns_from_its_teacher_not_its
     )
     assert agreement >= 0.85, agreement
 
+    card = (tmp_path / "student" / "README.md").read_text(encoding="utf-8")
+    assert "| Distillation |" in card and "`topic` ← `topic (local folder)`" in card
+    assert str(tmp_path) not in card  # a local path is never published
+
     # Resumed with its teacher, bit for bit (the annealed weight is a function of the step).
     expected = load_file(tmp_path / "student" / "model.safetensors")
     mark_unfinished(tmp_path / "student")

@@ -11,6 +11,10 @@ official test splits; plus a second benchmark where every text carries two label
     python bench/reference.py --part embedding --seed 0   # what limits the pairs part's (c) row (~15 min)
     python bench/reference.py --part longer --seed 0      # the headline rows at 4x the budget, learning curve
                                                           # (reference_longer.py; ~45 min)
+    python bench/reference.py --part no_compromise --seed 0 [--rows teachers plain ...] [--factor 4]
+                                                          # distillation, layer mixing, LP-FT, WiSE-FT vs the
+                                                          # single-task teachers (reference_no_compromise.py;
+                                                          # hours at 4x: the file is rewritten after every row)
     python bench/reference.py --quick                     # every part, tiny budgets, test subsets
     python bench/reference.py report                      # merge all results into tables and plots
 
@@ -25,6 +29,7 @@ what each row is and how its cost is measured, reference_report.py for the repor
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -48,6 +53,7 @@ PARTS = (
     "pairs",
     "embedding",
     "longer",
+    "no_compromise",
 )  # baselines first: multitask reuses its models
 SCHEMA_VERSION = 1
 
@@ -78,6 +84,10 @@ def parse_run_args(argv: list[str]) -> argparse.Namespace:
         "smoke runs: <output-dir>/results)",
     )
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads")
+    parser.add_argument(
+        "--rows", nargs="+", default=None, help="no_compromise: the rows to run (default: all)"
+    )
+    parser.add_argument("--factor", type=int, default=None, help="no_compromise: x the reference budget (4)")
     args = parser.parse_args(argv)
     if args.quick and args.smoke:
         parser.error("--quick and --smoke are exclusive")
@@ -131,6 +141,24 @@ def results_path(results_dir: Path, part: str, seed: int, mode: str) -> Path:
     return results_dir / f"reference-{part}-seed{seed}{suffix}.json"
 
 
+def save_record(path: Path, header: dict[str, Any], context: dict[str, Any], result: dict[str, Any]) -> dict:
+    """Write one part's results file (also after every row of a part that saves as it goes); returns it."""
+    record = {
+        **header,
+        "wall_s": time.perf_counter() - context["start"],
+        "git": git_info(),
+        "machine": {
+            **machine_info(),
+            "loadavg_start": list(context["load"]),
+            "loadavg_end": list(os.getloadavg()),
+        },
+        "data_dir": context["data"],
+        **result,
+    }
+    path.write_text(json.dumps(record, indent=1, default=float) + "\n", encoding="utf-8")
+    return record
+
+
 def run(argv: list[str]) -> None:
     args = parse_run_args(argv)
     import reference_parts  # torch, transformers and the package: loaded for runs only, not for `report`
@@ -145,26 +173,22 @@ def run(argv: list[str]) -> None:
             part_start = time.perf_counter()
             load_before = os.getloadavg()
             began = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            result = reference_parts.run_part(part, args.mode, seed, args.data, args.output_dir)
-            record = {
+            path = results_path(args.results_dir, part, seed, args.mode)
+            header = {
                 "benchmark": "reference",
                 "schema": SCHEMA_VERSION,
                 "part": part,
                 "seed": seed,
                 "mode": args.mode,
                 "started_at": began,
-                "wall_s": time.perf_counter() - part_start,
-                "git": git_info(),
-                "machine": {
-                    **machine_info(),
-                    "loadavg_start": list(load_before),
-                    "loadavg_end": list(os.getloadavg()),
-                },
-                "data_dir": str(args.data),
-                **result,
             }
-            path = results_path(args.results_dir, part, seed, args.mode)
-            path.write_text(json.dumps(record, indent=1, default=float) + "\n", encoding="utf-8")
+            context = {"start": part_start, "load": load_before, "data": str(args.data)}
+            save = functools.partial(save_record, path, header, context)
+            options = {"rows": args.rows, "factor": args.factor}
+            result = reference_parts.run_part(
+                part, args.mode, seed, args.data, args.output_dir, options, save
+            )
+            record = save(result)
             written.append(path)
             print(
                 f"\n### {part} (seed {seed}, {args.mode}): {record['wall_s'] / 60:.1f} min -> {path}",

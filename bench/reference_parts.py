@@ -36,7 +36,8 @@ import os
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,10 @@ class Context:
     cache_dir: Path  # tokenised datasets, shared by every row and run
     backbone: str
     tokenizer: Any
+    options: dict[str, Any] = field(
+        default_factory=dict
+    )  # the part's own options (no_compromise: rows, factor)
+    save_partial: Callable[[dict[str, Any]], None] | None = None  # saves the results of the rows done so far
 
     def run_dir(self, key: str) -> Path:
         path = self.run_root / key
@@ -244,8 +249,10 @@ def count_rows(path: str) -> int:
 
 def check_data(data: Path, part: str) -> None:
     folders = ("multi_domain_sentiment",) if part == "multidomain" else ("ag_news", "sst5", "conll2003")
-    if part in ("pairs", "embedding"):
+    if part in ("pairs", "embedding", "no_compromise"):
         folders += ("stsb", "sick")
+    if part == "no_compromise":
+        folders += ("sst2", "multi_domain_sentiment")
     for folder in folders:
         for split in ("train", "test"):
             path = data / folder / f"{split}.jsonl"
@@ -505,6 +512,8 @@ def multitask_row(
         "name": name,
         "kind": "multi-task",
         "tasks": {task: task_scores(m, labels[task]) for task, m in results["test"].items()},
+        "validation": {task: task_scores(m, labels[task]) for task, m in results["validation"].items()},
+        "linear_probe": results.get("linear_probe"),
         "train_s": train_s,
         "setup_s": clock.train_begin - start - eval_encoding,  # data, model, frozen-encoder encoding pass
         "train_loop_s": results["train"].get("train_runtime") - curve_s,
@@ -1092,6 +1101,12 @@ def part_longer(ctx: Context) -> dict[str, Any]:
     return reference_longer.part_longer(ctx)
 
 
+def part_no_compromise(ctx: Context) -> dict[str, Any]:
+    import reference_no_compromise  # it builds on this module's rows
+
+    return reference_no_compromise.part_no_compromise(ctx)
+
+
 PART_FUNCTIONS = {
     "baselines": part_baselines,
     "multitask": part_multitask,
@@ -1100,6 +1115,7 @@ PART_FUNCTIONS = {
     "pairs": part_pairs,
     "embedding": part_embedding,
     "longer": part_longer,
+    "no_compromise": part_no_compromise,
 }
 
 
@@ -1114,8 +1130,17 @@ def data_summary(data, tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def run_part(part: str, mode: str, seed: int, data: Path, output_dir: Path) -> dict[str, Any]:
-    """Run one part; returns its results (rows, data summary, serving speed, budget)."""
+def run_part(
+    part: str,
+    mode: str,
+    seed: int,
+    data: Path,
+    output_dir: Path,
+    options: dict[str, Any] | None = None,
+    save_partial: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run one part; returns its results (rows, data summary, serving speed, budget). `options`: the part's
+    own (no_compromise: rows, factor); `save_partial(result)`: called by parts that save after every row."""
     check_data(data, part)
     backbone = default_backbone()
     budget = BUDGETS[mode]
@@ -1129,10 +1154,20 @@ def run_part(part: str, mode: str, seed: int, data: Path, output_dir: Path) -> d
         cache_dir=output_dir / "cache",
         backbone=backbone,
         tokenizer=AutoTokenizer.from_pretrained(backbone),
+        options=dict(options or {}),
+        save_partial=None,
     )
+    if save_partial is not None:
+
+        def save(
+            result: dict[str, Any],
+        ) -> None:  # the budget of the rows so far, as a finished part records it
+            save_partial({"budget": asdict(ctx.budget), **result, "backbone": backbone})
+
+        ctx.save_partial = save
     ctx.run_root.mkdir(parents=True, exist_ok=True)
     result = PART_FUNCTIONS[part](ctx)
-    result["budget"] = asdict(budget)
+    result.setdefault("budget", asdict(budget))  # a part that scales the budget records its own
     result["backbone"] = backbone
     return result
 

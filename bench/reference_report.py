@@ -348,6 +348,25 @@ def render(records: list[dict[str, Any]], markdown_dir: Path, images: dict[str, 
             ]
             lines += [embedding_budget_line(records_), "", machine_line(records_), ""]
             lines += [*pairs_table(records_), ""]
+        if parts.get("no_compromise"):
+            records_ = parts["no_compromise"]
+            lines += [
+                "#### No compromise: distillation, layer mixing, LP-FT, WiSE-FT (4 tasks, one encoder)",
+                "",
+            ]
+            lines += [no_compromise_budget_line(records_), "", machine_line(records_), ""]
+            main = [
+                {
+                    **record,
+                    "rows": [
+                        r for r in record["rows"] if r["kind"] != "curve" and not r["key"].startswith("cross")
+                    ],
+                }
+                for record in records_
+            ]
+            lines += [*pairs_table(main), ""]
+            lines += wise_ft_table(records_)
+            lines += cross_domain_table(records_)
         if parts.get("multidomain"):
             records_ = parts["multidomain"]
             lines += ["#### Two labels on every text: multi_domain_sentiment (domain + sentiment)", ""]
@@ -492,6 +511,85 @@ def embedding_budget_line(records: list[dict[str, Any]]) -> str:
     )
     text += budget_warning(records)
     return text
+
+
+def no_compromise_budget_line(records: list[dict[str, Any]]) -> str:
+    budget = records[0]["budget"]
+    data = records[0].get("data") or {}
+    rows = sorted({row["key"] for record in records for row in record["rows"]})
+    text = (
+        f"Budget: {data.get('factor')}x the reference, {budget['steps_per_task']} steps of {budget['batch_size']} "
+        f"rows per task (each single-task model {budget['steps_per_task']} steps; a multi-task model that many per "
+        f"task, per_task batches, uniform sampling), {budget['max_train_examples']} training rows per task, "
+        f"max_seq_length {budget['max_seq_length']}, lr {budget['learning_rate']:g} encoder / "
+        f"{budget['head_learning_rate']:g} heads; combined = {' + '.join(records[0].get('combined') or [])}; "
+        f"rows measured: {', '.join(rows)}; seeds "
+        + ", ".join(str(r["seed"]) for r in records)
+        + "; test rows "
+        + ", ".join(f"{task} {n}" for task, n in (data.get("test_rows") or {}).items())
+        + (" (an unfinished run: rows missing)" if any(not r.get("complete", True) for r in records) else "")
+        + "."
+    )
+    return text + budget_warning(records)
+
+
+def wise_ft_table(records: list[dict[str, Any]]) -> list[str]:
+    """The WiSE-FT curve (`no_compromise` part): one line per alpha, mean ± sd over seeds."""
+    values: dict[float, dict[str, list[float]]] = {}
+    source = None
+    for record in records:
+        for row in record["rows"]:
+            if row["kind"] != "curve":
+                continue
+            source = row["source"]
+            for point in row["curve"]:
+                entry = values.setdefault(point["alpha"], defaultdict(list))
+                for header, task, metric in PAIR_COLUMNS:
+                    value = (
+                        (point["embedding"].get(metric) or {}).get("after", None)
+                        if task == "embedding"
+                        else (point["tasks"].get(task) or {}).get(metric)
+                    )
+                    if value is not None:
+                        entry[header].append(value / 100 if task == "embedding" else value)
+    if not values:
+        return []
+    used = [c for c in PAIR_COLUMNS if any(v.get(c[0]) for v in values.values())]
+    body = [
+        [f"{alpha:g}", *(mean_sd(entry.get(header, []), scale=100) for header, _, _ in used)]
+        for alpha, entry in sorted(values.items())
+    ]
+    caption = (
+        f"WiSE-FT of `{source}`: its encoder interpolated with the original, (1 - alpha) x original + alpha x "
+        "trained, heads kept (alpha 1 is the row above; the original encoder's embedding is in the pairs table)."
+    )
+    return [caption, "", *table(["alpha", *(header for header, _, _ in used)], body), ""]
+
+
+def cross_domain_table(records: list[dict[str, Any]]) -> list[str]:
+    """Sentiment trained on SST-2: in-domain (SST-2 test) and cross-domain (multi_domain_sentiment test)."""
+    merged: dict[str, dict[str, Any]] = {}
+    for record in records:
+        for row in record["rows"]:
+            if not row["key"].startswith("cross_domain"):
+                continue
+            entry = merged.setdefault(row["key"], {"name": row["name"], "in": [], "cross": [], "train_s": []})
+            entry["in"].append(((row.get("validation") or {}).get("sentiment") or {}).get("accuracy"))
+            entry["cross"].append((row["tasks"].get("sentiment") or {}).get("accuracy"))
+            entry["train_s"].append(row.get("train_s"))
+    if not merged:
+        return []
+    body = [
+        [
+            e["name"],
+            mean_sd([v for v in e["in"] if v is not None], scale=100),
+            mean_sd([v for v in e["cross"] if v is not None], scale=100),
+            mean_sd([v for v in e["train_s"] if v is not None], digits=0),
+        ]
+        for e in merged.values()
+    ]
+    header = ["sentiment trained on SST-2", "SST-2 test acc", "multi_domain_sentiment test acc", "train s"]
+    return [*table(header, body), ""]
 
 
 def add_task_notes(records: list[dict[str, Any]]) -> list[str]:

@@ -334,3 +334,56 @@ def test_embedding_part_gets_its_own_table(report, tmp_path: Path) -> None:
     line = next(line for line in section.splitlines() if line.startswith("| similarity alone"))
     # STS-B embedding 83 and 85 -> 84.0 ± 1.4; SICK 70.0 on both seeds; the task's own Spearman 83.0.
     assert line.split(" | ")[1:4] == ["84.0 ± 1.4", "70.0 ± 0.0", "83.0 ± 0.0"]
+
+
+def test_no_compromise_part_gets_its_tables(report, tmp_path: Path) -> None:
+    folder = tmp_path / "no_compromise"
+    folder.mkdir()
+
+    def student(key: str, topic: float, stsb: float) -> dict:
+        return {
+            "key": key,
+            "name": f"{key} row",
+            "kind": "multi-task",
+            "tasks": {"topic": classification(topic, topic - 0.05)},
+            "embedding": {"stsb_test": {"before": 82.0, "after": stsb}},
+            "train_s": 100.0,
+        }
+
+    curve = {
+        "key": "wise_ft",
+        "name": "WiSE-FT",
+        "kind": "curve",
+        "source": "combined",
+        "tasks": {},
+        "curve": [
+            {"alpha": 0.5, "tasks": {"topic": {"accuracy": 0.80}}, "embedding": {"stsb_test": {"after": 83.0}}}
+        ],
+    }
+    cross = {
+        "key": "cross_domain_plain",
+        "name": "sentiment on SST-2",
+        "kind": "multi-task",
+        "tasks": {"sentiment": {"accuracy": 0.70}},
+        "validation": {"sentiment": {"accuracy": 0.90}},
+        "train_s": 50.0,
+    }
+    for seed, topic in ((0, 0.90), (1, 0.92)):
+        rows = [student("plain", topic, 78.0), student("combined", topic + 0.01, 84.0), curve, cross]
+        content = record("no_compromise", seed, copy.deepcopy(rows), combined=["distillation", "lp_ft"])
+        content["data"]["factor"] = 4
+        content["budget"]["max_train_examples"] = 12800
+        content["complete"] = seed == 0
+        write(folder, f"reference-no_compromise-seed{seed}.json", content)
+    section = report.main(["--results-dir", str(folder), "--markdown", str(tmp_path / "p.md"), "--no-plots"])
+    assert "#### No compromise" in section
+    assert "Budget: 4x the reference" in section and "combined = distillation + lp_ft" in section
+    assert "(an unfinished run: rows missing)" in section
+    combined = next(line for line in section.splitlines() if line.startswith("| combined row"))
+    assert combined.split(" | ")[1:3] == ["84.0 ± 0.0", "92.0 ± 1.4"]  # STS-B embedding, topic accuracy
+    wise = next(line for line in section.splitlines() if line.startswith("| 0.5 |"))
+    assert wise.rstrip(" |").split(" | ")[1:3] == ["83.0 ± 0.0", "80.0 ± 0.0"]
+    assert "WiSE-FT of `combined`" in section
+    cross_line = next(line for line in section.splitlines() if line.startswith("| sentiment on SST-2"))
+    assert cross_line.split(" | ")[1:3] == ["90.0 ± 0.0", "70.0 ± 0.0"]
+    assert "| WiSE-FT |" not in section and "| sentiment on SST-2 |" not in section.split("WiSE-FT of")[0]

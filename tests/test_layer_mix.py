@@ -169,7 +169,7 @@ RELOAD_SCRIPT = textwrap.dedent(  # run through the `run_without_package` fixtur
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    folder, texts = sys.argv[1], json.loads(sys.argv[2])
+    folder, texts, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
     model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
     batch = dict(AutoTokenizer.from_pretrained(folder)(texts, padding=True, return_tensors="pt"))
     with torch.no_grad():
@@ -183,7 +183,8 @@ RELOAD_SCRIPT = textwrap.dedent(  # run through the `run_without_package` fixtur
         },
         "predictions": model.predict(texts),
     }
-    print(json.dumps(result))
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(result, f)
     """
 )
 
@@ -205,9 +206,10 @@ def test_mix_weights_are_saved_and_reload_exactly_in_a_fresh_process(
         "tags": "last",
     }
 
-    result = run_without_package(RELOAD_SCRIPT, str(folder), json.dumps(TEXTS[:5]))
+    out = tmp_path / "reloaded.json"
+    result = run_without_package(RELOAD_SCRIPT, str(folder), json.dumps(TEXTS[:5]), str(out))
     assert result.returncode == 0, result.stderr[-4000:]
-    reloaded = json.loads(result.stdout.strip().splitlines()[-1])
+    reloaded = json.loads(out.read_text(encoding="utf-8"))
     with torch.no_grad():
         output = model(**batch_of(model, TEXTS[:5]))
     for name in model.config.tasks:
@@ -262,17 +264,21 @@ def test_every_serving_mode_serves_the_mixing_heads_as_exact(mixing_model, mode:
         assert_same_predictions(predictions, exact_predictions, atol=1e-4)
 
 
-def test_a_runtime_graph_refuses_a_mixing_head_added_after_it_was_built(mixing_model) -> None:
+def test_a_runtime_graph_refuses_a_mixing_head_added_after_it_was_built(tiny_backbone: str) -> None:
     needs_runtime("onnx")
-    model = copy.deepcopy(mixing_model)
+    tasks = {"topic": {"type": "sequence_classification", "labels": ["a", "b"], "head": {"layers": [1]}}}
+    model = build(tiny_backbone, tasks)
     model.optimize_for_inference("onnx", threads=1)
-    model.add_task(
-        "topic2", {"type": "sequence_classification", "labels": ["a", "b"], "head": {"layers": [1, 2]}}
-    )
-    with pytest.raises(RuntimeError, match=r"exported with hidden states \[0, 1, 2\]|optimize_for_inference"):
-        model.predict(TEXTS[:2], tasks="topic2")
+    assert model.serving_plan.run_encoder.exported == (1, 2)
+    model.add_task("early", {"type": "regression", "head": {"layers": [0, 1]}})
+    with pytest.raises(
+        RuntimeError, match=r"exported with hidden states \[1, 2\], not \[0\].*optimize_for_inference"
+    ):
+        model.predict(TEXTS[:2], tasks="early")
     model.optimize_for_inference("onnx", threads=1)
-    assert len(model.predict(TEXTS[:2], tasks="topic2")) == 2
+    served = model.predict(TEXTS[:2], tasks="early")
+    exact = model.optimize_for_inference("exact").predict(TEXTS[:2], tasks="early")
+    assert served[0]["early"]["value"] == pytest.approx(exact[0]["early"]["value"], abs=1e-4)
 
 
 def test_export_onnx_carries_the_mixing_heads(mixing_model, tmp_path: Path) -> None:
@@ -300,10 +306,12 @@ def test_precomputed_fast_path_gives_the_slow_paths_logits(tiny_backbone: str, t
         "text,topic\nOil prices rose sharply on Monday,business\nGoal!,sports\n"
         "Parliament passed the budget bill late on Thursday,world\nMarkets were flat.,business\n"
     )
-    (tmp_path / "ner.txt").write_text(
+    conll = (
         "Angela\tB-PER\nMerkel\tI-PER\nmet\tO\nMacron\tB-PER\nin\tO\nBerlin\tB-LOC\n\nHi\tO\n\n"
         "Barcelona\tB-LOC\nbeat\tO\nReal\tB-LOC\nMadrid\tI-LOC\n"
     )
+    (tmp_path / "ner.txt").write_text(conll)
+    (tmp_path / "ner_last.txt").write_text(conll)
     tasks = {
         "topic": {"type": "sequence_classification", "train": "topics.csv", "head": {"layers": [0, 1]}},
         "ner": {
@@ -315,16 +323,15 @@ def test_precomputed_fast_path_gives_the_slow_paths_logits(tiny_backbone: str, t
         },
         "ner_last": {  # a token head of the last layer beside them: the last layer's states are kept too
             "type": "token_classification",
-            "train": "ner.txt",
+            "train": "ner_last.txt",
             "format": "conll",
             "labels": list(NER_LABELS),
-            "label_column": "ner",
         },
     }
     torch.manual_seed(0)
     probe = MultiTaskEncoderModel.from_backbone(tiny_backbone, tasks={"x": {"type": "regression"}})
     data = load_multitask_data(tasks, probe.tokenizer, 64, str(tmp_path), cache_dir=str(tmp_path / "cache"))
-    specs = {name: {**spec.to_dict()} for name, spec in data.task_specs.items()}
+    specs = copy.deepcopy(data.task_specs)
     assert specs["topic"]["head"]["layers"] == [0, 1]
     model = build(tiny_backbone, specs, pooling="max")
     collator = MultiTaskCollator(model.tokenizer, data.task_specs)
@@ -344,7 +351,7 @@ def test_precomputed_fast_path_gives_the_slow_paths_logits(tiny_backbone: str, t
     torch.testing.assert_close(fast["topic_logits"], slow["topic_logits"], atol=1e-5, rtol=0)
     assert torch.isfinite(fast.loss) and fast.loss == pytest.approx(float(slow.loss), abs=1e-2)
     for name in ("ner", "ner_last"):  # token states stored in float16: compare the rows' real tokens
-        for i, row in enumerate(rows):
+        for i in range(len(rows)):
             if "attention_mask" not in features.rows[i]:
                 continue
             keep = slow_batch["attention_mask"][i].bool()

@@ -234,7 +234,18 @@ def mixing_model(tiny_backbone: str) -> MultiTaskEncoderModel:
     return build(tiny_backbone, mixing_tasks(topic_layers=[1], ner_layers=[0, 2]))
 
 
-@pytest.mark.parametrize("mode", ["token_budget", "bf16", "onnx", "openvino"])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "token_budget",
+        "bf16",
+        "onnx",
+        "openvino",
+        "onnx_int8",
+        "openvino_bf16",
+        pytest.param("compiled", marks=pytest.mark.slow),  # compiles the encoder (~30-60 s on 2 cores)
+    ],
+)
 def test_every_serving_mode_serves_the_mixing_heads_as_exact(mixing_model, mode: str) -> None:
     if mode in inference.RUNTIME_MODES:
         needs_runtime(mode)
@@ -251,10 +262,11 @@ def test_every_serving_mode_serves_the_mixing_heads_as_exact(mixing_model, mode:
     with torch.no_grad():
         served = model(**batch)
     predictions = model.predict(TEXTS)
-    if mode == "bf16":
+    if mode in ("bf16", "onnx_int8", "openvino_bf16"):  # reduced precision: within the serving guard
         assert cosine(served.embeddings.numpy(), exact.embeddings.numpy()).min() >= 0.99
+        # Logits of the heads (random, weights of std 0.02) over the mixes: a few hundredths apart at most.
         for name in ("topic", "ner"):
-            torch.testing.assert_close(served[f"{name}_logits"], exact[f"{name}_logits"], atol=0.05, rtol=0)
+            torch.testing.assert_close(served[f"{name}_logits"], exact[f"{name}_logits"], atol=0.1, rtol=0)
         assert not torch.equal(served["topic_logits"], exact["topic_logits"])  # reduced precision really ran
         flipped = [p["topic"]["label"] != q["topic"]["label"] for p, q in zip(predictions, exact_predictions)]
         assert sum(flipped) <= 1, flipped  # random heads: a near-tie may flip

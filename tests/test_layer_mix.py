@@ -7,7 +7,9 @@ frozen-encoder fast path carry it in one encoder pass; task types that cannot us
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import re
 import textwrap
 import warnings
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from test_arguments import doc_sections, documented
 from test_inference_modes import TEXTS, assert_same_predictions, cosine
 
 from multitask_encoder import MultiTaskEncoderModel
@@ -24,7 +27,7 @@ from multitask_encoder import inference_multitask_encoder as inference
 from multitask_encoder.collator import MultiTaskCollator
 from multitask_encoder.data import load_multitask_data
 from multitask_encoder.precompute import PrecomputedCollator, precompute_features
-from multitask_encoder.tasks_multitask_encoder import parse_task_spec
+from multitask_encoder.tasks_multitask_encoder import HeadSpec, parse_task_spec
 
 NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 
@@ -439,3 +442,11 @@ def test_layers_beyond_the_encoder_are_refused_naming_the_task_and_the_layer_cou
     assert "extra" not in model.config.tasks
     model.add_task("extra", {"type": "regression", "head": {"layers": [0, 2]}})
     assert model.heads["extra"].layers == (0, 2) and model.heads["extra"].mix.weights.tolist() == [0.0, 0.0]
+
+
+def test_every_head_key_is_documented_with_the_task_keys() -> None:
+    section = doc_sections()["Keys of every task"]
+    listed = re.search(r"a mapping `\{([a-z_, ]+)\}`", section).group(1).split(", ")
+    assert listed == [field.name for field in dataclasses.fields(HeadSpec)]
+    assert "layers" in documented(section)
+    assert "`last`" in section and "`all`" in section and "scalar mix" in section

@@ -26,6 +26,7 @@ from multitask_encoder import MultiTaskEncoderModel
 from multitask_encoder import inference_multitask_encoder as inference
 from multitask_encoder.collator import MultiTaskCollator
 from multitask_encoder.data import load_multitask_data
+from multitask_encoder.optimization import parameter_groups
 from multitask_encoder.precompute import PrecomputedCollator, precompute_features
 from multitask_encoder.tasks_multitask_encoder import HeadSpec, parse_task_spec
 
@@ -161,6 +162,17 @@ def test_one_encoder_pass_serves_every_head(tiny_backbone: str) -> None:
     calls.clear()
     model.predict(TEXTS, tasks=["score", "tags"], batch_size=64)  # no mixing head runs: the last layer alone
     assert len(calls) == 1 and not calls[0].get("output_hidden_states")
+
+
+def test_the_mix_trains_at_the_head_learning_rate_without_weight_decay(tiny_backbone: str) -> None:
+    model = build(tiny_backbone, mixing_tasks())
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    decayed = {name for name, _ in model.named_parameters() if not name.endswith("bias")}  # as the Trainer's
+    groups = parameter_groups(model, 1e-5, 0.01, decayed, head_learning_rate=1e-3)
+    where = {names[id(p)]: (group["lr"], group["weight_decay"]) for group in groups for p in group["params"]}
+    for name in ("topic", "ner"):
+        assert where[f"heads.{name}.mix.weights"] == where[f"heads.{name}.mix.gamma"] == (1e-3, 0.0)
+        assert where[f"heads.{name}.out.weight"] == (1e-3, 0.01)
 
 
 # ---------------------------------------------------------------------------------------------- save / load

@@ -91,7 +91,8 @@ class Pooling(nn.Module):
 class ScalarMix(nn.Module):
     """Hidden layers `[layers, ...]` -> their learned mix `[...]` (ELMo, Peters et al. 2018; UDify):
     `gamma * sum_l softmax(weights)_l * layer_l`, one weight per layer (init 0: uniform) and a scale `gamma`
-    (init 1); with `normalize` (sentence heads of a model that normalises its embedding), L2-normalised."""
+    (init 1). With `normalize` (sentence heads of a model that normalises its embedding) the sum is
+    L2-normalised before the scale (which a normalisation after it would undo, leaving gamma untrained)."""
 
     def __init__(self, num_layers: int, normalize: bool = False) -> None:
         super().__init__()
@@ -101,8 +102,10 @@ class ScalarMix(nn.Module):
 
     def forward(self, layers: torch.Tensor) -> torch.Tensor:
         weights = torch.softmax(self.weights, dim=0).to(layers.dtype)
-        mixed = self.gamma.to(layers.dtype) * torch.einsum("l,l...->...", weights, layers)
-        return F.normalize(mixed, p=2, dim=-1) if self.normalize else mixed
+        mixed = torch.einsum("l,l...->...", weights, layers)
+        if self.normalize:
+            mixed = F.normalize(mixed, p=2, dim=-1)
+        return self.gamma.to(layers.dtype) * mixed
 
 
 class TaskHead(nn.Module):

@@ -1364,8 +1364,8 @@ def layer_mix_description(head: HeadSpec, token_level: bool) -> str:
     if token_level:
         return f"a learned softmax-weighted mix (times a learned scale) of each token's states in {which}"
     return (
-        f"a learned softmax-weighted mix (times a learned scale) of the pooled {which}, L2-normalised "
-        "when the embedding is (no projection)"
+        f"a learned softmax-weighted mix of the pooled {which}, L2-normalised when the embedding is, times "
+        "a learned scale (no projection)"
     )
 
 

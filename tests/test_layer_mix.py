@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from test_arguments import doc_sections, documented
 from test_inference_modes import TEXTS, assert_same_predictions, cosine
+from test_training import heads_of, job_flags, toy_tasks, train, write_config
+from test_training import toy_data as toy_data
 
 from multitask_encoder import MultiTaskEncoderModel
 from multitask_encoder import inference_multitask_encoder as inference
@@ -100,8 +102,8 @@ def test_mixing_heads_compute_the_scalar_mix_by_hand_and_learn_it(tiny_backbone:
     # Sentence head: each chosen layer pooled (max pooling does not commute with the mix), mixed, normalised.
     weights = torch.softmax(topic.mix.weights.detach(), dim=0)
     pooled = [model.pooling(hidden[i], mask) for i in (0, 2)]
-    mixed = topic.mix.gamma.detach() * (weights[0] * pooled[0] + weights[1] * pooled[1])
-    expected = topic.out(F.normalize(mixed, dim=-1))
+    mixed = F.normalize(weights[0] * pooled[0] + weights[1] * pooled[1], dim=-1)
+    expected = topic.out(topic.mix.gamma.detach() * mixed)
     torch.testing.assert_close(output["topic_logits"], expected, atol=1e-5, rtol=1e-5)
     # Token head: the mix of the token states of all 3 hidden states (embeddings, layer 1, layer 2).
     weights = torch.softmax(ner.mix.weights.detach(), dim=0)
@@ -122,9 +124,7 @@ def test_mixing_heads_compute_the_scalar_mix_by_hand_and_learn_it(tiny_backbone:
     model(**batch, **labels).loss.backward()
     for head in (topic, ner):
         assert torch.count_nonzero(head.mix.weights.grad) == len(head.layers)
-    assert ner.mix.gamma.grad.abs().item() > 1e-4
-    # The sentence mix is L2-normalised (config.normalize), which undoes any scale: gamma gets no gradient.
-    assert topic.mix.gamma.grad.abs().item() < 1e-6
+        assert head.mix.gamma.grad.abs().item() > 1e-4  # the scale after the normalisation: it learns too
 
 
 def test_a_mixing_sentence_head_reads_hidden_size_whatever_the_projection(tiny_backbone: str) -> None:
@@ -386,6 +386,33 @@ def test_precomputed_fast_path_gives_the_slow_paths_logits(tiny_backbone: str, t
             torch.testing.assert_close(
                 fast[f"{name}_logits"][i, :length], slow[f"{name}_logits"][i, keep], atol=2e-2, rtol=0
             )
+
+
+def test_mixing_heads_train_on_the_frozen_fast_path_as_on_the_slow_one(
+    toy_data: Path, tiny_backbone: str, tmp_path: Path
+) -> None:
+    """train.py with freeze_encoder, with and without precompute_embeddings: the mixes move from their start
+    and end where the slow path's do (float16 token states on the fast path: the NER head is close)."""
+    tasks = toy_tasks(toy_data, head={"dropout": 0.0, "layers": [0, 2]})
+    tasks["topic"]["head"] = {"layers": "all"}
+    config = write_config(tmp_path / "config.yaml", tasks)
+    flags = ["--freeze_encoder", "--max_steps", "8", "--eval_strategy", "no", "--save_strategy", "no"]
+    runs = {}
+    for name, extra in (("fast", ["--precompute_embeddings", "--precompute_mode", "exact"]), ("slow", [])):
+        output_dir = tmp_path / name
+        _, recorder = train(
+            [config, *job_flags(tiny_backbone, output_dir, toy_data / "cache"), *flags, *extra]
+        )
+        runs[name] = heads_of(load_file(output_dir / "model.safetensors"))
+        for key in ("heads.topic.mix.weights", "heads.ner.mix.weights", "heads.ner.mix.gamma"):
+            assert not torch.equal(runs[name][key], recorder.initial[key]), (name, key)
+        assert (
+            runs[name]["heads.topic.mix.weights"].shape == (3,)
+            and "heads.sentiment.mix.weights" not in runs[name]
+        )
+    for key in runs["fast"]:
+        tolerance = 1e-4 if key.startswith("heads.ner.") else 1e-6
+        torch.testing.assert_close(runs["fast"][key], runs["slow"][key], atol=tolerance, rtol=0, msg=key)
 
 
 # ---------------------------------------------------------------------------------------------- refusals

@@ -6,6 +6,10 @@ of task heads, all in one forward pass.
                                            Pooling ─► Projection? ─► L2? ─┴─► embeddings [batch, dim]
                                                                                   └─► sentence heads ─► [batch, n]
 
+A head may instead read a learned scalar mix of several hidden layers (head `layers`: ELMo / UDify): the same
+single encoder pass then also returns those hidden states (`output_hidden_states`); token heads mix the token
+states, sentence heads the layers each pooled. The embedding stays the last layer's.
+
 This file is copied next to the weights by `save_pretrained`, so a saved model loads with
 `trust_remote_code=True` on a machine without the `multitask_encoder` package: it imports only torch,
 transformers, the standard library and its sibling files. What differs between task types (the head's input,

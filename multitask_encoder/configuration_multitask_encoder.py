@@ -122,6 +122,9 @@ class MultiTaskEncoderConfig(PretrainedConfig):
             )
         if not self.tasks:
             raise ValueError("MultiTaskEncoderConfig declares no tasks: give at least one in `tasks`.")
+        num_layers = self.encoder_config.num_hidden_layers
+        for name, spec in self.tasks.items():
+            spec.head.layer_indices(name, num_layers)  # head `layers` within the encoder's hidden states
         for field_name, token_level in (
             ("sequence_classification_task", False),
             ("token_classification_task", True),

@@ -88,7 +88,10 @@ OUTLIER_SAMPLE_ROWS = 512  # tokens per batch looked at to find them
 class ServingPlan:
     """What `optimize_for_inference` set up: how to batch, and the encoder to run in place of `model.encoder`.
 
-    `run_encoder(encoder_inputs) -> token states [batch, seq, hidden]` is None in the eager fp32 modes.
+    `run_encoder(encoder_inputs) -> token states [batch, seq, hidden]` is None in the eager fp32 modes;
+    `run_encoder(encoder_inputs, layers)` gives the hidden states `layers` (indices: 0 = the embedding
+    layer's output, N = the last layer) of the same single pass, stacked `[len(layers), batch, seq, hidden]`
+    (what heads that mix layers read).
     `weights_version` and `device` record the encoder's state when a serving encoder holding its own copy of
     the weights (int8) was made: the staleness check. Other serving encoders read the live weights and leave
     `device` None: nothing can go stale.
@@ -97,7 +100,7 @@ class ServingPlan:
     mode: str = "exact"
     token_budget: int | None = None
     window: int = STREAM_WINDOW
-    run_encoder: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None
+    run_encoder: Callable[..., torch.Tensor] | None = None
     weights_version: int = 0
     device: torch.device | None = None
 
@@ -200,9 +203,12 @@ def build_serving_plan(
     recompile_limit: int = COMPILE_RECOMPILE_LIMIT,
     outlier_channels: int = INT8_OUTLIER_CHANNELS,
     threads: int | None = None,
+    layers: tuple[int, ...] = (),
 ) -> ServingPlan:
     """The serving plan of `mode` for `encoder` (see the module docstring for the modes). `threads` is the
-    runtime modes' thread count (default: `torch.get_num_threads()`)."""
+    runtime modes' thread count (default: `torch.get_num_threads()`). `layers`: the hidden-state indices
+    the model's layer-mixing heads read, which the runtime modes' exported graph outputs besides the last
+    layer (the other modes run the live encoder, which gives any layer)."""
     if mode not in SERVING_MODES:
         raise ValueError(f"Unknown serving mode {mode!r}; choose one of {list(SERVING_MODES)}.")
     if mode in MODES_OUTSIDE_GUARD:
@@ -245,32 +251,48 @@ def build_serving_plan(
                 f"The openvino_bf16 serving mode will likely be slower than openvino here: {problem}.",
                 stacklevel=3,
             )
-        plan.run_encoder = build_runtime_encoder(encoder, mode, threads, outlier_channels)
+        plan.run_encoder = build_runtime_encoder(encoder, mode, threads, outlier_channels, layers)
         plan.device = next(encoder.parameters()).device
         plan.weights_version = weights_version(encoder)
     return plan
 
 
+def encoder_hidden_states(
+    encoder: nn.Module, encoder_inputs: dict[str, torch.Tensor], layers: tuple[int, ...] | None
+) -> torch.Tensor:
+    """`encoder(**inputs)`'s `last_hidden_state` `[batch, seq, hidden]` (`layers` None), or the hidden states
+    `layers` of the same pass stacked `[len(layers), batch, seq, hidden]` (0 = the embedding layer's output)."""
+    if layers is None:
+        return encoder(**encoder_inputs).last_hidden_state
+    hidden_states = encoder(**encoder_inputs, output_hidden_states=True).hidden_states
+    return torch.stack([hidden_states[index] for index in layers])
+
+
 class EncoderStates(nn.Module):
     """`encoder(**inputs)` -> `last_hidden_state` `[batch, seq, hidden]`: one tensor out, what torch.compile
-    traces best and all that pooling and the heads read."""
+    traces best and all that pooling and the heads read; with `layers`, those hidden states stacked
+    (`encoder_hidden_states`)."""
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
 
-    def forward(self, encoder_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.encoder(**encoder_inputs).last_hidden_state
+    def forward(
+        self, encoder_inputs: dict[str, torch.Tensor], layers: tuple[int, ...] | None = None
+    ) -> torch.Tensor:
+        return encoder_hidden_states(self.encoder, encoder_inputs, layers)
 
 
 class Bf16EncoderStates(EncoderStates):
     """`EncoderStates` under bf16 autocast on the encoder's device; the states come back as float32, so
     pooling, normalisation and the heads run in float32 as in the exact mode. Reads the live weights."""
 
-    def forward(self, encoder_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, encoder_inputs: dict[str, torch.Tensor], layers: tuple[int, ...] | None = None
+    ) -> torch.Tensor:
         device_type = next(self.encoder.parameters()).device.type
         with torch.autocast(device_type, dtype=torch.bfloat16):
-            states = self.encoder(**encoder_inputs).last_hidden_state
+            states = encoder_hidden_states(self.encoder, encoder_inputs, layers)
         return states.float()
 
 
@@ -307,10 +329,12 @@ def compile_encoder(encoder: nn.Module, recompile_limit: int = COMPILE_RECOMPILE
     # Older torch: the cap is a process-wide dynamo setting, raised for these calls only.
     compiled = torch.compile(EncoderStates(encoder), **options)
 
-    def run_compiled(encoder_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def run_compiled(
+        encoder_inputs: dict[str, torch.Tensor], layers: tuple[int, ...] | None = None
+    ) -> torch.Tensor:
         limit = max(torch._dynamo.config.recompile_limit, recompile_limit)
         with torch._dynamo.config.patch(recompile_limit=limit):
-            return compiled(encoder_inputs)
+            return compiled(encoder_inputs, layers)
 
     return run_compiled
 
@@ -373,9 +397,11 @@ def fbgemm_engine() -> Iterator[None]:
 class Int8EncoderStates(EncoderStates):
     """`EncoderStates` of an int8 encoder (`quantize_encoder_int8`), run on fbgemm kernels."""
 
-    def forward(self, encoder_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, encoder_inputs: dict[str, torch.Tensor], layers: tuple[int, ...] | None = None
+    ) -> torch.Tensor:
         with fbgemm_engine():
-            return super().forward(encoder_inputs)
+            return super().forward(encoder_inputs, layers)
 
 
 def int8_supported() -> str | None:
@@ -467,35 +493,51 @@ def example_encoder_inputs(encoder: nn.Module, names: list[str]) -> tuple[torch.
     return tuple(values[name] for name in names)
 
 
+def exported_layers(encoder: nn.Module, layers: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The hidden states an export of `encoder` outputs for layer-mixing heads reading `layers`: those and
+    the last one (sorted); None without such heads (the graph then outputs the last layer alone)."""
+    if not layers:
+        return None
+    return tuple(sorted({*layers, encoder.config.num_hidden_layers}))
+
+
 class EncoderGraph(nn.Module):
     """The encoder as an export traces it: token inputs `[batch, seq]` as positional tensors in
-    `encoder_input_names` order -> token states `[batch, seq, hidden]`."""
+    `encoder_input_names` order -> token states `[batch, seq, hidden]`, or with `layers` those hidden
+    states of the same pass, stacked `[len(layers), batch, seq, hidden]`."""
 
-    def __init__(self, encoder: nn.Module) -> None:
+    def __init__(self, encoder: nn.Module, layers: tuple[int, ...] | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.input_names = encoder_input_names(encoder)
+        self.layers = layers
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.encoder(**dict(zip(self.input_names, inputs))).last_hidden_state
+        return encoder_hidden_states(self.encoder, dict(zip(self.input_names, inputs)), self.layers)
 
 
 class ModelGraph(nn.Module):
     """The whole model as `export_model_onnx` traces it: token inputs `[batch, seq]` -> the embeddings
     `[batch, embedding_size]` and every task's logits (`[batch, n]`, token tasks `[batch, seq, n_tags]`), in
-    `config.tasks` order. The model's own forward computes everything after the encoder."""
+    `config.tasks` order. The model's own forward computes everything after the encoder (one encoder pass:
+    with layer-mixing heads it gives their hidden states and the last layer)."""
 
     def __init__(self, model: Any) -> None:
         super().__init__()
         self.model = model
-        self.encoder_graph = EncoderGraph(model.encoder)
+        self.layers = exported_layers(model.encoder, model.mixed_layers())
+        self.encoder_graph = EncoderGraph(model.encoder, self.layers)
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        token_states = self.encoder_graph(*inputs)
+        states = self.encoder_graph(*inputs)
         attention_mask = inputs[self.encoder_graph.input_names.index("attention_mask")]
-        output = self.model(
-            attention_mask=attention_mask, encoder_outputs={"last_hidden_state": token_states}
-        )
+        if self.layers is None:
+            encoder_outputs = {"last_hidden_state": states}
+        else:
+            hidden_states = dict(zip(self.layers, states.unbind(0)))
+            last = self.model.config.encoder_config.num_hidden_layers
+            encoder_outputs = {"last_hidden_state": hidden_states[last], "hidden_states": hidden_states}
+        output = self.model(attention_mask=attention_mask, encoder_outputs=encoder_outputs)
         return (output.embeddings, *(output[f"{name}_logits"] for name in self.model.config.tasks))
 
 
@@ -643,19 +685,43 @@ def quantize_onnx_int8(path: Path) -> Path:
 # ------------------------------------------------------------------ sessions
 class RuntimeEncoderStates:
     """An encoder graph compiled by a runtime, called like the other serving encoders: token inputs
-    `[batch, seq]` (torch) -> token states `[batch, seq, hidden]` (float32, on the model's device).
+    `[batch, seq]` (torch) -> token states `[batch, seq, hidden]` (float32, on the model's device); with
+    `layers`, those hidden states stacked `[len(layers), batch, seq, hidden]`.
 
     `run(feed) -> states` takes `{input name: int64 numpy array}` and returns a float32 numpy array; inputs the
-    tokenizer did not give (token_type_ids) are fed as zeros, the encoder's own default.
+    tokenizer did not give (token_type_ids) are fed as zeros, the encoder's own default. A graph exported
+    for layer-mixing heads returns the hidden states `exported` (`exported_layers`, the last included)
+    stacked; one exported without (`exported` None) only the last layer.
     """
 
-    def __init__(self, run: Callable[[dict], Any], input_names: list[str], device: torch.device, name: str):
+    def __init__(
+        self,
+        run: Callable[[dict], Any],
+        input_names: list[str],
+        device: torch.device,
+        name: str,
+        exported: tuple[int, ...] | None = None,
+        last: int | None = None,
+    ):
         self.run = run
         self.input_names = input_names
         self.device = device
         self.name = name
+        self.exported = exported
+        self.last = last
 
-    def __call__(self, encoder_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def __call__(
+        self, encoder_inputs: dict[str, torch.Tensor], layers: tuple[int, ...] | None = None
+    ) -> torch.Tensor:
+        wanted = (self.last,) if layers is None else tuple(layers)
+        available = self.exported or (self.last,)
+        missing = [index for index in wanted if index not in available]
+        if missing:
+            raise RuntimeError(
+                f"The {self.name} graph was exported with hidden states {list(available)}, not {missing}: a "
+                "head mixing those layers was added after optimize_for_inference. Call "
+                "model.optimize_for_inference(...) again."
+            )
         input_ids = encoder_inputs["input_ids"]
         feed = {}
         for name in self.input_names:
@@ -663,7 +729,14 @@ class RuntimeEncoderStates:
             if value is None:
                 value = torch.zeros_like(input_ids)
             feed[name] = value.detach().to("cpu", torch.int64).contiguous().numpy()
-        return torch.from_numpy(self.run(feed)).to(self.device)
+        states = torch.from_numpy(self.run(feed))
+        if self.exported is not None:
+            states = states[[self.exported.index(index) for index in wanted]]
+            if layers is None:
+                states = states[0]
+        elif layers is not None:
+            states = states.unsqueeze(0)
+        return states.to(self.device)
 
     def __repr__(self) -> str:
         return f"RuntimeEncoderStates({self.name})"
@@ -720,10 +793,15 @@ def openvino_session(path: Path, threads: int, precision: str | None) -> Callabl
 
 
 def build_runtime_encoder(
-    encoder: nn.Module, mode: str, threads: int | None = None, outlier_channels: int = INT8_OUTLIER_CHANNELS
+    encoder: nn.Module,
+    mode: str,
+    threads: int | None = None,
+    outlier_channels: int = INT8_OUTLIER_CHANNELS,
+    layers: tuple[int, ...] = (),
 ) -> RuntimeEncoderStates:
     """Export `encoder` (as it is now) to ONNX in a scratch folder and load it into the runtime of `mode` (one
-    of `RUNTIME_MODES`); the session keeps its own copy of the weights."""
+    of `RUNTIME_MODES`); the session keeps its own copy of the weights. With `layers` (the hidden states
+    layer-mixing heads read), the graph outputs those and the last layer, stacked, from its one pass."""
     weight = next(encoder.parameters())
     device = weight.device
     if weight.dtype != torch.float32:
@@ -742,13 +820,16 @@ def build_runtime_encoder(
     extra = RUNTIME_EXTRAS[mode]
     require_onnx_exporter(f"The {mode} serving mode", extra)
     names = encoder_input_names(encoder)
-    graph = EncoderGraph(outlier_split_copy(encoder, outlier_channels) if mode == "onnx_int8" else encoder)
+    exported = exported_layers(encoder, layers)
+    graph = EncoderGraph(
+        outlier_split_copy(encoder, outlier_channels) if mode == "onnx_int8" else encoder, exported
+    )
     with tempfile.TemporaryDirectory(prefix="multitask_encoder_onnx_") as scratch:
         path = export_onnx_graph(
             graph,
             example_encoder_inputs(encoder, names),
             names,
-            ["token_states"],
+            ["token_states" if exported is None else "hidden_states"],
             Path(scratch) / "encoder.onnx",
         )
         if mode == "onnx_int8":
@@ -757,4 +838,5 @@ def build_runtime_encoder(
             run = onnxruntime_session(path, threads, device)
         else:
             run = openvino_session(path, threads, "bf16" if mode == "openvino_bf16" else "f32")
-    return RuntimeEncoderStates(run, names, device, f"{mode}, {threads} threads")
+    last = encoder.config.num_hidden_layers
+    return RuntimeEncoderStates(run, names, device, f"{mode}, {threads} threads", exported, last)

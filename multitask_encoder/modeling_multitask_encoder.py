@@ -6,6 +6,10 @@ of task heads, all in one forward pass.
                                            Pooling ─► Projection? ─► L2? ─┴─► embeddings [batch, dim]
                                                                                   └─► sentence heads ─► [batch, n]
 
+A head may instead read a learned scalar mix of several hidden layers (head `layers`: ELMo / UDify): the same
+single encoder pass then also returns those hidden states (`output_hidden_states`); token heads mix the token
+states, sentence heads the layers each pooled. The embedding stays the last layer's.
+
 This file is copied next to the weights by `save_pretrained`, so a saved model loads with
 `trust_remote_code=True` on a machine without the `multitask_encoder` package: it imports only torch,
 transformers, the standard library and its sibling files. What differs between task types (the head's input,
@@ -88,11 +92,44 @@ class Pooling(nn.Module):
         return summed / lengths  # mean
 
 
-class TaskHead(nn.Module):
-    """Features `[..., in_features]` -> logits `[..., num_outputs]`: a linear layer or a two-layer MLP."""
+class ScalarMix(nn.Module):
+    """Hidden layers `[layers, ...]` -> their learned mix `[...]` (ELMo, Peters et al. 2018; UDify):
+    `gamma * sum_l softmax(weights)_l * layer_l`, one weight per layer (init 0: uniform) and a scale `gamma`
+    (init 1). With `normalize` (sentence heads of a model that normalises its embedding) the sum is
+    L2-normalised before the scale (which a normalisation after it would undo, leaving gamma untrained)."""
 
-    def __init__(self, in_features: int, num_outputs: int, spec: HeadSpec) -> None:
+    def __init__(self, num_layers: int, normalize: bool = False) -> None:
         super().__init__()
+        self.weights = nn.Parameter(torch.zeros(num_layers))
+        self.gamma = nn.Parameter(torch.ones(1))
+        self.normalize = normalize
+
+    def forward(self, layers: torch.Tensor) -> torch.Tensor:
+        weights = torch.softmax(self.weights, dim=0).to(layers.dtype)
+        mixed = torch.einsum("l,l...->...", weights, layers)
+        if self.normalize:
+            mixed = F.normalize(mixed, p=2, dim=-1)
+        return self.gamma.to(layers.dtype) * mixed
+
+
+class TaskHead(nn.Module):
+    """Features `[..., in_features]` -> logits `[..., num_outputs]`: a linear layer or a two-layer MLP.
+
+    A head whose spec mixes layers (`layers` other than `last`) also holds its `ScalarMix` as `mix` and the
+    hidden-state indices it mixes as `layers` (None otherwise); the task type feeds it the mix
+    (`EncoderFeatures.layer_mix`)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        num_outputs: int,
+        spec: HeadSpec,
+        layers: tuple[int, ...] | None = None,
+        normalize: bool = False,
+    ) -> None:
+        super().__init__()
+        self.layers = layers
+        self.mix = ScalarMix(len(layers), normalize) if layers else None
         self.dropout = nn.Dropout(spec.dropout)
         if spec.type == "mlp":
             hidden = spec.hidden_size or in_features
@@ -182,6 +219,9 @@ class MultiTaskEncoderPreTrainedModel(PreTrainedModel):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
+        elif isinstance(module, ScalarMix):  # uniform weights, scale 1
+            nn.init.zeros_(module.weights)
+            nn.init.ones_(module.gamma)
         elif isinstance(module, MultiTaskEncoderModel) and module.task_log_vars is not None:
             nn.init.zeros_(module.task_log_vars)
 
@@ -208,7 +248,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         # One head per task; similarity and contrastive tasks have none (they score the embeddings themselves).
         self.heads = nn.ModuleDict(
             {
-                name: TaskHead(in_features, spec.num_outputs, spec.head)
+                name: self._new_head(spec, in_features)
                 for name, spec in config.tasks.items()
                 if (in_features := spec.task_type.head_in_features(spec, hidden_size, config.embedding_size))
             }
@@ -435,7 +475,10 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             encoder_outputs: the encoder's output computed earlier, which skips the encoder (as in HF
                 encoder-decoder models; the frozen-encoder fast path): `pooled_embeddings` `[batch, hidden]`,
                 when a token task runs `last_hidden_state` `[batch, seq, hidden]` with `attention_mask`, and
-                for pairs `pair_pooled_embeddings` `[pairs, hidden]` with `pair_rows` `[pairs]`.
+                for pairs `pair_pooled_embeddings` `[pairs, hidden]` with `pair_rows` `[pairs]`. For heads
+                that mix layers (head `layers`): `hidden_states` {hidden-state index: `[batch, seq, hidden]`}
+                for token heads (and sentence heads, pooled here) and/or `pooled_hidden_states` {index:
+                `[batch, hidden]`} for sentence heads.
             teacher_targets: a single-task teacher's targets per task (shapes: the task type's
                 `collate_teacher`, NaN = none), distilled into the task's loss: `teacher_weight` times the
                 distillation loss plus `1 - teacher_weight` times the gold loss (BAM's teacher annealing moves
@@ -460,8 +503,19 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         encoder_outputs = encoder_outputs or {}
         token_states = encoder_outputs.get("last_hidden_state")
         pooled = encoder_outputs.get("pooled_embeddings")
-        needs_tokens = any(self.config.tasks[name].is_token_level for name in task_names)
-        if token_states is None and (pooled is None or needs_tokens):
+        hidden_states = dict(encoder_outputs.get("hidden_states") or {})
+        pooled_hidden_states = dict(encoder_outputs.get("pooled_hidden_states") or {})
+        # Token tasks that read the last layer; the layers the mixing heads of the running tasks read.
+        needs_tokens = any(
+            self.config.tasks[name].is_token_level and not self.config.tasks[name].head.mixes_layers
+            for name in task_names
+        )
+        token_layers = self.mixed_layers(task_names, token_level=True)
+        sentence_layers = self.mixed_layers(task_names, token_level=False)
+        missing_layers = [i for i in token_layers if i not in hidden_states] + [
+            i for i in sentence_layers if i not in pooled_hidden_states and i not in hidden_states
+        ]
+        if (token_states is None and (pooled is None or needs_tokens)) or missing_layers:
             if input_ids is None:
                 raise ValueError("forward needs input_ids (or precomputed encoder_outputs).")
             if attention_mask is None:
@@ -469,7 +523,18 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             encoder_inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
             if token_type_ids is not None:
                 encoder_inputs["token_type_ids"] = token_type_ids
-            token_states = self.encoder_states(encoder_inputs)
+            if token_layers or sentence_layers:
+                # One pass gives the mixing heads' layers and the last one (for the embedding).
+                last = self.config.encoder_config.num_hidden_layers
+                layers = tuple(sorted({*token_layers, *sentence_layers, last}))
+                stacked = self.encoder_states(encoder_inputs, layers)
+                hidden_states = dict(zip(layers, stacked.unbind(0)))
+                token_states = hidden_states[last]
+            else:
+                token_states = self.encoder_states(encoder_inputs)
+        for index in sentence_layers:
+            if index not in pooled_hidden_states:
+                pooled_hidden_states[index] = self.pooling(hidden_states[index], attention_mask)
         if pooled is None:
             pooled = self.pooling(token_states, attention_mask)
         pair_embeddings, pair_rows = self._second_texts(pair_inputs, encoder_outputs, "pair")
@@ -482,6 +547,8 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             pair_rows,
             negative_embeddings,
             negative_rows,
+            hidden_states or None,
+            pooled_hidden_states or None,
         )
 
         output = MultiTaskEncoderOutput(embeddings=features.embeddings)
@@ -614,9 +681,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             spec, self.config.encoder_config.hidden_size, self.config.embedding_size
         )
         if in_features:
-            head = TaskHead(in_features, spec.num_outputs, spec.head).to(
-                self.device, next(self.parameters()).dtype
-            )
+            head = self._new_head(spec, in_features).to(self.device, next(self.parameters()).dtype)
             head.apply(self._init_weights)
             self.heads[name] = head
         self.config.tasks = {**self.config.tasks, name: spec}
@@ -624,6 +689,26 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             grown = torch.cat([self.task_log_vars.data, self.task_log_vars.data.new_zeros(1)])
             self.task_log_vars = nn.Parameter(grown)
         return self
+
+    def _new_head(self, spec: TaskSpec, in_features: int) -> TaskHead:
+        """The head of task `spec` (its layers checked against the encoder's layer count)."""
+        layers = spec.head.layer_indices(spec.name, self.config.encoder_config.num_hidden_layers)
+        normalize = self.config.normalize and not spec.is_token_level
+        return TaskHead(in_features, spec.num_outputs, spec.head, layers, normalize)
+
+    def mixed_layers(
+        self, tasks: Iterable[str] | None = None, token_level: bool | None = None
+    ) -> tuple[int, ...]:
+        """The hidden-state indices (sorted) the layer-mixing heads of `tasks` (default: all) read; only token
+        heads' (`token_level=True`) or sentence heads' (False) when given."""
+        names = self.config.tasks if tasks is None else tasks
+        layers = set()
+        for name in names:
+            head = self.heads[name] if name in self.heads else None  # noqa: SIM401
+            spec = self.config.tasks[name]
+            if head is not None and head.layers and token_level in (None, spec.is_token_level):
+                layers.update(head.layers)
+        return tuple(sorted(layers))
 
     def freeze_existing(self, keep: list[str]) -> None:
         """Freeze the encoder, the projection and every head but those of `keep` (the tasks being added): their
@@ -991,6 +1076,8 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             options["outlier_channels"] = outlier_channels
         if threads is not None:
             options["threads"] = threads
+        # The runtime graphs export the hidden states the layer-mixing heads read besides the last layer.
+        options["layers"] = self.mixed_layers()
         self._serving_plan = build_serving_plan(self.encoder, mode, **options)
         return self
 
@@ -1014,14 +1101,23 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         """The mode `optimize_for_inference` set, one of `SERVING_MODES` ("exact" until it is called)."""
         return self._serving_plan.mode if self._serving_plan is not None else SERVING_MODES[0]
 
-    def encoder_states(self, encoder_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def encoder_states(
+        self, encoder_inputs: dict[str, torch.Tensor], layers: tuple[int, ...] | None = None
+    ) -> torch.Tensor:
         """Encoder output `[batch, seq, hidden]` for tokenised inputs `[batch, seq]`: the serving mode's encoder
-        when one is set and the model is serving (eval mode, no gradients), else `self.encoder`."""
+        when one is set and the model is serving (eval mode, no gradients), else `self.encoder`. With `layers`
+        (hidden-state indices: 0 = the embedding layer's output, N = the last layer), those hidden states
+        of the same single pass instead, stacked: `[len(layers), batch, seq, hidden]`."""
         plan = self._serving_plan
         if plan is None or plan.run_encoder is None or self.training or torch.is_grad_enabled():
-            return self.encoder(**encoder_inputs).last_hidden_state
+            if layers is None:
+                return self.encoder(**encoder_inputs).last_hidden_state
+            hidden_states = self.encoder(**encoder_inputs, output_hidden_states=True).hidden_states
+            return torch.stack([hidden_states[index] for index in layers])
         plan.check_fresh(self.encoder)
-        return plan.run_encoder(encoder_inputs)
+        if layers is None:
+            return plan.run_encoder(encoder_inputs)
+        return plan.run_encoder(encoder_inputs, layers)
 
 
 def _is_pair(item: Any) -> bool:

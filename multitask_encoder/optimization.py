@@ -72,7 +72,8 @@ def parameter_groups(
     """Optimizer parameter groups, one per (learning rate, weight decay) pair, trainable parameters only.
 
     Heads, projection and learned loss weights use `head_learning_rate`; encoder layer i of L uses
-    `encoder_learning_rate * layerwise_lr_decay ** (L - i)` and the embeddings `** (L + 1)`."""
+    `encoder_learning_rate * layerwise_lr_decay ** (L - i)` and the embeddings `** (L + 1)`. The heads' scalar
+    mixes (head `layers`) get no weight decay."""
     if not 0.0 < layerwise_lr_decay <= 1.0:
         raise ValueError(f"layerwise_lr_decay must be in (0, 1], got {layerwise_lr_decay}.")
     depths = encoder_depths(model) if layerwise_lr_decay != 1.0 else {}
@@ -85,6 +86,7 @@ def parameter_groups(
             lr = (encoder_learning_rate or learning_rate) * layerwise_lr_decay ** depths.get(name, 0)
         else:  # heads, projection, learned loss weights
             lr = head_learning_rate or learning_rate
-        decay = weight_decay if name in decay_parameter_names else 0.0
+        # A head's scalar mix (one logit per layer, a scale) is not decayed, as LayerNorm weights are not.
+        decay = weight_decay if name in decay_parameter_names and ".mix." not in name else 0.0
         groups.setdefault((lr, decay), []).append(parameter)
     return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]

@@ -5,6 +5,8 @@ trained the slow way.
 
 Sentence tasks keep one pooled vector per row `[hidden]`; token tasks keep the row's token states
 `[seq, hidden]` (memory grows with the data: a CoNLL-sized set at 384 dims is about 0.5 GB in float16).
+Heads that mix layers (head `layers`) get what they read from the same pass: sentence heads one pooled
+vector per layer they mix, token heads the token states of those layers only (float16).
 
 The encoding runs through the model's serving mode (`optimize_for_inference`), batched as that mode batches
 (`plan_batches`: longest rows first, a token budget in the non-exact modes); `precompute_mode` picks the
@@ -72,11 +74,23 @@ def precompute_features(
     serving mode (`optimize_for_inference`; see `precompute_mode`); rows keep their order.
 
     Returns one dict per row: `pooled_embeddings` `[hidden]`, for rows with token labels also
-    `token_states` `[seq, hidden]` (float16) and `attention_mask` `[seq]`, for rows with a second text (or a
-    contrastive negative) `pair_pooled_embeddings` (`negative_pooled_embeddings`) `[hidden]`, and every
-    `labels_<task>`.
+    `token_states` `[seq, hidden]` (float16; when a token head reads the last layer) and `attention_mask`
+    `[seq]`, for rows with a second text (or a contrastive negative) `pair_pooled_embeddings`
+    (`negative_pooled_embeddings`) `[hidden]`, and every `labels_<task>`. With layer-mixing heads also
+    `pooled_hidden_states` `[layers, hidden]` (the layers `model.mixed_layers(token_level=False)`, each
+    pooled) and, for rows with token labels, `hidden_states` `[layers, seq, hidden]` (float16; the layers
+    `model.mixed_layers(token_level=True)`).
     """
     token_tasks = [name for name, spec in model.config.tasks.items() if spec.is_token_level]
+    last_tokens = any(
+        spec.is_token_level and not spec.head.mixes_layers for spec in model.config.tasks.values()
+    )
+    token_layers = model.mixed_layers(token_level=True)
+    sentence_layers = model.mixed_layers(token_level=False)
+    last = model.config.encoder_config.num_hidden_layers
+    layers = (
+        tuple(sorted({*token_layers, *sentence_layers, last})) if token_layers or sentence_layers else None
+    )
     was_training = model.training
     model.eval()
     # Batches of rows of similar length pad least (unsorted batches of 64 cost more than a training epoch's
@@ -93,7 +107,25 @@ def precompute_features(
         batch = collator([dataset[index] for index in indices])
         batch = {k: _to(v, model.device) for k, v in batch.items()}
         encoder_inputs = {k: batch[k] for k in MODEL_INPUT_NAMES if k in batch}
-        token_states = model.encoder_states(encoder_inputs)
+        if layers is None:
+            token_states = model.encoder_states(encoder_inputs)
+        else:  # one pass: the mixing heads' layers and the last one
+            stacked = model.encoder_states(encoder_inputs, layers)
+            token_states = stacked[layers.index(last)]
+            if sentence_layers:
+                pooled_layers = (
+                    torch.stack(
+                        [
+                            model.pooling(stacked[layers.index(i)], batch["attention_mask"])
+                            for i in sentence_layers
+                        ],
+                        dim=1,
+                    )
+                    .float()
+                    .cpu()
+                )  # [batch, layers, hidden]
+            if token_layers:
+                token_stack = stacked[[layers.index(i) for i in token_layers]]  # [layers, batch, seq, hidden]
         pooled = model.pooling(token_states, batch["attention_mask"]).float().cpu()
         for prefix in ("pair", "negative"):  # second texts of pairs, contrastive negatives: pooled too
             second = batch.get(f"{prefix}_inputs")
@@ -106,6 +138,8 @@ def precompute_features(
         for row, index in enumerate(indices):
             item = rows[index]
             item["pooled_embeddings"] = pooled[row]
+            if sentence_layers:
+                item["pooled_hidden_states"] = pooled_layers[row]
             for key, value in batch.items():
                 if key.startswith("labels_"):
                     item[key] = value[row].cpu()
@@ -116,7 +150,10 @@ def precompute_features(
             has_token_labels = any((item[f"labels_{name}"] != IGNORE_INDEX).any() for name in token_tasks)
             if has_token_labels:  # the real tokens only; PrecomputedCollator pads them on the right
                 keep = real_tokens[row]
-                item["token_states"] = token_states[row, keep].to(torch.float16).cpu()
+                if last_tokens:
+                    item["token_states"] = token_states[row, keep].to(torch.float16).cpu()
+                if token_layers:
+                    item["hidden_states"] = token_stack[:, row, keep].to(torch.float16).cpu()
                 item["attention_mask"] = batch["attention_mask"][row, keep].cpu()
                 for name in token_tasks:
                     item[f"labels_{name}"] = item[f"labels_{name}"][keep.cpu()]
@@ -134,8 +171,9 @@ def _to(value: Any, device: torch.device) -> Any:
 
 class PrecomputedCollator:
     """Stacks precomputed rows into a batch for `MultiTaskEncoderModel.forward`: `encoder_outputs`
-    (`pooled_embeddings` `[batch, hidden]`, and with token tasks `last_hidden_state` `[batch, seq, hidden]`),
-    `attention_mask` and every `labels_<task>`.
+    (`pooled_embeddings` `[batch, hidden]`, and with token tasks `last_hidden_state` `[batch, seq, hidden]`;
+    with layer-mixing heads `pooled_hidden_states` / `hidden_states`, {layer: `[batch, hidden]` /
+    `[batch, seq, hidden]`}), `attention_mask` and every `labels_<task>`.
 
     Token states, masks and token labels are padded to the longest row with token states; rows without
     any (sentence-only rows in a mixed batch) get zero states, a zero mask and -100 token labels.
@@ -143,10 +181,18 @@ class PrecomputedCollator:
 
     def __init__(self, model: MultiTaskEncoderModel) -> None:
         self.token_tasks = [name for name, spec in model.config.tasks.items() if spec.is_token_level]
+        self.last_tokens = any(
+            spec.is_token_level and not spec.head.mixes_layers for spec in model.config.tasks.values()
+        )
+        self.token_layers = model.mixed_layers(token_level=True)
+        self.sentence_layers = model.mixed_layers(token_level=False)
         self.hidden_size = model.config.encoder_config.hidden_size
 
     def __call__(self, rows: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
         encoder_outputs = {"pooled_embeddings": torch.stack([row["pooled_embeddings"] for row in rows])}
+        if self.sentence_layers:
+            stacked = torch.stack([row["pooled_hidden_states"] for row in rows], dim=1)  # [layers, batch, h]
+            encoder_outputs["pooled_hidden_states"] = dict(zip(self.sentence_layers, stacked.unbind(0)))
         for prefix in ("pair", "negative"):
             present = [i for i, row in enumerate(rows) if f"{prefix}_pooled_embeddings" in row]
             if present:
@@ -167,19 +213,26 @@ class PrecomputedCollator:
             }
         if not self.token_tasks:
             return batch
-        longest = max((row["token_states"].shape[0] for row in rows if "token_states" in row), default=1)
-        states = torch.zeros(len(rows), longest, self.hidden_size)
+        longest = max((row["attention_mask"].shape[0] for row in rows if "attention_mask" in row), default=1)
+        states = torch.zeros(len(rows), longest, self.hidden_size) if self.last_tokens else None
+        layer_states = torch.zeros(len(self.token_layers), len(rows), longest, self.hidden_size)
         mask = torch.zeros(len(rows), longest, dtype=torch.long)
         token_labels = {name: torch.full((len(rows), longest), IGNORE_INDEX) for name in self.token_tasks}
         for i, row in enumerate(rows):
-            if "token_states" not in row:
+            if "attention_mask" not in row:
                 continue
-            length = row["token_states"].shape[0]
-            states[i, :length] = row["token_states"].float()
+            length = row["attention_mask"].shape[0]
+            if states is not None:
+                states[i, :length] = row["token_states"].float()
+            if self.token_layers:
+                layer_states[:, i, :length] = row["hidden_states"].float()
             mask[i, :length] = row["attention_mask"]
             for name in self.token_tasks:
                 token_labels[name][i, :length] = row[f"labels_{name}"]
-        encoder_outputs["last_hidden_state"] = states
+        if states is not None:
+            encoder_outputs["last_hidden_state"] = states
+        if self.token_layers:
+            encoder_outputs["hidden_states"] = dict(zip(self.token_layers, layer_states.unbind(0)))
         batch["attention_mask"] = mask
         for name in self.token_tasks:
             batch[f"labels_{name}"] = token_labels[name]

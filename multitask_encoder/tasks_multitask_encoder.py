@@ -65,12 +65,39 @@ class LabelError(ValueError):
 # ---------------------------------------------------------------------------------------------- specs
 @dataclass(frozen=True)
 class HeadSpec:
-    """Shape of one task head: `linear` (a single projection), or `mlp` (Linear-act-dropout-Linear)."""
+    """Shape of one task head: `linear` (a single projection), or `mlp` (Linear-act-dropout-Linear).
+
+    `layers` is what the head reads: `last` (the last encoder layer, as the embedding does), or a learned
+    scalar mix (ELMo, UDify: softmax-weighted layers times a scale) of the encoder's hidden states, `all` of
+    them or a list of indices (0 = the embedding layer's output, N = the last of N encoder layers).
+    """
 
     type: str = "linear"
     hidden_size: int | None = None  # mlp only; defaults to the head's input size
     activation: str = "gelu"
     dropout: float = 0.1
+    layers: str | tuple[int, ...] = "last"
+
+    @property
+    def mixes_layers(self) -> bool:
+        """True when the head reads a learned mix of hidden layers instead of the last layer alone."""
+        return self.layers != "last"
+
+    def layer_indices(self, task: str, num_layers: int) -> tuple[int, ...] | None:
+        """The hidden-state indices the head mixes (None for `last`), checked against an encoder of
+        `num_layers` layers (hidden states 0..num_layers)."""
+        if not self.mixes_layers:
+            return None
+        if self.layers == "all":
+            return tuple(range(num_layers + 1))
+        beyond = [index for index in self.layers if index > num_layers]
+        if beyond:
+            raise ValueError(
+                f"Task {task!r}: head layers {list(self.layers)} has {beyond}, beyond the encoder's "
+                f"{num_layers} layers (hidden states 0 = the embedding layer's output .. {num_layers} = the "
+                "last layer)."
+            )
+        return tuple(self.layers)
 
 
 @dataclass(frozen=True)
@@ -116,10 +143,13 @@ class TaskSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """The flat form config.json stores: the common keys, then the type's options."""
+        head = asdict(self.head)
+        if isinstance(head["layers"], tuple):
+            head["layers"] = list(head["layers"])
         return {
             "type": self.type,
             "labels": list(self.labels),
-            "head": asdict(self.head),
+            "head": head,
             "loss_weight": self.loss_weight,
             **self.options,
         }
@@ -130,7 +160,10 @@ class EncoderFeatures(NamedTuple):
     when no head needs them, e.g. on the precomputed fast path), `attention_mask` `[batch, seq]`, the sentence
     `embeddings` `[batch, embedding_size]` of each row's (first) text; for rows with a second text (pair
     tasks encoded separately, contrastive positives) `pair_embeddings` `[pairs, embedding_size]` and
-    `pair_rows` `[pairs]` (the batch row each belongs to); contrastive negatives likewise."""
+    `pair_rows` `[pairs]` (the batch row each belongs to); contrastive negatives likewise. For heads that mix
+    layers: `hidden_states` {hidden-state index: `[batch, seq, hidden]`} (the token heads' layers) and
+    `pooled_hidden_states` {index: `[batch, hidden]`} (the sentence heads' layers, each pooled as the
+    embedding is)."""
 
     token_states: torch.Tensor | None
     attention_mask: torch.Tensor | None
@@ -139,6 +172,21 @@ class EncoderFeatures(NamedTuple):
     pair_rows: torch.Tensor | None = None
     negative_embeddings: torch.Tensor | None = None
     negative_rows: torch.Tensor | None = None
+    hidden_states: Mapping[int, torch.Tensor] | None = None
+    pooled_hidden_states: Mapping[int, torch.Tensor] | None = None
+
+    def layer_mix(self, head: nn.Module, token_level: bool) -> torch.Tensor:
+        """The learned mix of a layer-mixing head (`head.layers`, `head.mix`): of the token states of its
+        layers (`token_level`), else of their pooled vectors."""
+        source = self.hidden_states if token_level else self.pooled_hidden_states
+        missing = [index for index in head.layers if source is None or index not in source]
+        if missing:
+            kind = "hidden_states" if token_level else "pooled_hidden_states"
+            raise ValueError(
+                f"The head mixes hidden layers {list(head.layers)}, but the encoder outputs have no {kind} for "
+                f"{missing}."
+            )
+        return head.mix(torch.stack([source[index] for index in head.layers]))
 
     def pairs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(rows, first-text embeddings, second-text embeddings) of the rows that have a second text."""
@@ -347,17 +395,31 @@ class TaskType:
         raise NotImplementedError
 
     # -------------------------------------------------------------- model
+    def layer_mix_refusal(self, options: Mapping[str, Any]) -> str | None:
+        """Why a task of this type (with these options) cannot read a mix of layers (head `layers` other than
+        `last`), or None when it can."""
+        return None
+
     def head_in_features(self, spec: TaskSpec, hidden_size: int, embedding_size: int) -> int | None:
-        """The size of what the head reads; None for a type without a head of its own (it scores embeddings)."""
-        return hidden_size if self.reads_token_states else embedding_size
+        """The size of what the head reads; None for a type without a head of its own (it scores embeddings).
+        A head mixing layers reads hidden states (or their pooled mix: never projected), of `hidden_size`."""
+        return hidden_size if self.reads_token_states or spec.head.mixes_layers else embedding_size
 
     def head_reads(self, spec: TaskSpec) -> str:
         """What the head reads, for the model card."""
+        if spec.head.mixes_layers:
+            return layer_mix_description(spec.head, self.reads_token_states)
         return "each token state" if self.reads_token_states else "the sentence embedding"
+
+    def head_input(self, head: nn.Module, spec: TaskSpec, features: EncoderFeatures) -> torch.Tensor:
+        """What the head reads: token states or the sentence embedding, or their learned mix of layers."""
+        if spec.head.mixes_layers:
+            return features.layer_mix(head, self.reads_token_states)
+        return features.token_states if self.reads_token_states else features.embeddings
 
     def logits(self, head: nn.Module | None, spec: TaskSpec, features: EncoderFeatures) -> torch.Tensor:
         """The task's output for every row of the batch (what `<task>_logits` holds)."""
-        return head(features.token_states if self.reads_token_states else features.embeddings)
+        return head(self.head_input(head, spec, features))
 
     def loss(
         self, spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor, features: EncoderFeatures
@@ -963,18 +1025,30 @@ class PairClassification(SequenceClassification):
     def input_encoding(self, options):
         return "pair_joint" if options.get("pair_encoding", "bi") == "cross" else "pair"
 
+    def layer_mix_refusal(self, options):
+        if options.get("pair_encoding", "bi") == "bi":
+            return (
+                "with pair_encoding bi its head reads the model's embeddings of the two texts (u, v, |u-v|, "
+                "u*v), which stay the last layer's; use pair_encoding: cross to mix layers"
+            )
+        return None
+
     def head_in_features(self, spec, hidden_size, embedding_size):
-        return embedding_size if spec.options["pair_encoding"] == "cross" else 4 * embedding_size
+        if spec.options["pair_encoding"] == "cross":
+            return super().head_in_features(spec, hidden_size, embedding_size)
+        return 4 * embedding_size
 
     def logits(self, head, spec, features):
         if spec.options["pair_encoding"] == "cross":
-            return head(features.embeddings)
+            return head(self.head_input(head, spec, features))
         rows, u, v = features.pairs()
         pair_logits = head(torch.cat([u, v, (u - v).abs(), u * v], dim=-1))
         return scatter_rows(pair_logits, rows, features.embeddings.shape[0])
 
     def head_reads(self, spec):
         if spec.options["pair_encoding"] == "cross":
+            if spec.head.mixes_layers:
+                return layer_mix_description(spec.head, False) + " of the joint pair"
             return "the embedding of the joint pair"
         return "(u, v, |u-v|, u*v) of the two texts' embeddings"
 
@@ -1073,6 +1147,9 @@ class Similarity(TaskType):
         return torch.tensor(
             [float(IGNORE_INDEX) if v is None else _as_scalar(v) for v in values], dtype=torch.float
         )
+
+    def layer_mix_refusal(self, options):
+        return "it has no head: it scores the model's embedding itself, which stays the last layer's"
 
     def head_in_features(self, spec, hidden_size, embedding_size):
         return None
@@ -1207,6 +1284,9 @@ class Contrastive(TaskType):
     def collate_labels(self, spec, values, batch):
         return torch.tensor([IGNORE_INDEX if v is None else int(v) for v in values], dtype=torch.long)
 
+    def layer_mix_refusal(self, options):
+        return "it has no head: it scores the model's embedding itself, which stays the last layer's"
+
     def head_in_features(self, spec, hidden_size, embedding_size):
         return None
 
@@ -1302,9 +1382,11 @@ def parse_head_spec(task: str, head: Any) -> HeadSpec:
         head = {"type": head}
     if not isinstance(head, dict):
         raise ValueError(f"Task {task!r}: `head` must be a head type name or a mapping, got {head!r}.")
-    unknown = set(head) - {"type", "hidden_size", "activation", "dropout"}
+    unknown = set(head) - {"type", "hidden_size", "activation", "dropout", "layers"}
     if unknown:
         raise ValueError(f"Task {task!r}: unknown head keys {sorted(unknown)}.")
+    head = dict(head)
+    head["layers"] = parse_head_layers(task, head.get("layers", "last"))
     spec = HeadSpec(**head)
     if spec.type not in HEAD_TYPES:
         raise ValueError(
@@ -1320,7 +1402,56 @@ def parse_head_spec(task: str, head: Any) -> HeadSpec:
     hidden = spec.hidden_size
     if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1):
         raise ValueError(f"Task {task!r}: head hidden_size must be positive, got {hidden}.")
-    return HeadSpec(type=spec.type, hidden_size=hidden, activation=spec.activation, dropout=float(dropout))
+    return HeadSpec(
+        type=spec.type,
+        hidden_size=hidden,
+        activation=spec.activation,
+        dropout=float(dropout),
+        layers=spec.layers,
+    )
+
+
+def parse_head_layers(task: str, layers: Any) -> str | tuple[int, ...]:
+    """A head's `layers`: "last", "all", or a non-empty list of distinct hidden-state indices >= 0 (the
+    upper bound, the encoder's layer count, is checked when the model is built: `HeadSpec.layer_indices`)."""
+    if layers is None:
+        return "last"
+    if isinstance(layers, str):
+        if layers in ("last", "all"):
+            return layers
+        raise ValueError(
+            f"Task {task!r}: head layers must be 'last', 'all' or a list of hidden-state indices, got {layers!r}."
+        )
+    if not isinstance(layers, (list, tuple)) or not layers:
+        raise ValueError(
+            f"Task {task!r}: head layers must be 'last', 'all' or a non-empty list of hidden-state indices "
+            f"(0 = the embedding layer's output), got {layers!r}."
+        )
+    bad = [index for index in layers if isinstance(index, bool) or not isinstance(index, int) or index < 0]
+    if bad:
+        raise ValueError(
+            f"Task {task!r}: head layers must be integers >= 0 (hidden-state indices, 0 = the embedding "
+            f"layer's output), got {bad} in {list(layers)}."
+        )
+    duplicates = sorted({index for index in layers if list(layers).count(index) > 1})
+    if duplicates:
+        raise ValueError(f"Task {task!r}: head layers lists {duplicates} more than once: {list(layers)}.")
+    return tuple(int(index) for index in layers)
+
+
+def layer_mix_description(head: HeadSpec, token_level: bool) -> str:
+    """What a layer-mixing head reads, for the model card."""
+    which = (
+        "all hidden layers (the embedding layer's output to the last layer)"
+        if head.layers == "all"
+        else f"hidden layers {list(head.layers)} (0 = the embedding layer's output)"
+    )
+    if token_level:
+        return f"a learned softmax-weighted mix (times a learned scale) of each token's states in {which}"
+    return (
+        f"a learned softmax-weighted mix of the pooled {which}, L2-normalised when the embedding is, times "
+        "a learned scale (no projection)"
+    )
 
 
 def check_task_name(name: Any) -> None:
@@ -1385,12 +1516,21 @@ def parse_task_spec(name: str, spec: TaskSpec | Mapping[str, Any]) -> TaskSpec:
         raise ValueError(f"Task {name!r}: loss_weight must be a number, got {loss_weight!r}.")
     if loss_weight < 0:
         raise ValueError(f"Task {name!r}: loss_weight must be >= 0, got {loss_weight}.")
+    options = task_type.check_options(name, options)
+    head = parse_head_spec(name, spec.get("head"))
+    if head.mixes_layers:
+        refusal = task_type.layer_mix_refusal(options)
+        if refusal:
+            raise ValueError(
+                f"Task {name!r}: a {type_name} task cannot mix layers (head layers "
+                f"{head.layers if isinstance(head.layers, str) else list(head.layers)!r}): {refusal}."
+            )
     return TaskSpec(
         type=type_name,
         labels=labels,
-        head=parse_head_spec(name, spec.get("head")),
+        head=head,
         loss_weight=float(loss_weight),
-        options=task_type.check_options(name, options),
+        options=options,
         name=name,
     )
 

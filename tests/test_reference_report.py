@@ -357,7 +357,11 @@ def test_no_compromise_part_gets_its_tables(report, tmp_path: Path) -> None:
         "source": "combined",
         "tasks": {},
         "curve": [
-            {"alpha": 0.5, "tasks": {"topic": {"accuracy": 0.80}}, "embedding": {"stsb_test": {"after": 83.0}}}
+            {
+                "alpha": 0.5,
+                "tasks": {"topic": {"accuracy": 0.80}},
+                "embedding": {"stsb_test": {"after": 83.0}},
+            }
         ],
     }
     cross = {

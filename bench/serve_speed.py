@@ -19,6 +19,10 @@ Anchors (what a user gets without this package's modes), same texts, batches and
     OpenVINO with its default settings (bf16 on CPUs that have it).
 Each mode is also timed as `encode` (embeddings alone), to show what the heads and result dicts cost.
 
+With `--compare-layer-mix`, each mode's `predict` is also timed, alternating with the plain model's, for a
+copy of the model whose heads read a learned mix of all the encoder's hidden layers (head `layers: all`): the
+claim that layer mixing leaves the serving cost unchanged (predict within 3%).
+
 A second process predicts `--stream-texts` texts (100k) to show that memory stays flat: peak RSS with the
 streaming windows, and with one window holding everything (what predict did before windows).
 
@@ -26,11 +30,14 @@ streaming windows, and with one window holding everything (what predict did befo
     python bench/serve_speed.py --quick              # small samples: a check that it runs, not a measurement
                                                      # (53 min on 2 cores shared with a test suite, load 5-7)
     python bench/serve_speed.py --wait-for-load 1.0  # first wait (up to 20 min) for a quiet machine
+    python bench/serve_speed.py --compare-layer-mix  # also layer-mixing heads vs plain (about +1/3 time)
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import importlib.util
 import json
 import os
@@ -89,6 +96,7 @@ RUNTIME_ANCHORS = [
 TARGET_EXACT = 1.1  # best exact-fp32 mode / OpenVINO fp32 anchor
 TARGET_GUARDED = 1.1  # best guarded mode / best guarded anchor
 MAX_HEADS_COST = 0.03  # predict with all heads vs encode, per mode
+MAX_LAYER_MIX_COST = 0.03  # predict with layer-mixing heads vs plain heads, per mode (either way)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -121,6 +129,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run it with one window for all texts (no streaming)",
     )
     parser.add_argument("--stream-mode", default="token_budget", help="serving mode of the RSS run")
+    parser.add_argument(
+        "--compare-layer-mix",
+        action="store_true",
+        help="also time predict, per mode, of the model with heads reading a mix of all hidden layers",
+    )
     parser.add_argument("--wait-for-load", type=float, default=None, help="wait until loadavg(1 min) < this")
     parser.add_argument(
         "--stream-child", nargs=4, metavar=("FOLDER", "MODE", "N", "WINDOW"), help=argparse.SUPPRESS
@@ -304,6 +317,26 @@ def head_accuracies(
     return result
 
 
+def layer_mix_folder(folder: str) -> str:
+    """A copy of the model saved in `folder` whose heads read the learned mix of all hidden layers (head
+    `layers: all`), saved in a new folder (returned): the same encoder and head weights, the mix at its init
+    (uniform weights, which cost what trained ones do)."""
+    plain = MultiTaskEncoderModel.from_pretrained(folder)
+    config = copy.deepcopy(plain.config)
+    config.tasks = {
+        name: dataclasses.replace(spec, head=dataclasses.replace(spec.head, layers="all"))
+        for name, spec in config.tasks.items()
+    }
+    mixing = MultiTaskEncoderModel(config)
+    missing, unexpected = mixing.load_state_dict(plain.state_dict(), strict=False)
+    if unexpected or not all(".mix." in key for key in missing):
+        raise RuntimeError(f"layer-mixing copy: missing {missing}, unexpected {unexpected}")
+    mixing.tokenizer = plain.tokenizer
+    mixing_folder = tempfile.mkdtemp(prefix="serve_speed_layer_mix_")
+    mixing.save_pretrained(mixing_folder)
+    return mixing_folder
+
+
 # ---------------------------------------------------------------------------------------------- anchors
 class PlainEncoderAnchor:
     """The plain encoder (no heads) in a runtime, served as sentence-transformers serves its ONNX / OpenVINO
@@ -482,6 +515,30 @@ def main(argv: list[str] | None = None) -> None:
     bf16_peak = matmul_peak_gflops(dtype=torch.bfloat16)
     main_rss = rss_mb()
 
+    # Layer-mixing heads against plain ones, mode by mode: a pair timed on its own (after the table above and
+    # its peak RSS, so neither includes the copies), one copy alive at a time.
+    layer_mix_seconds: dict[str, dict[str, float]] = {}
+    if args.compare_layer_mix:
+        mixing_folder = layer_mix_folder(folder)
+        for mode, model in models.items():
+            start = time.perf_counter()
+            mixing = MultiTaskEncoderModel.from_pretrained(mixing_folder).eval()
+            mixing.optimize_for_inference(
+                mode, **({} if mode == "exact" else {"token_budget": args.token_budget})
+            )
+            mixing.predict(warm_up, batch_size=args.batch_size)  # warm-up (and compile), as the plain models
+            progress(f"layer-mixing copy, mode {mode}, ready in {time.perf_counter() - start:.0f} s")
+            pair = {"plain": model, "layer mix": mixing}
+            layer_mix_seconds[mode] = median_seconds(
+                {
+                    name: lambda served=served: served.predict(timed_texts, batch_size=args.batch_size)
+                    for name, served in pair.items()
+                },
+                args.repeats,
+            )
+            del mixing, pair
+        loads["after layer mix"] = load_average()
+
     stream = {}
     if args.stream_texts and args.stream_mode in SERVING_MODES:
         stream["windows of 4096 texts"] = measure_stream(
@@ -590,6 +647,26 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"- modes outside the guard on this CPU (not to be offered here): {', '.join(not_offered) or 'none'}"
     )
+
+    if layer_mix_seconds:
+        hidden_states = models["exact"].config.encoder_config.num_hidden_layers + 1
+        print(
+            f"\nLayer-mixing heads (each reads the learned mix of all {hidden_states} hidden states, `layers: all`) vs "
+            f"plain heads: predict, each mode's pair timed on its own, median of {args.repeats} alternating runs "
+            f"(target: within {100 * MAX_LAYER_MIX_COST:.0f}%)\n"
+        )
+        print(
+            "| mode | plain predict sentences/s | layer-mix predict sentences/s | layer-mix / plain | "
+            f"within {100 * MAX_LAYER_MIX_COST:.0f}% |"
+        )
+        print("|---|---:|---:|---:|---|")
+        for mode, pair_seconds in layer_mix_seconds.items():
+            ratio = pair_seconds["plain"] / pair_seconds["layer mix"]
+            print(
+                f"| {mode} | {len(timed_texts) / pair_seconds['plain']:.0f} | "
+                f"{len(timed_texts) / pair_seconds['layer mix']:.0f} | {ratio:.3f} | "
+                f"{'yes' if abs(ratio - 1) <= MAX_LAYER_MIX_COST else 'NO'} |"
+            )
 
     print(f"\npeak RSS of this process (all {len(models)} models + anchors): {main_rss:.0f} MB")
     for name, run in stream.items():

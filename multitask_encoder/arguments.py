@@ -306,6 +306,8 @@ def tasks_help() -> str:
         "tasks: (in the config file; see docs/config.md)",
         "  <name>:                 a Python identifier; the head's name",
         f"    common keys:          {', '.join([*SPEC_KEYS, *COMMON_DATA_KEYS])}",
+        "    head:                 linear | mlp | {type, hidden_size, activation, dropout, layers}; layers: last |",
+        "                          all | [hidden-state indices]: the head reads a learned mix of those layers",
     ]
     for task_type in TASK_TYPES.values():
         keys = {**task_type.options, **task_type.data_options}
@@ -315,6 +317,11 @@ def tasks_help() -> str:
         )
         lines.append(f"    type: {task_type.name}")
         lines.append(f"      {described}")
+    lines += [
+        "teachers: (in the config file) <task>: a trained single-task model (folder or Hub id) whose outputs the",
+        "  task learns from besides its labels (see teacher_weight_start/end; multitask-encoder-train-teachers",
+        "  trains them); embedding_evaluation: <name>: {data, score_column, ...} pairs scoring the embedding",
+    ]
     return "\n".join(lines)
 
 

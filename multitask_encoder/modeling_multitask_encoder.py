@@ -91,6 +91,19 @@ class Pooling(nn.Module):
             return summed / lengths.sqrt()
         return summed / lengths  # mean
 
+    def pool_layers(self, layers: Iterable[torch.Tensor], attention_mask: torch.Tensor) -> list[torch.Tensor]:
+        """Several layers' token states `[batch, seq, hidden]`, each pooled as `forward` pools it (equal up to
+        float rounding). The mean poolings are one `[batch, 1, seq] x [batch, seq, hidden]` product per layer,
+        without `forward`'s masked `[batch, seq, hidden]` temporary: pooling every layer for a mixing head
+        then costs next to nothing beside the encoder."""
+        layers = list(layers)
+        if self.mode in ("cls", "max") or not layers:
+            return [self(states, attention_mask) for states in layers]
+        mask = attention_mask.to(layers[0].dtype)
+        lengths = mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+        weights = (mask / (lengths.sqrt() if self.mode == "mean_sqrt_len" else lengths)).unsqueeze(1)
+        return [torch.bmm(weights, states).squeeze(1) for states in layers]
+
 
 class ScalarMix(nn.Module):
     """Hidden layers `[layers, ...]` -> their learned mix `[...]` (ELMo, Peters et al. 2018; UDify):
@@ -532,9 +545,10 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
                 token_states = hidden_states[last]
             else:
                 token_states = self.encoder_states(encoder_inputs)
-        for index in sentence_layers:
-            if index not in pooled_hidden_states:
-                pooled_hidden_states[index] = self.pooling(hidden_states[index], attention_mask)
+        unpooled = [index for index in sentence_layers if index not in pooled_hidden_states]
+        pooled_hidden_states.update(
+            zip(unpooled, self.pooling.pool_layers((hidden_states[i] for i in unpooled), attention_mask))
+        )
         if pooled is None:
             pooled = self.pooling(token_states, attention_mask)
         pair_embeddings, pair_rows = self._second_texts(pair_inputs, encoder_outputs, "pair")

@@ -113,17 +113,10 @@ def precompute_features(
             stacked = model.encoder_states(encoder_inputs, layers)
             token_states = stacked[layers.index(last)]
             if sentence_layers:
-                pooled_layers = (
-                    torch.stack(
-                        [
-                            model.pooling(stacked[layers.index(i)], batch["attention_mask"])
-                            for i in sentence_layers
-                        ],
-                        dim=1,
-                    )
-                    .float()
-                    .cpu()
-                )  # [batch, layers, hidden]
+                each = model.pooling.pool_layers(
+                    (stacked[layers.index(i)] for i in sentence_layers), batch["attention_mask"]
+                )
+                pooled_layers = torch.stack(each, dim=1).float().cpu()  # [batch, layers, hidden]
             if token_layers:
                 token_stack = stacked[[layers.index(i) for i in token_layers]]  # [layers, batch, seq, hidden]
         pooled = model.pooling(token_states, batch["attention_mask"]).float().cpu()
@@ -241,7 +234,7 @@ class PrecomputedCollator:
                 (len(rows), longest, rows[0]["teacher_targets"][name].shape[-1]), float("nan")
             )
             for i, row in enumerate(rows):
-                if "token_states" in row:
+                if "attention_mask" in row:  # a row with token states (see above)
                     value = row["teacher_targets"][name]
                     targets[i, : value.shape[0]] = value
             batch["teacher_targets"][name] = targets

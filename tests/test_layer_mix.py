@@ -28,6 +28,7 @@ from multitask_encoder import MultiTaskEncoderModel
 from multitask_encoder import inference_multitask_encoder as inference
 from multitask_encoder.collator import MultiTaskCollator
 from multitask_encoder.data import load_multitask_data
+from multitask_encoder.modeling_multitask_encoder import Pooling
 from multitask_encoder.optimization import parameter_groups
 from multitask_encoder.precompute import PrecomputedCollator, precompute_features
 from multitask_encoder.tasks_multitask_encoder import HeadSpec, parse_task_spec
@@ -489,3 +490,15 @@ def test_every_head_key_is_documented_with_the_task_keys() -> None:
     assert listed == [field.name for field in dataclasses.fields(HeadSpec)]
     assert "layers" in documented(section)
     assert "`last`" in section and "`all`" in section and "scalar mix" in section
+
+
+@pytest.mark.parametrize("mode", ["mean", "mean_sqrt_len", "cls", "max"])
+def test_pooling_several_layers_at_once_equals_pooling_each(mode: str) -> None:
+    generator = torch.Generator().manual_seed(0)
+    layers = [torch.randn(4, 9, 16, generator=generator) for _ in range(3)]
+    mask = torch.tensor([[1] * 9, [1] * 5 + [0] * 4, [1] * 2 + [0] * 7, [1] * 7 + [0] * 2])
+    pooling = Pooling(mode)
+    for together, alone in zip(
+        pooling.pool_layers(layers, mask), (pooling(states, mask) for states in layers)
+    ):
+        torch.testing.assert_close(together, alone, rtol=0, atol=1e-6)

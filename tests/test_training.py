@@ -26,12 +26,12 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from transformers import AutoModel, TrainerCallback
+from transformers import AutoModel, AutoTokenizer, TrainerCallback
 
 import multitask_encoder  # noqa: F401  (registers the Auto classes: saved folders load without remote code)
 from multitask_encoder import MultiTaskEncoderModel
 from multitask_encoder.checkpoints import MANIFEST_FILE, RUN_FILE
-from multitask_encoder.data import DataError
+from multitask_encoder.data import DataError, load_multitask_data
 from multitask_encoder.metrics_multitask_encoder import extract_entities
 from multitask_encoder.precompute import precompute_mode
 from multitask_encoder.sampling import MultiTaskBatchSampler
@@ -457,6 +457,20 @@ def test_two_process_ddp_run_of_the_demo_tasks(tiny_backbone: str, tmp_path: Pat
     options = {k: v for k, v in demo.items() if k not in ("tasks", "output_dir", "example_sentences")}
     options.update(max_seq_length=32, per_device_train_batch_size=BATCH_SIZE, per_device_eval_batch_size=2)
     assert options["composition"] == "per_task"
+    # A single-task teacher for topic (issue 19): its targets are computed once, by the main process, and
+    # read from the cache by the other.
+    labels = load_multitask_data(
+        {"topic": tasks["topic"]},
+        AutoTokenizer.from_pretrained(tiny_backbone),
+        32,
+        str(REPO),
+        cache_dir=str(tmp_path / "cache"),
+    ).task_specs["topic"]["labels"]
+    teacher = MultiTaskEncoderModel.from_backbone(
+        tiny_backbone, tasks={"topic": {"type": "sequence_classification", "labels": labels}}
+    )
+    teacher.save_pretrained(tmp_path / "teacher")
+    options.update(teachers={"topic": str(tmp_path / "teacher")}, teacher_weight_end=0.5)
     config = write_config(tmp_path / "config.yaml", tasks, **options)
     entry = tmp_path / "ddp_entry.py"
     entry.write_text(DDP_ENTRY, encoding="utf-8")
@@ -475,6 +489,8 @@ def test_two_process_ddp_run_of_the_demo_tasks(tiny_backbone: str, tmp_path: Pat
         check=False,
     )
     assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stderr.count("Computing the targets of the teacher of 'topic'") == 1
+    assert result.stderr.count("Teacher targets of 'topic' from the cache") == 1
 
     infos = [json.loads((output_dir / f"replica-{rank}.json").read_text()) for rank in (0, 1)]
     sampler = MultiTaskBatchSampler(caps, batch_size=BATCH_SIZE, composition="per_task")

@@ -90,7 +90,8 @@ class ServingPlan:
 
     `run_encoder(encoder_inputs) -> token states [batch, seq, hidden]` is None in the eager fp32 modes;
     `run_encoder(encoder_inputs, layers)` gives the hidden states `layers` (indices: 0 = the embedding
-    layer's output, N = the last layer) of the same single pass, stacked `[len(layers), batch, seq, hidden]`
+    layer's output, N = the last layer) of the same single pass, one tensor each or (runtime graphs) stacked
+    `[len(layers), batch, seq, hidden]` (`split_layers` reads either)
     (what heads that mix layers read).
     `weights_version` and `device` record the encoder's state when a serving encoder holding its own copy of
     the weights (int8) was made: the staleness check. Other serving encoders read the live weights and leave
@@ -258,14 +259,25 @@ def build_serving_plan(
 
 
 def encoder_hidden_states(
-    encoder: nn.Module, encoder_inputs: dict[str, torch.Tensor], layers: tuple[int, ...] | None
-) -> torch.Tensor:
+    encoder: nn.Module,
+    encoder_inputs: dict[str, torch.Tensor],
+    layers: tuple[int, ...] | None,
+    stack: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """`encoder(**inputs)`'s `last_hidden_state` `[batch, seq, hidden]` (`layers` None), or the hidden states
-    `layers` of the same pass stacked `[len(layers), batch, seq, hidden]` (0 = the embedding layer's output)."""
+    `layers` of the same pass (0 = the embedding layer's output): one `[batch, seq, hidden]` tensor each, or
+    with `stack` (a graph export needs one output) stacked `[len(layers), batch, seq, hidden]`. Unstacked
+    by default: the copy into one tensor cost a layer-mixing model ~5% of `predict` in the bf16 mode."""
     if layers is None:
         return encoder(**encoder_inputs).last_hidden_state
     hidden_states = encoder(**encoder_inputs, output_hidden_states=True).hidden_states
-    return torch.stack([hidden_states[index] for index in layers])
+    selected = tuple(hidden_states[index] for index in layers)
+    return torch.stack(selected) if stack else selected
+
+
+def split_layers(states: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """The per-layer tensors of what a serving encoder gives for `layers`: a tuple, or a stacked graph output."""
+    return states.unbind(0) if isinstance(states, torch.Tensor) else tuple(states)
 
 
 class EncoderStates(nn.Module):
@@ -293,7 +305,7 @@ class Bf16EncoderStates(EncoderStates):
         device_type = next(self.encoder.parameters()).device.type
         with torch.autocast(device_type, dtype=torch.bfloat16):
             states = encoder_hidden_states(self.encoder, encoder_inputs, layers)
-        return states.float()
+        return states.float() if layers is None else tuple(layer.float() for layer in states)
 
 
 def native_bf16_missing(device: torch.device) -> str | None:
@@ -513,7 +525,9 @@ class EncoderGraph(nn.Module):
         self.layers = layers
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return encoder_hidden_states(self.encoder, dict(zip(self.input_names, inputs)), self.layers)
+        return encoder_hidden_states(
+            self.encoder, dict(zip(self.input_names, inputs)), self.layers, stack=True
+        )
 
 
 class ModelGraph(nn.Module):

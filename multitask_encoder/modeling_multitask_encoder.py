@@ -40,8 +40,10 @@ from .inference_multitask_encoder import (
     ServingPlan,
     TextBatch,
     build_serving_plan,
+    encoder_hidden_states,
     iter_sorted_batches,
     plan_batches,
+    split_layers,
 )
 from .tasks_multitask_encoder import EncoderFeatures, HeadSpec, TaskSpec, parse_task_spec
 
@@ -540,8 +542,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
                 # One pass gives the mixing heads' layers and the last one (for the embedding).
                 last = self.config.encoder_config.num_hidden_layers
                 layers = tuple(sorted({*token_layers, *sentence_layers, last}))
-                stacked = self.encoder_states(encoder_inputs, layers)
-                hidden_states = dict(zip(layers, stacked.unbind(0)))
+                hidden_states = dict(zip(layers, split_layers(self.encoder_states(encoder_inputs, layers))))
                 token_states = hidden_states[last]
             else:
                 token_states = self.encoder_states(encoder_inputs)
@@ -1121,13 +1122,10 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         """Encoder output `[batch, seq, hidden]` for tokenised inputs `[batch, seq]`: the serving mode's encoder
         when one is set and the model is serving (eval mode, no gradients), else `self.encoder`. With `layers`
         (hidden-state indices: 0 = the embedding layer's output, N = the last layer), those hidden states
-        of the same single pass instead, stacked: `[len(layers), batch, seq, hidden]`."""
+        of the same single pass instead, one `[batch, seq, hidden]` tensor each (`split_layers` reads them)."""
         plan = self._serving_plan
         if plan is None or plan.run_encoder is None or self.training or torch.is_grad_enabled():
-            if layers is None:
-                return self.encoder(**encoder_inputs).last_hidden_state
-            hidden_states = self.encoder(**encoder_inputs, output_hidden_states=True).hidden_states
-            return torch.stack([hidden_states[index] for index in layers])
+            return encoder_hidden_states(self.encoder, encoder_inputs, layers)
         plan.check_fresh(self.encoder)
         if layers is None:
             return plan.run_encoder(encoder_inputs)

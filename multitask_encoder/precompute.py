@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .inference_multitask_encoder import native_bf16_missing, plan_batches
+from .inference_multitask_encoder import native_bf16_missing, plan_batches, split_layers
 from .modeling_multitask_encoder import MODEL_INPUT_NAMES, MultiTaskEncoderModel
 from .tasks_multitask_encoder import IGNORE_INDEX
 
@@ -110,15 +110,17 @@ def precompute_features(
         if layers is None:
             token_states = model.encoder_states(encoder_inputs)
         else:  # one pass: the mixing heads' layers and the last one
-            stacked = model.encoder_states(encoder_inputs, layers)
-            token_states = stacked[layers.index(last)]
+            states = split_layers(model.encoder_states(encoder_inputs, layers))
+            token_states = states[layers.index(last)]
             if sentence_layers:
                 each = model.pooling.pool_layers(
-                    (stacked[layers.index(i)] for i in sentence_layers), batch["attention_mask"]
+                    (states[layers.index(i)] for i in sentence_layers), batch["attention_mask"]
                 )
                 pooled_layers = torch.stack(each, dim=1).float().cpu()  # [batch, layers, hidden]
             if token_layers:
-                token_stack = stacked[[layers.index(i) for i in token_layers]]  # [layers, batch, seq, hidden]
+                token_stack = torch.stack(
+                    [states[layers.index(i)] for i in token_layers]
+                )  # [layers, batch, seq, hidden]
         pooled = model.pooling(token_states, batch["attention_mask"]).float().cpu()
         for prefix in ("pair", "negative"):  # second texts of pairs, contrastive negatives: pooled too
             second = batch.get(f"{prefix}_inputs")

@@ -155,6 +155,14 @@ def save_record(path: Path, header: dict[str, Any], context: dict[str, Any], res
         "data_dir": context["data"],
         **result,
     }
+    earlier = context.get("earlier")
+    if earlier is not None:
+        if earlier.get("budget") != record.get("budget"):
+            raise SystemExit(f"{path} holds rows of another budget: move it away to measure at this one.")
+        keys = {row["key"] for row in record["rows"]}
+        record["rows"] = [row for row in earlier["rows"] if row["key"] not in keys] + record["rows"]
+        record["wall_s"] += earlier.get("wall_s", 0.0)
+        record["complete"] = False  # --rows: the part's rows, not all of them, in some order
     path.write_text(json.dumps(record, indent=1, default=float) + "\n", encoding="utf-8")
     return record
 
@@ -183,6 +191,8 @@ def run(argv: list[str]) -> None:
                 "started_at": began,
             }
             context = {"start": part_start, "load": load_before, "data": str(args.data)}
+            if args.rows and path.exists():  # a run of some rows adds them to the rows measured before
+                context["earlier"] = json.loads(path.read_text(encoding="utf-8"))
             save = functools.partial(save_record, path, header, context)
             options = {"rows": args.rows, "factor": args.factor}
             result = reference_parts.run_part(

@@ -391,3 +391,24 @@ def test_no_compromise_part_gets_its_tables(report, tmp_path: Path) -> None:
     cross_line = next(line for line in section.splitlines() if line.startswith("| sentiment on SST-2"))
     assert cross_line.split(" | ")[1:3] == ["90.0 ± 0.0", "70.0 ± 0.0"]
     assert "| WiSE-FT |" not in section and "| sentiment on SST-2 |" not in section.split("WiSE-FT of")[0]
+
+
+def test_a_run_of_some_rows_keeps_the_rows_measured_before(tmp_path: Path, monkeypatch) -> None:
+    bench = REPORT_PATH.parent
+    monkeypatch.syspath_prepend(str(bench))
+    spec = importlib.util.spec_from_file_location("reference_bench", bench / "reference.py")
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    path = tmp_path / "reference-no_compromise-seed0.json"
+    earlier = record("no_compromise", 0, [row("teachers", 0.9, 0.8, 10.0), row("plain", 0.8, 0.7, 10.0)])
+    path.write_text(json.dumps(earlier), encoding="utf-8")
+    header = {"part": "no_compromise", "seed": 0, "mode": "full"}
+    context = {"start": 0.0, "load": [0.0], "data": "data", "earlier": json.loads(path.read_text())}
+    result = {"budget": dict(BUDGET), "rows": [row("plain", 0.85, 0.75, 12.0), row("lp_ft", 0.9, 0.7, 11.0)]}
+    saved = reference.save_record(path, header, context, result)
+    assert [r["key"] for r in saved["rows"]] == ["teachers", "plain", "lp_ft"]
+    assert saved["rows"][1]["train_s"] == 12.0  # the new measurement replaces the old one
+    assert json.loads(path.read_text())["rows"] == saved["rows"] and saved["complete"] is False
+    other = {**result, "budget": {**BUDGET, "steps_per_task": 400}}
+    with pytest.raises(SystemExit, match="rows of another budget"):
+        reference.save_record(path, header, context, other)

@@ -29,6 +29,7 @@ from reference_parts import (
     multitask_row,
     planned_task_batches,
     reference_tasks,
+    scaled_budget,
     single_task_row,
     warm_cache,
 )
@@ -49,13 +50,7 @@ def main_score(scores: dict[str, Any]) -> float:
 
 def part_longer(ctx: Context) -> dict[str, Any]:
     base = ctx.budget
-    budget = dataclasses.replace(
-        base,
-        steps_per_task=LONGER_FACTOR * base.steps_per_task,
-        max_train_examples=None
-        if base.max_train_examples is None
-        else LONGER_FACTOR * base.max_train_examples,
-    )
+    budget = scaled_budget(base, LONGER_FACTOR)
     ctx = dataclasses.replace(ctx, budget=budget)
     steps = budget.steps_per_task
     caps = dict.fromkeys(TASKS3, budget.max_train_examples)

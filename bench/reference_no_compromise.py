@@ -39,6 +39,7 @@ from reference_parts import (
     multitask_row,
     planned_task_batches,
     reference_tasks,
+    scaled_budget,
     task_scores,
     warm_cache,
     with_caps,
@@ -218,11 +219,7 @@ def wise_ft_row(ctx: Context, source: dict[str, Any], tasks: dict[str, dict[str,
 def part_no_compromise(ctx: Context) -> dict[str, Any]:
     base = ctx.budget
     factor = ctx.options.get("factor") or FACTOR
-    budget = dataclasses.replace(
-        base,
-        steps_per_task=factor * base.steps_per_task,
-        max_train_examples=None if base.max_train_examples is None else factor * base.max_train_examples,
-    )
+    budget = scaled_budget(base, factor)
     ctx = dataclasses.replace(ctx, budget=budget)
     wanted = [row for row in ROWS if row in (ctx.options.get("rows") or ROWS)]
     tasks = four_tasks(ctx)

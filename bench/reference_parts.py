@@ -29,6 +29,7 @@ encoding pass over the training rows, and the optimizer steps. Test evaluation i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import itertools
 import math
@@ -157,6 +158,16 @@ BUDGETS = {
         inference_repeats=1,
     ),
 }
+
+
+def scaled_budget(budget: Budget, factor: int) -> Budget:
+    """`factor` x the steps per task and the training rows (one pass over them still), the rest unchanged."""
+    rows = budget.max_train_examples
+    return dataclasses.replace(
+        budget,
+        steps_per_task=factor * budget.steps_per_task,
+        max_train_examples=None if rows is None else factor * rows,
+    )
 
 
 @dataclass

@@ -73,9 +73,9 @@ import multitask_encoder.trainer as trainer_module
 from multitask_encoder import MultiTaskEncoderConfig, MultiTaskEncoderModel, default_backbone
 from multitask_encoder.collator import MultiTaskCollator
 from multitask_encoder.data import load_multitask_data
-from multitask_encoder.metrics_multitask_encoder import classification_metrics, entity_metrics
 from multitask_encoder.precompute import precompute_features
 from multitask_encoder.sampling import MultiTaskBatchSampler
+from multitask_encoder.task_types.metrics import classification_metrics, entity_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 IGNORE_INDEX = -100

@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from encode_speed import median_seconds  # the same alternating timer as the encode bench
 
 from multitask_encoder import MultiTaskEncoderModel, default_backbone
-from multitask_encoder.inference_multitask_encoder import (
+from multitask_encoder.model.inference_multitask_encoder import (
     DEFAULT_TOKEN_BUDGET,
     MODES_OUTSIDE_GUARD,
     RUNTIME_EXTRAS,

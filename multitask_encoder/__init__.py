@@ -8,17 +8,19 @@ from transformers import (
 )
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .backbone import default_backbone, resolve_backbone
-from .configuration_multitask_encoder import MultiTaskEncoderConfig, TaskSpec
-from .modeling_multitask_encoder import (
+from .backbone import backbone_to_load, default_backbone, resolve_backbone
+from .model.configuration_multitask_encoder import MultiTaskEncoderConfig, TaskSpec
+from .model.modeling_multitask_encoder import (
     MultiTaskEncoderForSequenceClassification,
     MultiTaskEncoderForTokenClassification,
     MultiTaskEncoderModel,
     MultiTaskEncoderOutput,
 )
-from .pipeline_multitask_encoder import PIPELINE_TASK, MultiTaskTextClassificationPipeline
+from .model.pipeline_multitask_encoder import PIPELINE_TASK, MultiTaskTextClassificationPipeline
 
-# With the package imported, a saved folder loads through the Auto classes without remote code.
+# With the package imported, `from_backbone(None)` means the packaged default backbone ...
+MultiTaskEncoderModel.backbone_resolver = staticmethod(backbone_to_load)
+# ... and a saved folder loads through the Auto classes without remote code.
 AutoConfig.register(MultiTaskEncoderConfig.model_type, MultiTaskEncoderConfig, exist_ok=True)
 AutoModel.register(MultiTaskEncoderConfig, MultiTaskEncoderModel, exist_ok=True)
 AutoModelForSequenceClassification.register(

@@ -21,10 +21,11 @@ import torch
 from transformers import TrainingArguments
 
 from .adapters import parse_adapter_block
-from .configuration_multitask_encoder import LOSS_WEIGHTINGS, POOLING_MODES
 from .data.spec import COMMON_DATA_KEYS
+from .model.configuration_multitask_encoder import LOSS_WEIGHTINGS, POOLING_MODES
+from .model.tasks_multitask_encoder import SPEC_KEYS
 from .sampling import COMPOSITIONS, SAMPLING_STRATEGIES
-from .tasks_multitask_encoder import SPEC_KEYS, TASK_TYPES
+from .task_types.types import TASK_TYPES
 
 
 def _has_accelerator() -> bool:

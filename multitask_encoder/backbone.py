@@ -78,3 +78,8 @@ def public_backbone_name(name_or_path: str | None) -> str | None:
     if packaged is not None and os.path.realpath(str(name_or_path)) == os.path.realpath(packaged):
         return DEFAULT_BACKBONE_HUB_ID
     return str(name_or_path)
+
+
+def backbone_to_load(name_or_path: str | None) -> tuple[str, str | None]:
+    """`MultiTaskEncoderModel.backbone_resolver`: (the folder or Hub id to load, the public name to record)."""
+    return resolve_backbone(name_or_path), public_backbone_name(name_or_path)

@@ -28,6 +28,7 @@ from typing import Any, BinaryIO, TextIO
 
 from .cli import OneLineArgumentParser, add_common_options, debug_requested, first_line, run_command
 from .data.readers import DelimitedReader, ReadError, decoded_lines, read_jsonl, read_text_lines
+from .task_types import task_type
 
 PROG = "multitask-encoder-predict"
 INPUT_FORMATS = {".txt": "txt", ".text": "txt", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv"}
@@ -506,7 +507,7 @@ def run(args: argparse.Namespace) -> None:
             columns = [
                 (name, field)
                 for name in task_names
-                for field in model.config.tasks[name].task_type.prediction_fields(model.config.tasks[name])
+                for field in task_type(model.config.tasks[name]).prediction_fields(model.config.tasks[name])
             ]
             rows: CsvRows | JsonlRows = CsvRows(output_file, columns, pairs=kind == "pair")
         else:

@@ -24,8 +24,10 @@ from typing import Any
 
 import torch
 
-from .modeling_multitask_encoder import MODEL_INPUT_NAMES
-from .tasks_multitask_encoder import IGNORE_INDEX, LabelBatch, TaskSpec, as_list, parse_task_spec
+from .model.modeling_multitask_encoder import MODEL_INPUT_NAMES
+from .model.tasks_multitask_encoder import IGNORE_INDEX, TaskSpec, parse_task_spec
+from .task_types import task_type
+from .task_types.types import LabelBatch, as_list
 
 
 class MultiTaskCollator:
@@ -66,10 +68,10 @@ class MultiTaskCollator:
         )
         for name, spec in self.task_specs.items():
             values = [row.get(f"labels_{name}") for row in rows]
-            batch[f"labels_{name}"] = spec.task_type.collate_labels(spec, values, context)
+            batch[f"labels_{name}"] = task_type(spec).collate_labels(spec, values, context)
         # Single-task teachers' targets (teachers.py), on the train rows of the tasks that have a teacher.
         teacher = {
-            name: spec.task_type.collate_teacher(spec, [row.get(f"teacher_{name}") for row in rows], context)
+            name: task_type(spec).collate_teacher(spec, [row.get(f"teacher_{name}") for row in rows], context)
             for name, spec in self.task_specs.items()
             if f"teacher_{name}" in rows[0]
         }

@@ -66,7 +66,7 @@ from huggingface_hub.utils import validate_repo_id
 from transformers.dynamic_module_utils import get_relative_imports
 
 from .cli import OneLineArgumentParser, add_common_options, debug_requested, run_command
-from .configuration_multitask_encoder import MultiTaskEncoderConfig
+from .model.configuration_multitask_encoder import MultiTaskEncoderConfig
 from .model_card import CARD_FILENAME, render_model_card
 
 CONFIG_FILENAME = "config.json"

@@ -38,9 +38,10 @@ from .backbone import packaged_backbone_path, resolve_backbone
 from .cli import OneLineArgumentParser, add_common_options, debug_requested, first_line, run_command
 from .config_file import ConfigError
 from .data import DataError
+from .model.modeling_multitask_encoder import MultiTaskEncoderModel
 from .model_card import CARD_FILENAME, amend_interpolation_note, render_model_card
-from .modeling_multitask_encoder import MultiTaskEncoderModel
 from .plots import PLOTS_DIR, write_interpolation_plot
+from .task_types import task_type
 
 logger = logging.getLogger(__name__)
 
@@ -323,7 +324,8 @@ class Scorer:
             )
         check_config_tasks(self.trained_tasks, self.run.model.config.tasks, self.config)
         self.main_metrics = {
-            name: self.run.model.config.tasks[name].task_type.main_metric for name in self.run.data.validation
+            name: task_type(self.run.model.config.tasks[name]).main_metric
+            for name in self.run.data.validation
         }
         self.embedding_sets = list(self.run.embedding_sets)
         if not self.main_metrics and not self.embedding_sets:
@@ -406,7 +408,7 @@ def refit_heads(
     results = train_and_save(run)
     scores = {
         "tasks": {
-            task: metrics[run.model.config.tasks[task].task_type.main_metric]
+            task: metrics[task_type(run.model.config.tasks[task]).main_metric]
             for task, metrics in (results.get("validation") or {}).items()
         },
         "embedding": {name: entry["after"] for name, entry in (results.get("embedding") or {}).items()},
@@ -564,7 +566,7 @@ def run(args: argparse.Namespace) -> None:
                     model, args.config, target, alpha_work, args.refit_epochs, args.refit_learning_rate
                 )
                 shutil.rmtree(alpha_work, ignore_errors=True)
-                metrics = {t: trained.config.tasks[t].task_type.main_metric for t in scores["tasks"]}
+                metrics = {t: task_type(trained.config.tasks[t]).main_metric for t in scores["tasks"]}
             else:
                 if one:
                     write_model_folder(model, args.trained, staging)

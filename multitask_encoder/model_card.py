@@ -28,7 +28,8 @@ from huggingface_hub.utils import validate_repo_id
 
 from .arguments import MULTITASK_OPTIONS
 from .backbone import DEFAULT_BACKBONE_HUB_ID, PACKAGED_BACKBONE
-from .configuration_multitask_encoder import MultiTaskEncoderConfig, TaskSpec
+from .model.configuration_multitask_encoder import MultiTaskEncoderConfig, TaskSpec
+from .task_types import task_type
 
 TEMPLATE_PACKAGE = "multitask_encoder"
 TEMPLATE_NAME = "model_card.md"
@@ -143,7 +144,7 @@ def card_tags(config: MultiTaskEncoderConfig, extra: tuple[str, ...] = ()) -> li
         "feature-extraction",
     ]
     for spec in config.tasks.values():
-        tags += [tag for tag in spec.task_type.card_tags if tag not in tags]
+        tags += [tag for tag in task_type(spec).card_tags if tag not in tags]
     tags += [tag for tag in extra if tag not in tags]
     # The Hub adds custom_code itself when config.json has an auto_map; saying it up front shows it in search.
     tags.append("custom_code")
@@ -173,20 +174,20 @@ def eval_results(
         if not dataset or not looks_like_hub_id(dataset.split(" (")[0]):
             continue  # the model-index names datasets by Hub id; local data is reported in the body only
         dataset_type = dataset.split(" (")[0]
-        task_type = spec.task_type
-        identifier = (task_type.hub_task, dataset_type, split)
+        kind = task_type(spec)
+        identifier = (kind.hub_task, dataset_type, split)
         # The model-index groups results by (task type, dataset, config, split): two heads evaluated on the
         # same data would merge into one entry when huggingface_hub rewrites the card, so the second one
         # names its head as the dataset config.
         dataset_config = task if identifier in seen_identifiers else None
         seen_identifiers.add(identifier)
-        for metric in task_type.model_index_metrics:
+        for metric in kind.model_index_metrics:
             if metric.key not in metrics:
                 continue
             evals.append(
                 EvalResult(
-                    task_type=task_type.hub_task,
-                    task_name=f"{task} ({task_type.display_name})",
+                    task_type=kind.hub_task,
+                    task_name=f"{task} ({kind.display_name})",
                     dataset_type=dataset_type,
                     dataset_name=dataset,
                     dataset_config=dataset_config,
@@ -251,20 +252,20 @@ def _heads(config: MultiTaskEncoderConfig) -> list[dict[str, Any]]:
     hidden_size = config.encoder_config.hidden_size
     heads = []
     for name, spec in config.tasks.items():
-        in_features = spec.task_type.head_in_features(spec, hidden_size, config.embedding_size)
+        in_features = task_type(spec).head_in_features(spec, hidden_size, config.embedding_size)
         shape = (
-            f"`{_head_shape(spec, in_features)}` on {spec.task_type.head_reads(spec)}"
+            f"`{_head_shape(spec, in_features)}` on {task_type(spec).head_reads(spec)}"
             if in_features
             else "none"
         )
         heads.append(
             {
                 "name": name,
-                "kind": spec.task_type.head_kind(spec),
+                "kind": task_type(spec).head_kind(spec),
                 "shape": shape,
                 "labels": spec.labels,
                 "loss_weight": spec.loss_weight,
-                "logits_shape": spec.task_type.logits_shape(spec),
+                "logits_shape": task_type(spec).logits_shape(spec),
             }
         )
     return heads
@@ -285,7 +286,7 @@ def _example_predictions(
             lines.append("}")
         return texts, lines
     fields = [
-        f"{name!r}: {{{', '.join(repr(key) + ': ...' for key in spec.task_type.prediction_fields(spec))}}}"
+        f"{name!r}: {{{', '.join(repr(key) + ': ...' for key in task_type(spec).prediction_fields(spec))}}}"
         for name, spec in config.tasks.items()
     ]
     return ["Ada Lovelace wrote the first program."], ["[{" + ", ".join(fields) + "}]"]
@@ -312,7 +313,7 @@ def _label_distribution(
         if not splits:
             continue
         rows = [(label, [per_split[split].get(label, 0) for split in splits]) for label in spec.labels]
-        tables.append({"task": task, "unit": spec.task_type.count_unit, "splits": splits, "rows": rows})
+        tables.append({"task": task, "unit": task_type(spec).count_unit, "splits": splits, "rows": rows})
     return tables
 
 
@@ -321,7 +322,7 @@ def _imbalance_notes(config: MultiTaskEncoderConfig, label_counts: Mapping[str, 
     notes = []
     for task, spec in config.tasks.items():
         counts = ((label_counts.get(task) or {}).get("train")) or {}
-        counts = spec.task_type.entity_counts(counts) if counts else None
+        counts = task_type(spec).entity_counts(counts) if counts else None
         if not counts:
             continue
         missing = sorted(label for label, n in counts.items() if n == 0)
@@ -342,11 +343,11 @@ def _imbalance_notes(config: MultiTaskEncoderConfig, label_counts: Mapping[str, 
 
 def _metric_rows(spec: TaskSpec, per_split: list[Mapping[str, Any]]) -> list[tuple[str, list[Any]]]:
     """(display name, value per split) for every scalar metric, the type's usual ones first."""
-    keys = [key for key in spec.task_type.body_metrics if any(key in metrics for metrics in per_split)]
+    keys = [key for key in task_type(spec).body_metrics if any(key in metrics for metrics in per_split)]
     for metrics in per_split:
         keys += [k for k, v in metrics.items() if isinstance(v, (int, float)) and k not in keys]
-    names = {metric.key: metric.name for metric in spec.task_type.model_index_metrics}
-    names["support"] = spec.task_type.support_name
+    names = {metric.key: metric.name for metric in task_type(spec).model_index_metrics}
+    names["support"] = task_type(spec).support_name
     return [(names.get(k) or METRIC_NAMES.get(k, k), [metrics.get(k) for metrics in per_split]) for k in keys]
 
 
@@ -367,7 +368,7 @@ def _evaluations(config: MultiTaskEncoderConfig, results: Mapping[str, Any]) -> 
         evaluations.append(
             {
                 "task": task,
-                "kind": spec.task_type.display_name,
+                "kind": task_type(spec).display_name,
                 "splits": splits,
                 "rows": rows,
                 "main_split": main_split,
@@ -517,7 +518,7 @@ def render_model_card(
         "embedding": results.get("embedding") or {},
         "type_limitations": list(
             dict.fromkeys(
-                spec.task_type.limitation for spec in config.tasks.values() if spec.task_type.limitation
+                task_type(spec).limitation for spec in config.tasks.values() if task_type(spec).limitation
             )
         ),
     }

@@ -14,7 +14,8 @@ import os
 from collections import defaultdict
 from typing import Any
 
-from .configuration_multitask_encoder import MultiTaskEncoderConfig
+from .model.configuration_multitask_encoder import MultiTaskEncoderConfig
+from .task_types import task_type
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +68,8 @@ def write_plots(
             if key == "loss" or key.startswith("loss_"):
                 losses[key].append((step, value))
             for task, spec in config.tasks.items():
-                if key == f"eval_{task}_{spec.task_type.main_metric}":
-                    scores[f"{task} {spec.task_type.main_metric}"].append((step, value))
+                if key == f"eval_{task}_{task_type(spec).main_metric}":
+                    scores[f"{task} {task_type(spec).main_metric}"].append((step, value))
     if losses:
         written.append(_curves(Figure, folder, "loss.png", losses, "training loss"))
     if scores:

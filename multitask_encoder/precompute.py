@@ -21,9 +21,9 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .inference_multitask_encoder import native_bf16_missing, plan_batches, split_layers
-from .modeling_multitask_encoder import MODEL_INPUT_NAMES, MultiTaskEncoderModel
-from .tasks_multitask_encoder import IGNORE_INDEX
+from .model.inference_multitask_encoder import native_bf16_missing, plan_batches, split_layers
+from .model.modeling_multitask_encoder import MODEL_INPUT_NAMES, MultiTaskEncoderModel
+from .model.tasks_multitask_encoder import IGNORE_INDEX
 
 # Rows from which a runtime mode's one-off export (about 10 s for a 6-layer MiniLM on 2 cores) is repaid by
 # its speed over eager fp32 where bf16 is not native (bench/serve_speed.py: OpenVINO fp32 about 1.7x eager).

@@ -44,10 +44,12 @@ from transformers import (
 )
 
 from .collator import MultiTaskCollator
-from .inference_multitask_encoder import native_bf16_missing, plan_batches
-from .modeling_multitask_encoder import MODEL_INPUT_NAMES, MultiTaskEncoderModel
+from .model.inference_multitask_encoder import native_bf16_missing, plan_batches
+from .model.modeling_multitask_encoder import MODEL_INPUT_NAMES, MultiTaskEncoderModel
+from .model.tasks_multitask_encoder import TaskSpec, parse_task_spec
 from .precompute import precompute_mode
-from .tasks_multitask_encoder import TaskSpec, first_pieces, parse_task_spec
+from .task_types import task_type
+from .task_types.types import first_pieces
 
 logger = logging.getLogger(__name__)
 
@@ -104,16 +106,16 @@ def resolve_source(source: str, base_dir: str) -> str:
 
 def load_teacher(task: str, source: str, spec: TaskSpec, student_tokenizer, device: torch.device) -> Teacher:
     """The teacher of `task` from `source`, checked against the student's task and tokenizer."""
-    if spec.task_type.distillation_refused:
+    if task_type(spec).distillation_refused:
         raise TeacherError(
             f"Task {task!r} ({spec.type}) cannot be distilled from a teacher: "
-            f"{spec.task_type.distillation_refused}."
+            f"{task_type(spec).distillation_refused}."
         )
     try:
         raw_config, _ = PretrainedConfig.get_config_dict(source)
     except OSError as error:
         raise TeacherError(f"Teacher of task {task!r}: cannot read {source}: {error}") from None
-    encoding = spec.task_type.input_encoding(spec.options)
+    encoding = task_type(spec).input_encoding(spec.options)
     if raw_config.get("model_type") == "multitask_encoder":
         model = MultiTaskEncoderModel.from_pretrained(source)
         same_type = [name for name, s in model.config.tasks.items() if s.type == spec.type]
@@ -125,7 +127,7 @@ def load_teacher(task: str, source: str, spec: TaskSpec, student_tokenizer, devi
             )
         teacher_spec = model.config.tasks[teacher_task]
         order = _label_order(task, source, spec.labels, teacher_spec.labels)
-        teacher_encoding = teacher_spec.task_type.input_encoding(teacher_spec.options)
+        teacher_encoding = task_type(teacher_spec).input_encoding(teacher_spec.options)
         if encoding == "pair_joint" and teacher_encoding == "pair":
             raise TeacherError(
                 f"Teacher of task {task!r} ({source}) encodes the two texts apart (pair_encoding: bi), but the task "
@@ -208,7 +210,7 @@ def _teacher_logits(
 def teacher_targets(teacher: Teacher, spec: TaskSpec, rows: Dataset, tokenizer, batch_size: int = 64) -> list:
     """The teacher's targets for every labelled row of `rows` (tokenised train rows): a list per row (sentence
     tasks `num_outputs` floats; token tasks one distribution per word), [] for rows without the task's label."""
-    labelled = [i for i, value in enumerate(rows[f"labels_{spec.name}"]) if spec.task_type.has_label(value)]
+    labelled = [i for i, value in enumerate(rows[f"labels_{spec.name}"]) if task_type(spec).has_label(value)]
     targets: list[list] = [[] for _ in range(len(rows))]
     if not labelled:
         return targets
@@ -226,7 +228,7 @@ def teacher_targets(teacher: Teacher, spec: TaskSpec, rows: Dataset, tokenizer, 
             examples = [rows[i] for i in indices]
             batch = collator(examples)
             logits, batch_rows = _teacher_logits(teacher, batch, tokenizer.pad_token_id)
-            values = spec.task_type.teacher_targets(spec, logits)
+            values = task_type(spec).teacher_targets(spec, logits)
             for value, row in zip(values, batch_rows):
                 if spec.is_token_level:
                     word_ids = list(examples[row]["word_ids"])
@@ -296,15 +298,15 @@ def train_teachers(config_path: str, teachers_dir: str, flags: list[str]) -> dic
     there is kept. Writes `teachers_dir/teachers.yaml` (the `teachers:` section to add to the config)."""
     from .checkpoints import read_run_file
     from .config_file import read_config_file
-    from .tasks_multitask_encoder import TASK_TYPES
+    from .task_types.types import TASK_TYPES
     from .train import prepare_run, train_and_save
 
     tasks = read_config_file(config_path).get("tasks") or {}
     trained = {}
     for task, entry in tasks.items():
-        task_type = TASK_TYPES.get(entry.get("type")) if isinstance(entry, dict) else None
-        if task_type is not None and task_type.distillation_refused:
-            print(f"{task}: no teacher ({task_type.name}: {task_type.distillation_refused}).", flush=True)
+        kind = TASK_TYPES.get(entry.get("type")) if isinstance(entry, dict) else None
+        if kind is not None and kind.distillation_refused:
+            print(f"{task}: no teacher ({kind.name}: {kind.distillation_refused}).", flush=True)
             continue
         output_dir = os.path.join(teachers_dir, task)
         if (read_run_file(output_dir) or {}).get("finished"):

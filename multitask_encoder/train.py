@@ -45,9 +45,10 @@ from .cli import DEBUG_ENV, EXIT_REFUSED, debug_requested, report
 from .config_file import ConfigError, check_options, read_config_file
 from .data import MultiTaskData, data_cache_dir, load_embedding_eval_set, load_multitask_data
 from .linear_probe import fit_heads_first
+from .model.modeling_multitask_encoder import MultiTaskEncoderModel
 from .model_card import backbone_languages, write_model_card
-from .modeling_multitask_encoder import MultiTaskEncoderModel
 from .plots import write_plots
+from .task_types import task_type
 from .teachers import attach_teachers, teacher_display_name
 from .trainer import MultiTaskTrainer, embedding_spearman, scalar_metrics
 
@@ -178,7 +179,7 @@ def write_predictions_csv(
             writer.writerow(
                 [
                     *(column[row] for column in texts),
-                    *spec.task_type.prediction_row(spec, row_logits, row_labels),
+                    *task_type(spec).prediction_row(spec, row_logits, row_labels),
                 ]
             )
 
@@ -444,7 +445,7 @@ def run_warnings(model: MultiTaskEncoderModel, results: dict[str, Any]) -> list[
     for split in ("validation", "test"):
         for task, metrics in (results.get(split) or {}).items():
             spec = model.config.tasks[task]
-            note = spec.task_type.collapse_note(spec, metrics)
+            note = task_type(spec).collapse_note(spec, metrics)
             if note:
                 warnings.append(f"`{task}` ({split}): {note}")
     duplicates = results.get("held_out_duplicates") or {}
@@ -494,7 +495,7 @@ def _print_examples(model: MultiTaskEncoderModel, examples: list[tuple[str, dict
     print("\nPredictions on example sentences:")
     tasks = model.config.tasks
     for sentence, prediction in examples:
-        parts = [f"{task}={tasks[task].task_type.summarize(result)}" for task, result in prediction.items()]
+        parts = [f"{task}={task_type(tasks[task]).summarize(result)}" for task, result in prediction.items()]
         print(f"  {sentence!r}\n    -> " + "  ".join(parts), flush=True)
 
 

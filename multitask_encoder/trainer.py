@@ -28,10 +28,11 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from .arguments import MultiTaskTrainingArguments
 from .checkpoints import write_manifest
 from .collator import MultiTaskCollator
-from .metrics_multitask_encoder import regression_metrics
 from .optimization import apply_freezing, parameter_groups
 from .precompute import PrecomputedCollator, PrecomputedFeatures, precompute_features, precompute_mode
 from .sampling import MultiTaskBatchSampler
+from .task_types import task_type
+from .task_types.metrics import regression_metrics
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -319,7 +320,7 @@ class MultiTaskTrainer(Trainer):
                 self._close_prediction_bars()  # one bar per task, with that task's total
             metrics.update(output.metrics)
             spec = self.model.config.tasks[task]
-            main = output.metrics.get(f"{metric_key_prefix}_{task}_{spec.task_type.main_metric}")
+            main = output.metrics.get(f"{metric_key_prefix}_{task}_{task_type(spec).main_metric}")
             if main is not None:
                 main_scores.append(main)
         if main_scores:
@@ -357,7 +358,7 @@ class MultiTaskTrainer(Trainer):
         logits = np.asarray(logits[0] if isinstance(logits, tuple) else logits)
         labels = np.asarray(labels[0] if isinstance(labels, (tuple, list)) else labels)
         spec = self.model.config.tasks[task]
-        result = spec.task_type.metrics(spec, logits, labels)
+        result = task_type(spec).metrics(spec, logits, labels)
         self.detailed_metrics[task] = result
         self.task_outputs[task] = (logits, labels)
         return scalar_metrics(result)

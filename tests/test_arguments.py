@@ -20,7 +20,8 @@ from multitask_encoder.arguments import (
     MultiTaskTrainingArguments,
 )
 from multitask_encoder.data.spec import COMMON_DATA_KEYS
-from multitask_encoder.tasks_multitask_encoder import SPEC_KEYS, TASK_TYPES
+from multitask_encoder.model.tasks_multitask_encoder import SPEC_KEYS
+from multitask_encoder.task_types.types import TASK_TYPES
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DOC = REPO / "docs" / "config.md"

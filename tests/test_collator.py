@@ -17,11 +17,11 @@ from transformers import AutoTokenizer
 
 from multitask_encoder.backbone import default_backbone
 from multitask_encoder.collator import MultiTaskCollator, tasks_present
-from multitask_encoder.configuration_multitask_encoder import TaskSpec
 from multitask_encoder.data import load_multitask_data
-from multitask_encoder.modeling_multitask_encoder import MultiTaskEncoderModel
+from multitask_encoder.model.configuration_multitask_encoder import TaskSpec
+from multitask_encoder.model.modeling_multitask_encoder import MultiTaskEncoderModel
 from multitask_encoder.precompute import precompute_features
-from multitask_encoder.tasks_multitask_encoder import align_word_tags, continuation_tags
+from multitask_encoder.task_types.types import align_word_tags, continuation_tags
 
 CONLL = "Arnold\tB-person\nSchwarzenegger\tI-person\nvisited\tO\nKilimanjaro\tB-geo-loc\n\nMount\tB-geo-loc\nFuji\tI-geo-loc\n"
 

@@ -13,7 +13,7 @@ import pytest
 from transformers import AutoConfig, BertConfig
 
 from multitask_encoder import MultiTaskEncoderConfig, MultiTaskEncoderModel, TaskSpec
-from multitask_encoder.configuration_multitask_encoder import parse_tasks
+from multitask_encoder.model.configuration_multitask_encoder import parse_tasks
 
 
 @pytest.fixture(scope="module")

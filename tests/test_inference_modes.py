@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from multitask_encoder import MultiTaskEncoderModel
-from multitask_encoder import inference_multitask_encoder as inference
-from multitask_encoder.inference_multitask_encoder import (
+from multitask_encoder.model import inference_multitask_encoder as inference
+from multitask_encoder.model.inference_multitask_encoder import (
     RUNTIME_MODES,
     SERVING_MODES,
     Int8DynamicLinear,

@@ -23,7 +23,7 @@ from transformers import AutoModel, pipeline
 from multitask_encoder import MultiTaskEncoderModel
 from multitask_encoder.batch_predict import PROG, AtomicOutput, BatchPredictError, main
 from multitask_encoder.cli import EXIT_INTERRUPTED, EXIT_TERMINATED
-from multitask_encoder.pipeline_multitask_encoder import PIPELINE_TASK
+from multitask_encoder.model.pipeline_multitask_encoder import PIPELINE_TASK
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEXTS = ["Arnold Schwarzenegger visited Paris on Monday.", "Stocks fell.", "Why is the sky blue?"]

@@ -25,13 +25,14 @@ from test_training import heads_of, job_flags, toy_tasks, train, write_config
 from test_training import toy_data as toy_data
 
 from multitask_encoder import MultiTaskEncoderModel
-from multitask_encoder import inference_multitask_encoder as inference
 from multitask_encoder.collator import MultiTaskCollator
 from multitask_encoder.data import load_multitask_data
-from multitask_encoder.modeling_multitask_encoder import Pooling
+from multitask_encoder.model import inference_multitask_encoder as inference
+from multitask_encoder.model.modeling_multitask_encoder import Pooling
+from multitask_encoder.model.tasks_multitask_encoder import HeadSpec, parse_task_spec
 from multitask_encoder.optimization import parameter_groups
 from multitask_encoder.precompute import PrecomputedCollator, precompute_features
-from multitask_encoder.tasks_multitask_encoder import HeadSpec, parse_task_spec
+from multitask_encoder.task_types import task_type
 
 NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 
@@ -135,7 +136,7 @@ def test_a_mixing_sentence_head_reads_hidden_size_whatever_the_projection(tiny_b
     with torch.no_grad():
         output = model(**batch_of(model, TEXTS[:3]))
     assert output.embeddings.shape == (3, 32) and output["topic_logits"].shape == (3, 3)
-    card_line = model.config.tasks["topic"].task_type.head_reads(model.config.tasks["topic"])
+    card_line = task_type(model.config.tasks["topic"]).head_reads(model.config.tasks["topic"])
     assert "mix" in card_line and "hidden layers [0, 2]" in card_line
 
 
@@ -444,7 +445,7 @@ def test_cross_pair_classification_mixes_layers(tiny_backbone: str) -> None:
     tasks["nli"]["head"] = {"layers": [1, 2]}
     model = build(tiny_backbone, tasks)
     assert model.heads["nli"].layers == (1, 2) and model.heads["nli"].out.in_features == 384
-    assert "mix" in model.config.tasks["nli"].task_type.head_reads(model.config.tasks["nli"])
+    assert "mix" in task_type(model.config.tasks["nli"]).head_reads(model.config.tasks["nli"])
     predictions = model.predict([("A man plays guitar.", "Someone makes music.")])
     assert predictions[0]["nli"]["label"] in ("yes", "no")
 

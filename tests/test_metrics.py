@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-from multitask_encoder.metrics_multitask_encoder import (
+from multitask_encoder.task_types.metrics import (
     classification_metrics,
     entity_metrics,
     extract_entities,

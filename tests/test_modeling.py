@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from transformers import AutoModel
 
 from multitask_encoder import MultiTaskEncoderModel
-from multitask_encoder.configuration_multitask_encoder import POOLING_MODES
+from multitask_encoder.model.configuration_multitask_encoder import POOLING_MODES
 
-MODELING_LOGGER = "multitask_encoder.modeling_multitask_encoder"
+MODELING_LOGGER = "multitask_encoder.model.modeling_multitask_encoder"
 
 TEXTS = [
     "Stocks rallied after the central bank held rates.",

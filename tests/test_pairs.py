@@ -26,8 +26,9 @@ import multitask_encoder  # noqa: F401  (the Auto classes: saved folders load wi
 from multitask_encoder import MultiTaskEncoderModel
 from multitask_encoder.collator import MultiTaskCollator
 from multitask_encoder.data import DataError, load_embedding_eval_set, load_multitask_data
+from multitask_encoder.model.tasks_multitask_encoder import EncoderFeatures, parse_task_spec
 from multitask_encoder.sampling import MultiTaskBatchSampler
-from multitask_encoder.tasks_multitask_encoder import TASK_TYPES, EncoderFeatures, parse_task_spec
+from multitask_encoder.task_types.types import TASK_TYPES
 from multitask_encoder.train import run_training
 from multitask_encoder.trainer import embedding_spearman
 

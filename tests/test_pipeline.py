@@ -17,7 +17,7 @@ from transformers import AutoModel, pipeline
 
 import multitask_encoder
 from multitask_encoder import MultiTaskEncoderModel, MultiTaskTextClassificationPipeline
-from multitask_encoder.pipeline_multitask_encoder import CUSTOM_PIPELINES, PIPELINE_TASK
+from multitask_encoder.model.pipeline_multitask_encoder import CUSTOM_PIPELINES, PIPELINE_TASK
 
 TEXTS = [
     "Arnold Schwarzenegger visited Paris on Monday.",
@@ -57,7 +57,7 @@ def assert_close(actual: Any, expected: Any, where: str = "prediction") -> None:
 
 
 def test_saved_folder_carries_the_pipeline(tiny_checkpoint: Path) -> None:
-    source = Path(multitask_encoder.__file__).parent / "pipeline_multitask_encoder.py"
+    source = Path(multitask_encoder.__file__).parent / "model" / "pipeline_multitask_encoder.py"
     assert (tiny_checkpoint / "pipeline_multitask_encoder.py").read_text() == source.read_text()
     config = json.loads((tiny_checkpoint / "config.json").read_text())
     assert config["custom_pipelines"] == CUSTOM_PIPELINES

@@ -20,8 +20,8 @@ from test_inference_modes import TEXTS, assert_same_predictions, cosine, run_mod
 from transformers import AutoTokenizer
 
 from multitask_encoder import MultiTaskEncoderModel
-from multitask_encoder import inference_multitask_encoder as inference
-from multitask_encoder.inference_multitask_encoder import RUNTIME_MODES, SERVING_MODES
+from multitask_encoder.model import inference_multitask_encoder as inference
+from multitask_encoder.model.inference_multitask_encoder import RUNTIME_MODES, SERVING_MODES
 
 FP32_RUNTIME_MODES = ("onnx", "openvino")
 REDUCED_RUNTIME_MODES = ("onnx_int8", "openvino_bf16")

@@ -119,7 +119,7 @@ def test_saved_folder_contents(saved) -> None:
     assert [task["name"] for task in config["tasks"]] == ["topic", "tags", "score", "ner"]
     assert config["encoder_config"]["model_type"] == "bert"
     # The copied code is the package's code.
-    source_dir = Path(multitask_encoder.__file__).parent
+    source_dir = Path(multitask_encoder.__file__).parent / "model"
     for name in ("configuration_multitask_encoder.py", "modeling_multitask_encoder.py"):
         assert (folder / name).read_text() == (source_dir / name).read_text(), name
 

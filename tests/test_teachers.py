@@ -40,8 +40,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from multitask_encoder import MultiTaskEncoderModel
 from multitask_encoder.collator import MultiTaskCollator
 from multitask_encoder.data import load_multitask_data
+from multitask_encoder.model.tasks_multitask_encoder import parse_task_spec
 from multitask_encoder.precompute import PrecomputedCollator, precompute_features
-from multitask_encoder.tasks_multitask_encoder import TASK_TYPES, parse_task_spec
+from multitask_encoder.task_types.types import TASK_TYPES
 from multitask_encoder.teachers import TeacherError, attach_teachers
 from multitask_encoder.train import run_training
 

@@ -32,9 +32,9 @@ import multitask_encoder  # noqa: F401  (registers the Auto classes: saved folde
 from multitask_encoder import MultiTaskEncoderModel
 from multitask_encoder.checkpoints import MANIFEST_FILE, RUN_FILE
 from multitask_encoder.data import DataError, load_multitask_data
-from multitask_encoder.metrics_multitask_encoder import extract_entities
 from multitask_encoder.precompute import precompute_mode
 from multitask_encoder.sampling import MultiTaskBatchSampler
+from multitask_encoder.task_types.metrics import extract_entities
 from multitask_encoder.train import DEMO_CONFIG, run_training
 from multitask_encoder.trainer import scalar_metrics
 

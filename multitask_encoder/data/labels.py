@@ -1,5 +1,5 @@
 """Tables -> labelled rows: each row's content checked (a text, or a list of words), each task's label cell
-read, checked and encoded by its task type (tasks_multitask_encoder.py), in batches over the Arrow rows.
+read, checked and encoded by its task type (task_types/types.py), in batches over the Arrow rows.
 
     table rows ─► raw labels (label_map applied, checked)  ─► label sets (declared, else inferred from train)
                ─► rows: text (and tokens), labels_<task> for EVERY task (missing where the task has none),
@@ -17,7 +17,9 @@ from typing import Any
 
 from datasets import Dataset, Features, Sequence, Value
 
-from ..tasks_multitask_encoder import LabelError, TaskSpec, cell_list, is_missing
+from ..model.tasks_multitask_encoder import TaskSpec
+from ..task_types import task_type
+from ..task_types.types import LabelError, cell_list, is_missing
 from .spec import DataError, TaskDataSpec, tasks_label
 from .tables import LOCATION, Table, TableLayout, quiet_datasets
 
@@ -114,7 +116,7 @@ def read_content(
 
 
 def label_feature(spec: TaskSpec):
-    dtype, is_list = spec.task_type.label_feature(spec)
+    dtype, is_list = task_type(spec).label_feature(spec)
     return Sequence(Value(dtype)) if is_list else Value(dtype)
 
 
@@ -160,15 +162,15 @@ def _labelled_batch(
             raw = read_label(layout, task, column, batch[column][offset] if column else None, where)
             spec = specs[task.name]
             if raw is None:
-                encoded[task.name] = spec.task_type.missing_label(spec)
+                encoded[task.name] = task_type(spec).missing_label(spec)
                 continue
             if input_kind == "tokens" and len(raw) != len(main):
                 raise DataError(f"Task {task.name!r}: {where}: {len(main)} tokens but {len(raw)} tags.")
             try:
-                encoded[task.name] = spec.task_type.encode_label(spec, raw, where)
+                encoded[task.name] = task_type(spec).encode_label(spec, raw, where)
             except LabelError as error:
                 raise DataError(f"Task {task.name!r}: {error}") from None
-        if not any(specs[name].task_type.has_label(encoded[name]) for name in names):
+        if not any(task_type(specs[name]).has_label(encoded[name]) for name in names):
             continue  # nothing to learn from (or evaluate on) here
         out["text"].append(" ".join(main) if input_kind == "tokens" else main)
         if input_kind == "tokens":
@@ -178,7 +180,7 @@ def _labelled_batch(
             out["text_negative"].append(values.get("text_negative", ""))
         for name, spec in specs.items():
             out[f"labels_{name}"].append(
-                encoded[name] if name in encoded else spec.task_type.missing_label(spec)
+                encoded[name] if name in encoded else task_type(spec).missing_label(spec)
             )
         out["group"].append(group)
     return out
@@ -219,7 +221,7 @@ def labelled_count(rows: Dataset, name: str, spec: TaskSpec) -> int:
     """Rows of `rows` that carry a label of task `name`."""
     column = rows.select_columns([f"labels_{name}"])
     return sum(
-        spec.task_type.has_label(value)
+        task_type(spec).has_label(value)
         for start in range(0, rows.num_rows, BATCH_ROWS)
         for value in column[start : start + BATCH_ROWS][f"labels_{name}"]
     )
@@ -230,7 +232,9 @@ def count_labels(spec: TaskSpec, rows: Dataset, name: str) -> dict[str, int]:
     counts: Counter = Counter()
     column = rows.select_columns([f"labels_{name}"])
     for start in range(0, rows.num_rows, BATCH_ROWS):
-        counts.update(spec.task_type.count_labels(spec, column[start : start + BATCH_ROWS][f"labels_{name}"]))
+        counts.update(
+            task_type(spec).count_labels(spec, column[start : start + BATCH_ROWS][f"labels_{name}"])
+        )
     return {label: counts[label] for label in spec.labels}
 
 

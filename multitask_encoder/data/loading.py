@@ -12,7 +12,9 @@ import datasets
 import numpy as np
 from datasets import Dataset
 
-from ..tasks_multitask_encoder import LabelError, TaskSpec, parse_task_spec, to_float
+from ..model.tasks_multitask_encoder import TaskSpec, parse_task_spec
+from ..task_types import task_type
+from ..task_types.types import LabelError, to_float
 from .labels import count_labels, labelled_count, labelled_rows, raw_labels, read_content
 from .sources import Source, expand_paths, file_format, group_train_sources, resolve_sources
 from .spec import EVAL_SPLITS, DataError, TaskDataSpec, parse_task_entries, tasks_label
@@ -163,7 +165,7 @@ def load_multitask_data(
                 )
         fractions = entries[names[0]].holdout
         if fractions:
-            classes = [name for name in names if specs[name].task_type.stratify]
+            classes = [name for name in names if task_type(specs[name]).stratify]
             strata = label_array(rows, classes[0]) if classes else None
             rows, carved = hold_out(rows, fractions, strata, seed)
             for split, split_rows in carved.items():
@@ -249,7 +251,7 @@ def load_multitask_data(
     distinct_text_keys = {
         group: row_text_keys(train_rows[group])
         for group, names in groups.items()
-        if any(specs[name].task_type.distinct_batch_texts for name in names)
+        if any(task_type(specs[name]).distinct_batch_texts for name in names)
     }
     logger.info(f"Training groups (rows): {group_sizes}")
     return MultiTaskData(

@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..tasks_multitask_encoder import SPEC_KEYS, TASK_TYPES, TaskType, cell_str
+from ..model.tasks_multitask_encoder import SPEC_KEYS
+from ..task_types.types import TASK_TYPES, TaskType, cell_str
 
 SPLITS = ("train", "validation", "test")
 EVAL_SPLITS = ("validation", "test")

@@ -8,7 +8,8 @@ import hashlib
 import numpy as np
 from datasets import Dataset
 
-from ..tasks_multitask_encoder import TaskSpec
+from ..model.tasks_multitask_encoder import TaskSpec
+from ..task_types import task_type
 from .labels import BATCH_ROWS
 from .tables import quiet_datasets
 
@@ -47,13 +48,13 @@ def _eval_batch(batch: dict[str, list], name: str, specs: dict[str, TaskSpec]) -
     size = len(batch["group"])
     for task, spec in specs.items():
         if task != name:
-            batch[f"labels_{task}"] = [spec.task_type.missing_label(spec)] * size
+            batch[f"labels_{task}"] = [task_type(spec).missing_label(spec)] * size
     batch["group"] = [-1] * size
     return batch
 
 
 def _has_label(batch: dict[str, list], name: str, spec: TaskSpec) -> list[bool]:
-    return [spec.task_type.has_label(value) for value in batch[f"labels_{name}"]]
+    return [task_type(spec).has_label(value) for value in batch[f"labels_{name}"]]
 
 
 def task_eval_rows(rows: Dataset, name: str, specs: dict[str, TaskSpec]) -> Dataset:

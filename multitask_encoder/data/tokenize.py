@@ -9,8 +9,9 @@ import os
 from datasets import Dataset, Features, Sequence, Value
 from datasets.fingerprint import Hasher
 
-from ..modeling_multitask_encoder import MODEL_INPUT_NAMES
-from ..tasks_multitask_encoder import TaskSpec
+from ..model.modeling_multitask_encoder import MODEL_INPUT_NAMES
+from ..model.tasks_multitask_encoder import TaskSpec
+from ..task_types import task_type
 from .labels import label_feature
 from .spec import DataError
 
@@ -76,7 +77,7 @@ class DatasetTokenizer:
         self.tokenizer_hash = Hasher.hash(tokenizer)
         self.label_features = {f"labels_{task}": label_feature(spec) for task, spec in specs.items()}
         # The second-text columns the run's tasks need (separately encoded pairs, contrastive negatives).
-        encodings = {spec.task_type.input_encoding(spec.options) for spec in specs.values()}
+        encodings = {task_type(spec).input_encoding(spec.options) for spec in specs.values()}
         self.second_texts = ("pair",) if "pair" in encodings else ()
         if negatives and "pair" in encodings:
             self.second_texts += ("negative",)

@@ -22,7 +22,7 @@ import copy
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -249,6 +249,11 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
     `AutoModel.from_pretrained(path_or_repo, trust_remote_code=True)`.
     """
 
+    # How `from_backbone` reads a backbone name: name_or_path -> (what to load, the public name to record). The
+    # package sets it (multitask_encoder/backbone.py: the packaged default, sha256-checked); this file never imports
+    # the package, so a saved model's own copy takes names as given.
+    backbone_resolver: ClassVar[Callable[[str | None], tuple[str, str | None]] | None] = None
+
     def __init__(self, config: MultiTaskEncoderConfig) -> None:
         super().__init__(config)
         config.validate_for_model()
@@ -296,17 +301,13 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         with a BERT-like encoder) and whose heads are freshly initialised. The backbone's tokenizer is
         attached and saved with the model. `hub_kwargs` (revision, token, ...) go to `from_pretrained`.
 
-        With the `multitask_encoder` package installed, `None` (or the all-MiniLM-L6-v2 Hub id) means the
-        packaged all-MiniLM-L6-v2 copy, checked against the official sha256 before use.
+        With the `multitask_encoder` package imported (it sets `backbone_resolver`), `None` (or the
+        all-MiniLM-L6-v2 Hub id) means the packaged all-MiniLM-L6-v2 copy, checked against the official sha256
+        before use.
         """
         base_model_name = None if name_or_path is None else str(name_or_path)
-        try:  # Not a dependency of this file: a remote-code copy simply has no packaged default.
-            from multitask_encoder.backbone import public_backbone_name, resolve_backbone
-
-            base_model_name = public_backbone_name(name_or_path)
-            name_or_path = resolve_backbone(name_or_path)
-        except ImportError:
-            pass
+        if cls.backbone_resolver is not None:
+            name_or_path, base_model_name = cls.backbone_resolver(name_or_path)
         if name_or_path is None:
             raise ValueError("from_backbone needs a backbone name or path.")
         if not tasks:

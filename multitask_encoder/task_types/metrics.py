@@ -15,10 +15,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-IGNORE_INDEX = -100
-
-# IOB2 prefixes, plus E-/S- because seqeval's default chunker accepts IOBES tags too.
-ENTITY_PREFIXES = ("B", "I", "E", "S")
+from ..model.tasks_multitask_encoder import IGNORE_INDEX, extract_entities
 
 
 def _safe_divide(numerator: npt.ArrayLike, denominator: npt.ArrayLike) -> np.ndarray:
@@ -224,48 +221,6 @@ def regression_metrics(predictions: npt.ArrayLike, references: npt.ArrayLike) ->
 # ----------------------------------------------------------------------------------------------------------
 # Token classification (entities)
 # ----------------------------------------------------------------------------------------------------------
-
-
-def _split_tag(tag: str) -> tuple[str, str]:
-    """Split an IOB2/IOBES tag into (prefix, entity type), e.g. "B-PER" -> ("B", "PER"), "O" -> ("O", "")."""
-    if tag == "O":
-        return "O", ""
-    prefix, separator, entity_type = tag.partition("-")
-    if prefix not in ENTITY_PREFIXES or not separator or not entity_type:
-        raise ValueError(f"Tag {tag!r} is not 'O' or '<B|I|E|S>-<TYPE>'.")
-    return prefix, entity_type
-
-
-def extract_entities(tags: list[str]) -> list[tuple[str, int, int]]:
-    """Chunk one sentence's tag sequence into entities, exactly as seqeval's default (conlleval) mode does.
-
-    Args:
-        tags: one tag per token, "O" or "<prefix>-<TYPE>" with prefix B or I (IOB2), or E/S (IOBES).
-
-    Returns:
-        (entity type, start, end) for each entity in order, end exclusive:
-        ["B-PER", "I-PER", "O"] -> [("PER", 0, 2)].
-
-    The only rule: an I- or E- tag continues the open entity when the previous tag is B- or I- of the same
-    type. Every other non-O tag starts a new entity, so malformed sequences are repaired the lenient way:
-    "O I-PER" is a PER entity and "B-PER I-LOC" is two entities.
-    """
-    entities = []
-    entity_type, entity_start = None, 0  # entity_type is None while no entity is open
-    previous_prefix, previous_type = "O", ""
-    for position, tag in enumerate(tags):
-        prefix, tag_type = _split_tag(tag)
-        continues_entity = (
-            prefix in ("I", "E") and previous_prefix in ("B", "I") and tag_type == previous_type
-        )
-        if not continues_entity:
-            if entity_type is not None:
-                entities.append((entity_type, entity_start, position))
-            entity_type, entity_start = (None, 0) if prefix == "O" else (tag_type, position)
-        previous_prefix, previous_type = prefix, tag_type
-    if entity_type is not None:
-        entities.append((entity_type, entity_start, len(tags)))
-    return entities
 
 
 def entity_metrics(predicted_tags: list[list[str]], gold_tags: list[list[str]]) -> dict:

@@ -439,6 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: 64)")
     parser.add_argument("--top-k", type=int, help="keep the best K class scores per classification task")
+    parser.add_argument(
+        "--labels",
+        action="append",
+        metavar="TASK=A,B,...",
+        help="the labels a label_text_classification task scores for this run (each label's name is its text); "
+        "repeat for several tasks",
+    )
     parser.add_argument("--revision", help="branch, tag or commit of a Hub repo")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -450,6 +457,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_common_options(parser)
     return parser
+
+
+def parse_label_sets(values: list[str] | None) -> dict[str, list[str]]:
+    """`--labels TASK=A,B,...` values -> {task: [labels]}."""
+    labels: dict[str, list[str]] = {}
+    for value in values or []:
+        task, separator, names = value.partition("=")
+        names = [name.strip() for name in names.split(",") if name.strip()]
+        if not separator or not task.strip() or not names:
+            raise BatchPredictError(f"--labels {value!r} is not TASK=LABEL,LABEL,...")
+        if task.strip() in labels:
+            raise BatchPredictError(f"--labels names task {task.strip()!r} twice")
+        labels[task.strip()] = names
+    return labels
 
 
 def run(args: argparse.Namespace) -> None:
@@ -481,6 +502,7 @@ def run(args: argparse.Namespace) -> None:
         requested_tasks = [name.strip() for name in args.tasks.split(",") if name.strip()]
         if not requested_tasks:
             raise BatchPredictError(f"--tasks {args.tasks!r} names no task")
+    labels = parse_label_sets(args.labels)
     total_lines = count_lines(args.input)
 
     with open_input(args.input) as input_file, AtomicOutput(args.output) as output_file:
@@ -503,6 +525,10 @@ def run(args: argparse.Namespace) -> None:
         except ValueError as error:
             raise BatchPredictError(str(error)) from None
         tasks = task_names
+        try:  # labels only for label_text tasks this run predicts, before any text is read
+            model.label_text_embeddings([name for name in task_names if name in labels], labels)
+        except ValueError as error:
+            raise BatchPredictError(str(error)) from None
         if output_format == "csv":
             columns = [
                 (name, field)
@@ -519,7 +545,9 @@ def run(args: argparse.Namespace) -> None:
         written = 0
         for window in windows(records, args.batch_size * WINDOW_BATCHES):
             texts = [text for _, text in window]
-            predictions = model.predict(texts, tasks=tasks, top_k=args.top_k, batch_size=args.batch_size)
+            predictions = model.predict(
+                texts, tasks=tasks, top_k=args.top_k, batch_size=args.batch_size, labels=labels or None
+            )
             for (line, text), prediction in zip(window, predictions):
                 rows.write(line, text, prediction)
             written += len(window)

@@ -32,6 +32,11 @@ def apply_freezing(
     encoder = model.encoder
     if freeze_encoder:
         encoder.requires_grad_(False)
+        if not any(parameter.requires_grad for parameter in model.parameters()):
+            raise ValueError(
+                f"freeze_encoder leaves nothing to train: the model's tasks {list(model.config.tasks)} have no "
+                "head (they score the embedding itself, so they train the encoder); drop freeze_encoder."
+            )
         return
     if freeze_embeddings:
         encoder_embeddings(encoder).requires_grad_(False)

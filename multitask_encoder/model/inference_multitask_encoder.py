@@ -541,6 +541,14 @@ class ModelGraph(nn.Module):
         self.model = model
         self.layers = exported_layers(model.encoder, model.mixed_layers())
         self.encoder_graph = EncoderGraph(model.encoder, self.layers)
+        with (
+            torch.no_grad()
+        ):  # constants of the graph: label-text tasks serve the labels they were saved with
+            self.label_embeddings = {
+                name: model.embed_label_texts(spec.task_type.label_texts(spec))
+                for name, spec in model.config.tasks.items()
+                if spec.task_type.embeds_label_texts
+            }
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         states = self.encoder_graph(*inputs)
@@ -551,7 +559,11 @@ class ModelGraph(nn.Module):
             hidden_states = dict(zip(self.layers, states.unbind(0)))
             last = self.model.config.encoder_config.num_hidden_layers
             encoder_outputs = {"last_hidden_state": hidden_states[last], "hidden_states": hidden_states}
-        output = self.model(attention_mask=attention_mask, encoder_outputs=encoder_outputs)
+        output = self.model(
+            attention_mask=attention_mask,
+            encoder_outputs=encoder_outputs,
+            label_embeddings=self.label_embeddings,
+        )
         return (output.embeddings, *(output[f"{name}_logits"] for name in self.model.config.tasks))
 
 

@@ -22,7 +22,7 @@ import copy
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -476,6 +476,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         encoder_outputs: dict[str, torch.Tensor] | None = None,
         teacher_targets: dict[str, torch.Tensor] | None = None,
         teacher_weight: float | None = None,
+        label_embeddings: dict[str, torch.Tensor] | None = None,
         return_dict: bool | None = None,
         **labels: torch.Tensor,
     ) -> MultiTaskEncoderOutput:
@@ -499,6 +500,10 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
                 `collate_teacher`, NaN = none), distilled into the task's loss: `teacher_weight` times the
                 distillation loss plus `1 - teacher_weight` times the gold loss (BAM's teacher annealing moves
                 the weight from 1 to 0 over training; training-only, never needed to serve).
+            label_embeddings: for tasks that score label texts (label_text_classification), their label
+                texts' embeddings {task: `[num_labels, embedding_size]`} computed earlier (`embed_label_texts`;
+                `predict` computes them once per call); a running such task without them has them computed
+                here, with gradients when training.
             labels_<task>: labels for that task (shapes: the task type's `collate_labels`); -100 = missing.
 
         Returns:
@@ -555,6 +560,11 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             pooled = self.pooling(token_states, attention_mask)
         pair_embeddings, pair_rows = self._second_texts(pair_inputs, encoder_outputs, "pair")
         negative_embeddings, negative_rows = self._second_texts(negative_inputs, encoder_outputs, "negative")
+        label_embeddings = dict(label_embeddings or {})
+        for name in task_names:
+            spec = self.config.tasks[name]
+            if spec.task_type.embeds_label_texts and name not in label_embeddings:
+                label_embeddings[name] = self.embed_label_texts(spec.task_type.label_texts(spec))
         features = EncoderFeatures(
             token_states,
             attention_mask,
@@ -565,6 +575,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             negative_rows,
             hidden_states or None,
             pooled_hidden_states or None,
+            label_embeddings or None,
         )
 
         output = MultiTaskEncoderOutput(embeddings=features.embeddings)
@@ -629,6 +640,51 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         return self.project(
             self.pooling(self.encoder_states(encoder_inputs), encoder_inputs["attention_mask"])
         )
+
+    def embed_label_texts(self, texts: list[str]) -> torch.Tensor:
+        """Label texts -> their embeddings `[len(texts), embedding_size]` (one padded batch: a task has few)."""
+        inputs = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_seq_length, return_tensors="pt"
+        )
+        return self.embed({key: value.to(self.device) for key, value in inputs.items()})
+
+    def label_text_embeddings(
+        self, task_names: list[str], labels: Mapping[str, Sequence[str] | Mapping[str, str]] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """{task: its label texts' embeddings `[num_labels, embedding_size]`} for the tasks of `task_names` that
+        score label texts, with `labels` replacing a task's labels (see `task_spec`); `forward` takes them as
+        `label_embeddings`."""
+        labels = dict(labels or {})
+        unused = [name for name in labels if name not in task_names]
+        if unused:
+            raise ValueError(
+                f"labels were given for task(s) {unused}, which this call does not run {task_names}."
+            )
+        specs = {name: self.task_spec(name, labels.get(name)) for name in task_names}
+        return {
+            name: self.embed_label_texts(spec.task_type.label_texts(spec))
+            for name, spec in specs.items()
+            if spec.task_type.embeds_label_texts
+        }
+
+    def task_spec(self, name: str, labels: Sequence[str] | Mapping[str, str] | None = None) -> TaskSpec:
+        """The spec of task `name`, or, for a task that scores label texts, the spec it has with `labels` for
+        one call: label names (each its own text) or {name: text}."""
+        spec = self.config.tasks[name]
+        if labels is None:
+            return spec
+        if not spec.task_type.embeds_label_texts:
+            raise ValueError(
+                f"Task {name!r} is a {spec.type} task: its labels are its trained head's outputs. Only "
+                "label_text_classification tasks take labels at prediction time."
+            )
+        if isinstance(labels, str) or not isinstance(labels, (Mapping, Sequence)):
+            raise ValueError(
+                f"labels for task {name!r} must be a list of label names or a mapping name -> text, got {labels!r}."
+            )
+        descriptions = dict(labels) if isinstance(labels, Mapping) else {}
+        entry = {**spec.to_dict(), "labels": list(labels), "label_descriptions": descriptions}
+        return parse_task_spec(name, entry)
 
     def _second_texts(
         self,
@@ -779,16 +835,19 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         encodings: list[Any],
         tasks: list[str] | str | None = None,
         top_k: int | None = None,
+        labels: Mapping[str, Sequence[str] | Mapping[str, str]] | None = None,
     ) -> list[dict[str, dict[str, Any]]]:
         """One batch's forward outputs (any mapping with `<task>_logits` for each of `tasks`: `[batch, n]`
         or `[batch, seq, n]`) -> one `{task: prediction}` dict per row, as `predict` returns them. `texts` and
         `encodings` are the batch's (a `TextBatch`'s); token tasks read their character offsets. `top_k`
-        keeps the best k class scores of classification tasks."""
+        keeps the best k class scores of classification tasks; `labels` are the label sets given to the
+        `forward` call of label-text tasks (see `predict`)."""
         task_names = self.resolve_tasks(tasks)
         _check_top_k(top_k)
+        labels = labels or {}
         predictions: list[dict[str, Any]] = [{} for _ in texts]
         for name in task_names:
-            spec = self.config.tasks[name]
+            spec = self.task_spec(name, labels.get(name))
             logits = outputs[f"{name}_logits"].float().cpu()
             decoded = spec.task_type.decode(spec, logits, texts, encodings, top_k)
             for prediction, task_prediction in zip(predictions, decoded):
@@ -839,6 +898,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         tasks: list[str] | str | None = None,
         top_k: int | None = None,
         batch_size: int = 64,
+        labels: Mapping[str, Sequence[str] | Mapping[str, str]] | None = None,
     ) -> list[dict[str, dict[str, Any]]]:
         """Predictions for every text and task (the tasks of the input's kind unless `tasks` narrows it), in
         input order.
@@ -853,7 +913,8 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
           token classification: `{"entities": [{"entity", "text", "start", "end", "score"}]}` with
               character offsets into the text, words merged from their sub-tokens;
           similarity, contrastive: `{"similarity": cosine}` (similarity with a `score_range`: and `score`).
-        A single string (or pair dict) gives a single dict.
+        A single string (or pair dict) gives a single dict. `labels` {task: label names, or {name: text}}
+        replaces the labels of label_text_classification tasks for this call (new labels need no training).
         """
         single = isinstance(texts, str) or (_is_pair(texts) and isinstance(texts, Mapping))
         pairs = _as_pairs(texts)
@@ -868,9 +929,12 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         was_training = self.training
         self.eval()
         try:
+            label_embeddings = self.label_text_embeddings(task_names, labels)  # once per call, not per batch
             for batch in self._batches(texts, batch_size, with_offsets):
-                outputs = self(**batch.inputs, tasks=task_names)
-                predictions = self.postprocess(outputs, batch.texts, batch.encodings, task_names, top_k)
+                outputs = self(**batch.inputs, tasks=task_names, label_embeddings=label_embeddings)
+                predictions = self.postprocess(
+                    outputs, batch.texts, batch.encodings, task_names, top_k, labels=labels
+                )
                 for index, prediction in zip(batch.indices, predictions):
                     results[index] = prediction
         finally:

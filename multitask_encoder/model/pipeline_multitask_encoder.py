@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from transformers import Pipeline
 
 PIPELINE_TASK = "multitask-text-classification"
@@ -36,6 +37,8 @@ class MultiTaskTextClassificationPipeline(Pipeline):
         tasks (`str` or `list[str]`): the tasks to run (default: all, in config order).
         top_k (`int`): keep the best `top_k` class scores in `scores` (classification tasks).
         batch_size (`int`): texts per model call (padded to the longest in the batch; default 1).
+        labels (`dict`): {task: label names, or {name: text}} replacing the labels of label_text_classification
+            tasks for this call (as `predict`'s `labels`).
 
     A string gives one dict `{task: prediction}`, a list gives a list of them, a generator or dataset gives
     an iterator. Each prediction is what `MultiTaskEncoderModel.predict` returns for that task.
@@ -65,7 +68,9 @@ class MultiTaskTextClassificationPipeline(Pipeline):
             # Pairs of texts ({"text", "text_pair"} dicts, as the standard text-classification pipeline takes
             # them) for the pair tasks: predict batches and encodes them (each text apart, or both as one input).
             pairs = [inputs] if isinstance(inputs, dict) else inputs
-            results = self.model.predict(pairs, tasks=kwargs.get("tasks"), top_k=kwargs.get("top_k"))
+            results = self.model.predict(
+                pairs, tasks=kwargs.get("tasks"), top_k=kwargs.get("top_k"), labels=kwargs.get("labels")
+            )
             return results[0] if isinstance(inputs, dict) else results
         if isinstance(inputs, tuple):
             inputs = list(inputs)
@@ -73,11 +78,17 @@ class MultiTaskTextClassificationPipeline(Pipeline):
             return []  # `Pipeline.__call__` indexes inputs[0]; `predict([])` is [] too
         return super().__call__(inputs, **kwargs)
 
-    def _sanitize_parameters(self, tasks=None, top_k=None):
+    def _sanitize_parameters(self, tasks=None, top_k=None, labels=None):
         preprocess_params, forward_params, postprocess_params = {}, {}, {}
         if tasks is not None:
             tasks = self.model.tasks_for("text", tasks)  # unknown names fail here, before any text is read
             preprocess_params["tasks"] = forward_params["tasks"] = postprocess_params["tasks"] = tasks
+        if labels is not None:
+            with torch.inference_mode():  # the label texts are embedded once per call, not once per batch
+                forward_params["label_embeddings"] = self.model.label_text_embeddings(
+                    self.model.tasks_for("text", tasks), labels
+                )
+            postprocess_params["labels"] = labels
         if top_k is not None:
             if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
                 raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}.")
@@ -89,12 +100,17 @@ class MultiTaskTextClassificationPipeline(Pipeline):
         (batch,) = self.model.preprocess([text], tasks=tasks, batch_size=1)
         return {**batch.inputs, "text": batch.texts[0], "encoding": batch.encodings[0]}
 
-    def _forward(self, model_inputs: dict[str, Any], tasks: list[str] | None = None) -> dict[str, Any]:
+    def _forward(
+        self,
+        model_inputs: dict[str, Any],
+        tasks: list[str] | None = None,
+        label_embeddings: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, Any]:
         """Padded batch `[batch, seq]` -> `<task>_logits` for the asked tasks, with the texts and encodings
         passed through (the pipeline's batching splits every entry back into rows)."""
         tasks = self.model.tasks_for("text", tasks)
         texts, encodings = model_inputs.pop("text"), model_inputs.pop("encoding")
-        output = self.model(**model_inputs, tasks=tasks)
+        output = self.model(**model_inputs, tasks=tasks, label_embeddings=label_embeddings)
         # The logits come first: the pipeline reads the batch size off the first entry.
         return {
             **{f"{name}_logits": output[f"{name}_logits"] for name in tasks},
@@ -103,11 +119,15 @@ class MultiTaskTextClassificationPipeline(Pipeline):
         }
 
     def postprocess(
-        self, model_outputs: dict[str, Any], tasks: list[str] | None = None, top_k: int | None = None
+        self,
+        model_outputs: dict[str, Any],
+        tasks: list[str] | None = None,
+        top_k: int | None = None,
+        labels: dict[str, Any] | None = None,
     ) -> dict[str, dict[str, Any]]:
         """One row of `_forward`'s output (logits `[1, ...]`) -> `{task: prediction}`."""
         texts, encodings = [model_outputs["text"]], [model_outputs["encoding"]]
-        return self.model.postprocess(model_outputs, texts, encodings, tasks, top_k)[0]
+        return self.model.postprocess(model_outputs, texts, encodings, tasks, top_k, labels=labels)[0]
 
 
 def _is_pair(item: Any) -> bool:

@@ -186,7 +186,8 @@ class EncoderFeatures(NamedTuple):
     `pair_rows` `[pairs]` (the batch row each belongs to); contrastive negatives likewise. For heads that mix
     layers: `hidden_states` {hidden-state index: `[batch, seq, hidden]`} (the token heads' layers) and
     `pooled_hidden_states` {index: `[batch, hidden]`} (the sentence heads' layers, each pooled as the
-    embedding is)."""
+    embedding is). For tasks that score label texts (label_text_classification): `label_embeddings` {task:
+    `[num_labels, embedding_size]`}, the embeddings of the task's label texts."""
 
     token_states: torch.Tensor | None
     attention_mask: torch.Tensor | None
@@ -197,6 +198,7 @@ class EncoderFeatures(NamedTuple):
     negative_rows: torch.Tensor | None = None
     hidden_states: Mapping[int, torch.Tensor] | None = None
     pooled_hidden_states: Mapping[int, torch.Tensor] | None = None
+    label_embeddings: Mapping[str, torch.Tensor] | None = None
 
     def layer_mix(self, head: nn.Module, token_level: bool) -> torch.Tensor:
         """The learned mix of a layer-mixing head (`head.layers`, `head.mix`): of the token states of its
@@ -257,6 +259,17 @@ class TaskType:
     def check_options(self, task: str, options: dict[str, Any]) -> dict[str, Any]:
         """The type's options with defaults filled in, validated."""
         return {**self.options, **options}
+
+    def check_label_options(self, task: str, labels: list[str], options: Mapping[str, Any]) -> None:
+        """Checks of options that name labels (after `check_options`)."""
+
+    # Types whose logits score the embeddings of label texts (`label_texts`) rather than a head's output:
+    # the model embeds those texts with the encoder (`EncoderFeatures.label_embeddings`).
+    embeds_label_texts: ClassVar[bool] = False
+
+    def label_texts(self, spec: TaskSpec) -> list[str]:
+        """The texts whose embeddings stand for the task's labels, in `spec.labels` order."""
+        raise NotImplementedError
 
     # -------------------------------------------------------------- model
     def layer_mix_refusal(self, options: Mapping[str, Any]) -> str | None:
@@ -340,6 +353,64 @@ class SequenceClassification(_SingleLabel):
             best = next(iter(scores))
             predictions.append({"label": best, "score": scores[best], "scores": scores})
         return predictions
+
+
+class LabelTextClassification(SequenceClassification):
+    """One class per text, scored by the sentence embedding itself: a label's logit is `scale` times the cosine
+    between the text's embedding and the embedding of the label's text (its `label_descriptions` entry, else
+    its name), with a softmax over the labels and cross-entropy (a bi-encoder over label descriptions, as in
+    zero-shot classification by embedding similarity). No head: training moves the encoder, the embedding
+    stays the one every task reads, and labels can be renamed or added at prediction time
+    (`predict(texts, labels={task: [...]})`) without retraining."""
+
+    name = "label_text_classification"
+    options: ClassVar[dict[str, Any]] = {"label_descriptions": {}, "scale": 20.0}
+    embeds_label_texts = True
+
+    def check_options(self, task, options):
+        options = super().check_options(task, options)
+        descriptions = options["label_descriptions"]
+        if descriptions is None:
+            descriptions = {}
+        if not isinstance(descriptions, Mapping) or any(
+            not isinstance(text, str) or not text.strip() for text in descriptions.values()
+        ):
+            raise ValueError(
+                f"Task {task!r}: label_descriptions must map label names to non-empty texts, got {descriptions!r}."
+            )
+        scale = options["scale"]
+        if (
+            isinstance(scale, bool)
+            or not isinstance(scale, (int, float))
+            or not math.isfinite(scale)
+            or scale <= 0
+        ):
+            raise ValueError(f"Task {task!r}: scale must be a positive number, got {scale!r}.")
+        return {"label_descriptions": {str(k): v for k, v in descriptions.items()}, "scale": float(scale)}
+
+    def check_label_options(self, task, labels, options):
+        unknown = sorted(set(options["label_descriptions"]) - set(labels))
+        if unknown:
+            raise ValueError(
+                f"Task {task!r}: label_descriptions names {unknown}, which are not labels of the task {labels}."
+            )
+
+    def label_texts(self, spec):
+        descriptions = spec.options["label_descriptions"]
+        return [descriptions.get(label, label) for label in spec.labels]
+
+    def layer_mix_refusal(self, options):
+        return "it has no head: it scores the model's embedding itself, which stays the last layer's"
+
+    def head_in_features(self, spec, hidden_size, embedding_size):
+        return None
+
+    def logits(self, head, spec, features):
+        if features.label_embeddings is None or spec.name not in features.label_embeddings:
+            raise ValueError(f"Task {spec.name!r}: the embeddings of its label texts were not computed.")
+        texts = F.normalize(features.embeddings.float(), dim=-1)
+        labels = F.normalize(features.label_embeddings[spec.name].float(), dim=-1)
+        return spec.options["scale"] * texts @ labels.T
 
 
 class MultiLabelClassification(TaskType):
@@ -660,6 +731,7 @@ TASK_TYPES: dict[str, TaskType] = {
         PairClassification(),
         Similarity(),
         Contrastive(),
+        LabelTextClassification(),
     )
 }
 
@@ -808,6 +880,7 @@ def parse_task_spec(name: str, spec: TaskSpec | Mapping[str, Any]) -> TaskSpec:
     if loss_weight < 0:
         raise ValueError(f"Task {name!r}: loss_weight must be >= 0, got {loss_weight}.")
     options = task_type.check_options(name, options)
+    task_type.check_label_options(name, labels, options)
     head = parse_head_spec(name, spec.get("head"))
     if head.mixes_layers:
         refusal = task_type.layer_mix_refusal(options)

@@ -332,6 +332,17 @@ class SequenceClassification(_SingleLabel, model_tasks.SequenceClassification):
         return "classification (softmax)"
 
 
+class LabelTextClassification(SequenceClassification, model_tasks.LabelTextClassification):
+    """The package side of `LabelTextClassification`: its data, metrics and card rows are a sequence
+    classification task's; its card says it has no head."""
+
+    def head_kind(self, spec):
+        return "cosine to label texts (no head)"
+
+    def head_reads(self, spec):
+        return "the sentence embedding and its label texts' embeddings"
+
+
 class MultiLabelClassification(TaskType, model_tasks.MultiLabelClassification):
     """The package side of `MultiLabelClassification`."""
 
@@ -869,6 +880,7 @@ TASK_TYPES: dict[str, TaskType] = {
         PairClassification(),
         Similarity(),
         Contrastive(),
+        LabelTextClassification(),
     )
 }
 

@@ -9,6 +9,7 @@ from transformers import (
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .backbone import backbone_to_load, default_backbone, resolve_backbone
+from .errors import MultiTaskEncoderError
 from .model.configuration_multitask_encoder import MultiTaskEncoderConfig, TaskSpec
 from .model.modeling_multitask_encoder import (
     MultiTaskEncoderForSequenceClassification,
@@ -39,6 +40,7 @@ PIPELINE_REGISTRY.register_pipeline(
 __version__ = "0.1.0"
 __all__ = [
     "MultiTaskEncoderConfig",
+    "MultiTaskEncoderError",
     "MultiTaskEncoderForSequenceClassification",
     "MultiTaskEncoderForTokenClassification",
     "MultiTaskEncoderModel",

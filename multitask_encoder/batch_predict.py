@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO, TextIO
 
 from .cli import OneLineArgumentParser, add_common_options, debug_requested, first_line, run_command
-from .data.readers import DelimitedReader, ReadError, decoded_lines, read_jsonl, read_text_lines
+from .data.readers import DelimitedReader, decoded_lines, read_jsonl, read_text_lines
+from .errors import MultiTaskEncoderError
 from .task_types import task_type
 
 PROG = "multitask-encoder-predict"
@@ -74,7 +75,7 @@ exit status: 0 done; 1 refused or failed, with one line on stderr naming the fil
 """
 
 
-class BatchPredictError(Exception):
+class BatchPredictError(MultiTaskEncoderError):
     """A problem with the command's input, model or output, reported as one line (exit status 1)."""
 
 
@@ -571,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(
         lambda: run(args),
         prefix=f"{PROG}: error:",
-        refusals=(BatchPredictError, ReadError),
+        refusals=(MultiTaskEncoderError,),
         debug=debug_requested(args.debug),
         interrupted=interrupted,
     )

@@ -24,6 +24,8 @@ from typing import Any
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .errors import MultiTaskEncoderError
+
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "multitask_run.json"
@@ -56,7 +58,7 @@ FINGERPRINT_TRAINING_ARGUMENTS = (
 )
 
 
-class RunMismatch(ValueError):
+class RunMismatch(MultiTaskEncoderError, ValueError):
     """The output folder belongs to another run (finished, or with another config or data)."""
 
 

@@ -15,12 +15,14 @@ from typing import Any
 
 import yaml
 
+from .errors import MultiTaskEncoderError
+
 # The sections of a config that are not options: the tasks and their data, the embedding's evaluation sets,
 # the single-task teachers to distil.
 SECTIONS = ("tasks", "embedding_evaluation", "teachers")
 
 
-class ConfigError(ValueError):
+class ConfigError(MultiTaskEncoderError, ValueError):
     """A config file that cannot be used, with the file (and line) in the message."""
 
 

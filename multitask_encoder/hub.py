@@ -66,6 +66,7 @@ from huggingface_hub.utils import validate_repo_id
 from transformers.dynamic_module_utils import get_relative_imports
 
 from .cli import OneLineArgumentParser, add_common_options, debug_requested, run_command
+from .errors import MultiTaskEncoderError
 from .model.configuration_multitask_encoder import MultiTaskEncoderConfig
 from .model_card import CARD_FILENAME, render_model_card
 
@@ -113,7 +114,7 @@ LOAD_CHECK_TIMEOUT = 1800  # seconds; a large encoder on a slow CPU still loads 
 _PULL_REQUEST_REF = re.compile(r"refs/pr/[1-9][0-9]*")
 
 
-class PushError(Exception):
+class PushError(MultiTaskEncoderError):
     """A refusal or failure explained in one line (the CLI prints it and exits with 1, no traceback)."""
 
 
@@ -901,7 +902,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(
         push,
         prefix="error:",
-        refusals=(PushError,),
+        refusals=(MultiTaskEncoderError,),
         debug=debug_requested(args.debug),
         interrupted="interrupted; a Hub commit is all or nothing, so no partial commit was made (a repo or "
         "branch created just before it stays)",

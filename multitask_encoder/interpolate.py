@@ -36,8 +36,7 @@ from torch import nn
 
 from .backbone import packaged_backbone_path, resolve_backbone
 from .cli import OneLineArgumentParser, add_common_options, debug_requested, first_line, run_command
-from .config_file import ConfigError
-from .data import DataError
+from .errors import MultiTaskEncoderError
 from .model.modeling_multitask_encoder import MultiTaskEncoderModel
 from .model_card import CARD_FILENAME, amend_interpolation_note, render_model_card
 from .plots import PLOTS_DIR, write_interpolation_plot
@@ -50,7 +49,7 @@ CURVE_NAME = "interpolation_curve"
 DEFAULT_REFIT_EPOCHS = 3.0
 
 
-class InterpolationError(ValueError):
+class InterpolationError(MultiTaskEncoderError, ValueError):
     """A refusal of the interpolation command: bad alpha, a folder that is not a trained model, encoders that
     do not match, options that do not go together."""
 
@@ -607,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(
         lambda: run(args),
         prefix=f"{PROG}: error:",
-        refusals=(InterpolationError, ConfigError, DataError),
+        refusals=(MultiTaskEncoderError,),
         debug=debug_requested(args.debug),
         interrupted=f"interrupted; {args.output} was not written",
     )

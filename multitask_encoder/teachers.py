@@ -44,6 +44,7 @@ from transformers import (
 )
 
 from .collator import MultiTaskCollator
+from .errors import MultiTaskEncoderError
 from .model.inference_multitask_encoder import native_bf16_missing, plan_batches
 from .model.modeling_multitask_encoder import MODEL_INPUT_NAMES, MultiTaskEncoderModel
 from .model.tasks_multitask_encoder import TaskSpec, parse_task_spec
@@ -57,7 +58,7 @@ CACHE_VERSION = 1  # bump when the stored targets change meaning, so stale cache
 TEACHERS_FILE = "teachers.yaml"
 
 
-class TeacherError(ValueError):
+class TeacherError(MultiTaskEncoderError, ValueError):
     """A teacher that cannot teach its task (named in the message)."""
 
 

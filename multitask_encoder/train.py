@@ -44,6 +44,7 @@ from .checkpoints import (
 from .cli import DEBUG_ENV, EXIT_REFUSED, debug_requested, report
 from .config_file import ConfigError, check_options, read_config_file
 from .data import MultiTaskData, data_cache_dir, load_embedding_eval_set, load_multitask_data
+from .errors import MultiTaskEncoderError
 from .linear_probe import fit_heads_first
 from .model.modeling_multitask_encoder import MultiTaskEncoderModel
 from .model_card import backbone_languages, write_model_card
@@ -56,7 +57,8 @@ logger = logging.getLogger(__name__)
 
 PROG = "multitask-encoder-train"
 # Raised before training by the checks of the config, options, data and output folder: a user's input to fix.
-REFUSALS = (ValueError, TypeError, OSError, ImportError)
+# The package's own refusals, and those of the model files, transformers and the file system.
+REFUSALS = (MultiTaskEncoderError, ValueError, TypeError, OSError, ImportError)
 # The offline demo, shipped inside the package (an installed wheel runs it from any folder).
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 

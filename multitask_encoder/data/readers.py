@@ -20,11 +20,13 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
+from ..errors import MultiTaskEncoderError
+
 # Quoted csv fields may hold long texts (articles); the csv module's default cap is 128 KiB.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
-class ReadError(ValueError):
+class ReadError(MultiTaskEncoderError, ValueError):
     """A file that cannot be read as its format says, with the file and line in the message."""
 
 

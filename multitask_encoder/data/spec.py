@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import MultiTaskEncoderError
 from ..model.tasks_multitask_encoder import SPEC_KEYS
 from ..task_types.types import TASK_TYPES, TaskType, cell_str
 
@@ -39,7 +40,7 @@ COMMON_DATA_KEYS = (
 )
 
 
-class DataError(ValueError):
+class DataError(MultiTaskEncoderError, ValueError):
     """Bad task data (a missing file or column, an unknown label, an empty split, ...), raised before training."""
 
 

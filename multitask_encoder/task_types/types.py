@@ -26,6 +26,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 import torch
 
+from ..errors import MultiTaskEncoderError
 from ..model import tasks_multitask_encoder as model_tasks
 from ..model.tasks_multitask_encoder import IGNORE_INDEX, TaskSpec, cosine, layer_mix_description
 from .metrics import classification_metrics, entity_metrics, multi_label_metrics, regression_metrics
@@ -33,7 +34,7 @@ from .metrics import classification_metrics, entity_metrics, multi_label_metrics
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-class LabelError(ValueError):
+class LabelError(MultiTaskEncoderError, ValueError):
     """A label value that is not valid for its task (raised with the row's location; the data loader adds the
     task and re-raises it as its DataError)."""
 

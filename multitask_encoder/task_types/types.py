@@ -506,7 +506,15 @@ class Regression(TaskType, model_tasks.Regression):
         return regression_metrics(logits.reshape(labels.shape), labels)
 
     def prediction_row(self, spec, logits, labels):
-        return float(np.ravel(labels)[0]), float(np.ravel(logits)[0]), ""
+        gold, predicted = np.ravel(labels), np.ravel(logits)
+        if spec.num_outputs == 1:
+            return float(gold[0]), float(predicted[0]), ""
+        # Several outputs: every one of them, in `labels` order, "|"-separated (a missing gold value: empty).
+        return (
+            "|".join("" if value == IGNORE_INDEX else repr(float(value)) for value in gold),
+            "|".join(repr(float(value)) for value in predicted),
+            "",
+        )
 
     def head_kind(self, spec):
         return "regression"

@@ -195,10 +195,10 @@ def wise_ft_row(ctx: Context, source: dict[str, Any], tasks: dict[str, dict[str,
         model = interpolate_encoder(trained, ctx.backbone, alpha)
         run.model.load_state_dict(model.state_dict(), strict=True)
         run.model.eval()
-        run.trainer.evaluate(run.data.test, metric_key_prefix="test")
+        evaluation = run.trainer.evaluate_tasks(run.data.test, metric_key_prefix="test")
         point = {
             "alpha": alpha,
-            "tasks": {task: task_scores(m) for task, m in run.trainer.detailed_metrics.items()},
+            "tasks": {task: task_scores(m) for task, m in evaluation.per_task.items()},
             "embedding": {
                 name: {"after": embedding_spearman(run.model, pairs), "support": len(pairs.scores)}
                 for name, pairs in run.embedding_sets.items()

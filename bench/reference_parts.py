@@ -494,8 +494,8 @@ def multitask_row(
     if curve_steps:
 
         def score(trainer) -> dict[str, Any]:
-            trainer.evaluate(curve_rows, metric_key_prefix="curve")
-            return {task: task_scores(m) for task, m in trainer.detailed_metrics.items()}
+            evaluation = trainer.evaluate_tasks(curve_rows, metric_key_prefix="curve")
+            return {task: task_scores(m) for task, m in evaluation.per_task.items()}
 
         curve = LearningCurve(curve_steps, score)
     with timed_precompute(encode_passes):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -45,6 +46,12 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help=f"on failure, print the traceback too (also: {DEBUG_ENV}=1 in the environment)",
     )
+
+
+def configure_logging() -> None:
+    """The commands' log lines (`INFO name: message` on stderr). Only a command's `main` calls this: the library
+    never configures logging for the program that imports it."""
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
 
 def debug_requested(flag: bool) -> bool:

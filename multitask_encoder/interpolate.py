@@ -35,7 +35,14 @@ import torch
 from torch import nn
 
 from .backbone import packaged_backbone_path, resolve_backbone
-from .cli import OneLineArgumentParser, add_common_options, debug_requested, first_line, run_command
+from .cli import (
+    OneLineArgumentParser,
+    add_common_options,
+    configure_logging,
+    debug_requested,
+    first_line,
+    run_command,
+)
 from .errors import MultiTaskEncoderError
 from .model.modeling_multitask_encoder import MultiTaskEncoderModel
 from .model_card import CARD_FILENAME, amend_interpolation_note, render_model_card
@@ -603,6 +610,7 @@ def _row_summary(row: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """The command: exit status 0 when OUT is written; a refusal is one line on stderr, exit status 1."""
     args = build_parser().parse_args(argv)
+    configure_logging()
     return run_command(
         lambda: run(args),
         prefix=f"{PROG}: error:",

@@ -43,6 +43,7 @@ from transformers import (
     PretrainedConfig,
 )
 
+from .cli import configure_logging
 from .collator import MultiTaskCollator
 from .errors import MultiTaskEncoderError
 from .model.inference_multitask_encoder import native_bf16_missing, plan_batches
@@ -334,6 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("config", help="the training config (YAML or JSON)")
     parser.add_argument("--teachers_dir", required=True, help="where the teachers go (one folder per task)")
     args, flags = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    configure_logging()
     os.makedirs(args.teachers_dir, exist_ok=True)
     trained = train_teachers(args.config, args.teachers_dir, flags)
     path = Path(args.teachers_dir) / TEACHERS_FILE

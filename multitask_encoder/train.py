@@ -41,7 +41,7 @@ from .checkpoints import (
     run_fingerprint,
     write_run_file,
 )
-from .cli import DEBUG_ENV, EXIT_REFUSED, debug_requested, report
+from .cli import DEBUG_ENV, EXIT_REFUSED, configure_logging, debug_requested, report
 from .config_file import ConfigError, check_options, read_config_file
 from .data import MultiTaskData, data_cache_dir, load_embedding_eval_set, load_multitask_data
 from .errors import MultiTaskEncoderError
@@ -235,7 +235,6 @@ def prepare_run(
         argv
     )
     teachers = teachers if use_teachers else {}
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
     # What is not installed is named before any data is read.
     check_trackers(training_args.report_to)
     if model_args.peft is not None:
@@ -395,15 +394,16 @@ def train_and_save(run: TrainingRun) -> dict[str, Any]:
         }
     scores_after: dict[str, float] = {}  # the last evaluation's metrics, without their eval_/test_ prefix
     if data.validation:
-        scores_after = {k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()}
-        results["validation"] = dict(trainer.detailed_metrics)
+        validation = trainer.evaluate_tasks()
+        scores_after = {k.removeprefix("eval_"): v for k, v in validation.metrics.items()}
+        results["validation"] = validation.per_task
     test_predictions: dict[str, tuple[Any, Any]] = {}
     if data.test:
         # The prediction files are written from this pass's logits, not from a second pass over the test sets.
-        metrics = trainer.evaluate(data.test, metric_key_prefix="test")
-        scores_after = {k.removeprefix("test_"): v for k, v in metrics.items()}
-        results["test"] = dict(trainer.detailed_metrics)
-        test_predictions = {task: trainer.task_outputs[task] for task in data.test}
+        test = trainer.evaluate_tasks(data.test, metric_key_prefix="test")
+        scores_after = {k.removeprefix("test_"): v for k, v in test.metrics.items()}
+        results["test"] = test.per_task
+        test_predictions = test.outputs
 
     if run.embedding_sets:  # the embedding itself, before and after this run (cosine Spearman x 100)
         results["embedding"] = {}
@@ -505,6 +505,7 @@ def main(argv: list[str] | None = None) -> None:
     """The command: a refusal (bad config, options, data or output folder; a missing extra) is one line on
     stderr and exit status 1, without a traceback (MULTITASK_ENCODER_DEBUG=1 shows it; `--debug` is a
     TrainingArguments option here); failures during training raise."""
+    configure_logging()
     try:
         run = prepare_run(argv)
     except REFUSALS as error:

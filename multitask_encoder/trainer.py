@@ -17,7 +17,7 @@ import copy
 import logging
 import os
 from collections import defaultdict
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -33,6 +33,16 @@ from .precompute import PrecomputedCollator, PrecomputedFeatures, precompute_fea
 from .sampling import MultiTaskBatchSampler
 from .task_types import task_type
 from .task_types.metrics import regression_metrics
+
+
+class TaskEvaluation(NamedTuple):
+    """What one `MultiTaskTrainer.evaluate_tasks` call measured: the scalar `metrics` it logged
+    (`<prefix>_<task>_<metric>`, `<prefix>_combined_score`, embedding scores), each task's full metrics
+    (`per_task`, non-scalar parts included) and its gathered logits and labels (`outputs`, for prediction files)."""
+
+    metrics: dict[str, float]
+    per_task: dict[str, dict[str, Any]]
+    outputs: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -116,9 +126,9 @@ class MultiTaskTrainer(Trainer):
         if self.args.embedding_distillation_weight > 0:
             self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.run_fingerprint = run_fingerprint or {"digest": None}
-        self.detailed_metrics: dict[str, dict[str, Any]] = {}  # last evaluation, non-scalar parts included
-        # Last evaluation's logits and labels per task (gathered from every process), for prediction files.
-        self.task_outputs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        # What `compute_metrics` measures for each task during one `evaluate_tasks` call (returned by it).
+        self._task_results: dict[str, dict[str, Any]] = {}
+        self._task_outputs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._eval_task: str | None = None
         self._task_loss_sums: dict[str, float] = defaultdict(float)
         self._task_loss_counts: dict[str, int] = defaultdict(int)
@@ -293,17 +303,26 @@ class MultiTaskTrainer(Trainer):
     def evaluate(
         self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
     ) -> dict[str, float]:
-        """Evaluate every task on its own split; returns `<prefix>_<task>_<metric>` and
-        `<prefix>_combined_score`, logged once and passed once to the callbacks (early stopping)."""
+        """The Trainer's evaluation: every task on its own split (see `evaluate_tasks`); returns the scalar
+        metrics `<prefix>_<task>_<metric>` and `<prefix>_combined_score`."""
         datasets = eval_dataset if eval_dataset is not None else self.eval_dataset
         if not isinstance(datasets, dict):
             return super().evaluate(datasets, ignore_keys, metric_key_prefix)
+        return self.evaluate_tasks(datasets, ignore_keys, metric_key_prefix).metrics
+
+    def evaluate_tasks(
+        self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
+    ) -> TaskEvaluation:
+        """Evaluate every task on its own split ({task: dataset}, default the validation splits): the scalar
+        metrics are logged once and passed once to the callbacks (early stopping); returns them with each
+        task's full metrics and its gathered logits and labels."""
+        datasets = eval_dataset if eval_dataset is not None else self.eval_dataset
         if self.precomputed:
             datasets = self._precompute(self.model, self.text_collator, datasets, self.args)
         metrics: dict[str, float] = {}
         main_scores = []
         # This evaluation's only: never an earlier split's metrics or logits under the same task name.
-        self.detailed_metrics, self.task_outputs = {}, {}
+        self._task_results, self._task_outputs = {}, {}
         label_names = self.label_names
         for task, dataset in datasets.items():
             # Only this task's head runs, and only its labels are gathered.
@@ -332,7 +351,7 @@ class MultiTaskTrainer(Trainer):
             metrics[f"{metric_key_prefix}_embedding_{name}_spearman"] = score
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
+        return TaskEvaluation(metrics, self._task_results, self._task_outputs)
 
     def _close_prediction_bars(self) -> None:
         for callback in self.callback_handler.callbacks:
@@ -350,7 +369,7 @@ class MultiTaskTrainer(Trainer):
 
     def _compute_task_metrics(self, eval_prediction) -> dict[str, float]:
         """`compute_metrics` for the task being evaluated (its head's logits, its labels); keeps the full
-        result in `self.detailed_metrics` and the arrays in `self.task_outputs`."""
+        result and the arrays for `evaluate_tasks` to return."""
         task = self._eval_task
         if task is None:
             return {}
@@ -359,6 +378,6 @@ class MultiTaskTrainer(Trainer):
         labels = np.asarray(labels[0] if isinstance(labels, (tuple, list)) else labels)
         spec = self.model.config.tasks[task]
         result = task_type(spec).metrics(spec, logits, labels)
-        self.detailed_metrics[task] = result
-        self.task_outputs[task] = (logits, labels)
+        self._task_results[task] = result
+        self._task_outputs[task] = (logits, labels)
         return scalar_metrics(result)

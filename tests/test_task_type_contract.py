@@ -129,6 +129,34 @@ EXAMPLES: dict[str, dict[str, Example]] = {
             },
         ),
     },
+    "label_text_classification": {
+        "names": Example(
+            task="topic",
+            spec={"type": "label_text_classification", "labels": ["sport", "business", "science"]},
+            file_format="csv",
+            rows=[
+                {"text": text, "topic": topic}
+                for topic, texts in (("sport", SPORT), ("business", BUSINESS), ("science", SCIENCE))
+                for text in texts[:3]
+            ],
+        ),
+        "descriptions_label_map": Example(
+            task="topic",
+            spec={
+                "type": "label_text_classification",
+                "labels": ["sport", "business"],
+                "label_descriptions": {"sport": "a story about a match", "business": "a story about money"},
+                "scale": 10.0,
+            },
+            file_format="jsonl",
+            rows=[{"sentence": text, "y": 0} for text in SPORT] + [{"sentence": t, "y": 1} for t in BUSINESS],
+            data_options={
+                "text_column": "sentence",
+                "label_column": "y",
+                "label_map": {0: "sport", 1: "business"},
+            },
+        ),
+    },
     "multi_label_classification": {
         "basic": Example(
             task="tags",

@@ -60,7 +60,6 @@ from torch import nn
 
 # Modes served by an optional runtime (ONNX Runtime, OpenVINO) from an ONNX export of the encoder (see below).
 RUNTIME_MODES = ("onnx", "onnx_int8", "openvino", "openvino_bf16")
-SERVING_MODES = ("exact", "token_budget", "compiled", "bf16", "int8", *RUNTIME_MODES)
 # Modes the full bench (bench/serve_speed.py: cosine >= 0.99 to exact for EVERY AG News and SST test text,
 # accuracy within 0.3 points) measured outside the guard, with the measured reason: optimize_for_inference
 # refuses them. Fill from that run; a mode whose guard depends on the CPU warns instead (bf16 where emulated).
@@ -196,6 +195,71 @@ def iter_sorted_batches(
 
 
 # ---------------------------------------------------------------------------------------------- plans
+@dataclass(frozen=True)
+class ServingOptions:
+    """The knobs of `optimize_for_inference` a mode's builder may read (see `build_serving_plan`)."""
+
+    recompile_limit: int = COMPILE_RECOMPILE_LIMIT
+    outlier_channels: int = INT8_OUTLIER_CHANNELS
+    threads: int | None = None
+    layers: tuple[int, ...] = ()
+
+
+def serve_token_budget(encoder: nn.Module, plan: ServingPlan, options: ServingOptions) -> None:
+    """token_budget: the live fp32 encoder; only the batching differs from exact."""
+
+
+def serve_compiled(encoder: nn.Module, plan: ServingPlan, options: ServingOptions) -> None:
+    plan.run_encoder = compile_encoder(encoder, options.recompile_limit)
+
+
+def serve_bf16(encoder: nn.Module, plan: ServingPlan, options: ServingOptions) -> None:
+    weight = next(encoder.parameters())
+    if weight.dtype != torch.float32:
+        raise ValueError(
+            "The bf16 serving mode runs a float32 model's encoder under bf16 autocast; this model is "
+            f"{weight.dtype} already, so the exact mode serves it in that dtype."
+        )
+    problem = native_bf16_missing(weight.device)
+    if problem:
+        warnings.warn(
+            f"The bf16 serving mode will likely be slower than exact here: {problem}.", stacklevel=4
+        )
+    plan.run_encoder = Bf16EncoderStates(encoder)
+
+
+def serve_int8(encoder: nn.Module, plan: ServingPlan, options: ServingOptions) -> None:
+    plan.run_encoder = Int8EncoderStates(quantize_encoder_int8(encoder, options.outlier_channels))
+    plan.device = next(encoder.parameters()).device
+    plan.weights_version = weights_version(encoder)
+
+
+def serve_runtime(encoder: nn.Module, plan: ServingPlan, options: ServingOptions) -> None:
+    problem = native_bf16_missing(torch.device("cpu")) if plan.mode == "openvino_bf16" else None
+    if problem:
+        warnings.warn(
+            f"The openvino_bf16 serving mode will likely be slower than openvino here: {problem}.",
+            stacklevel=4,
+        )
+    plan.run_encoder = build_runtime_encoder(
+        encoder, plan.mode, options.threads, options.outlier_channels, options.layers
+    )
+    plan.device = next(encoder.parameters()).device
+    plan.weights_version = weights_version(encoder)
+
+
+# Every mode but exact: its builder sets up the plan's serving encoder (and the staleness record when that
+# encoder holds its own copy of the weights). A mode is one entry here.
+SERVING_MODE_BUILDERS: dict[str, Callable[[nn.Module, ServingPlan, ServingOptions], None]] = {
+    "token_budget": serve_token_budget,
+    "compiled": serve_compiled,
+    "bf16": serve_bf16,
+    "int8": serve_int8,
+    **dict.fromkeys(RUNTIME_MODES, serve_runtime),
+}
+SERVING_MODES = ("exact", *SERVING_MODE_BUILDERS)
+
+
 def build_serving_plan(
     encoder: nn.Module,
     mode: str,
@@ -226,35 +290,8 @@ def build_serving_plan(
             raise ValueError("The exact mode batches by count (batch_size); token_budget needs another mode.")
         return ServingPlan(window=window)
     plan = ServingPlan(mode=mode, token_budget=token_budget or DEFAULT_TOKEN_BUDGET, window=window)
-    if mode == "compiled":
-        plan.run_encoder = compile_encoder(encoder, recompile_limit)
-    elif mode == "bf16":
-        weight = next(encoder.parameters())
-        if weight.dtype != torch.float32:
-            raise ValueError(
-                "The bf16 serving mode runs a float32 model's encoder under bf16 autocast; this model is "
-                f"{weight.dtype} already, so the exact mode serves it in that dtype."
-            )
-        problem = native_bf16_missing(weight.device)
-        if problem:
-            warnings.warn(
-                f"The bf16 serving mode will likely be slower than exact here: {problem}.", stacklevel=3
-            )
-        plan.run_encoder = Bf16EncoderStates(encoder)
-    elif mode == "int8":
-        plan.run_encoder = Int8EncoderStates(quantize_encoder_int8(encoder, outlier_channels))
-        plan.device = next(encoder.parameters()).device
-        plan.weights_version = weights_version(encoder)
-    elif mode in RUNTIME_MODES:
-        problem = native_bf16_missing(torch.device("cpu")) if mode == "openvino_bf16" else None
-        if problem:
-            warnings.warn(
-                f"The openvino_bf16 serving mode will likely be slower than openvino here: {problem}.",
-                stacklevel=3,
-            )
-        plan.run_encoder = build_runtime_encoder(encoder, mode, threads, outlier_channels, layers)
-        plan.device = next(encoder.parameters()).device
-        plan.weights_version = weights_version(encoder)
+    options = ServingOptions(recompile_limit, outlier_channels, threads, layers)
+    SERVING_MODE_BUILDERS[mode](encoder, plan, options)
     return plan
 
 

@@ -11,13 +11,12 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from .backbone import backbone_to_load, default_backbone, resolve_backbone
 from .errors import MultiTaskEncoderError
 from .model.configuration_multitask_encoder import MultiTaskEncoderConfig, TaskSpec
-from .model.modeling_multitask_encoder import (
+from .model.modeling_multitask_encoder import MultiTaskEncoderModel, MultiTaskEncoderOutput
+from .model.pipeline_multitask_encoder import PIPELINE_TASK, MultiTaskTextClassificationPipeline
+from .model.task_views_multitask_encoder import (
     MultiTaskEncoderForSequenceClassification,
     MultiTaskEncoderForTokenClassification,
-    MultiTaskEncoderModel,
-    MultiTaskEncoderOutput,
 )
-from .model.pipeline_multitask_encoder import PIPELINE_TASK, MultiTaskTextClassificationPipeline
 
 # With the package imported, `from_backbone(None)` means the packaged default backbone ...
 MultiTaskEncoderModel.backbone_resolver = staticmethod(backbone_to_load)

@@ -113,8 +113,8 @@ def test_saved_folder_contents(saved) -> None:
         "AutoConfig": "configuration_multitask_encoder.MultiTaskEncoderConfig",
         "AutoModel": "modeling_multitask_encoder.MultiTaskEncoderModel",
         # The task views the standard pipelines load (the model has sentence and token tasks).
-        "AutoModelForSequenceClassification": "modeling_multitask_encoder.MultiTaskEncoderForSequenceClassification",
-        "AutoModelForTokenClassification": "modeling_multitask_encoder.MultiTaskEncoderForTokenClassification",
+        "AutoModelForSequenceClassification": "task_views_multitask_encoder.MultiTaskEncoderForSequenceClassification",
+        "AutoModelForTokenClassification": "task_views_multitask_encoder.MultiTaskEncoderForTokenClassification",
     }
     assert [task["name"] for task in config["tasks"]] == ["topic", "tags", "score", "ner"]
     assert config["encoder_config"]["model_type"] == "bert"

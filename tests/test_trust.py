@@ -185,8 +185,8 @@ def test_predict_refuses_a_model_type_only_the_folder_code_provides(
         "'forked_encoder', which neither transformers nor the installed multitask_encoder package provides "
         "(auto_map: AutoConfig -> configuration_multitask_encoder.MultiTaskEncoderConfig, AutoModel -> "
         "modeling_multitask_encoder.MultiTaskEncoderModel, AutoModelForSequenceClassification -> "
-        "modeling_multitask_encoder.MultiTaskEncoderForSequenceClassification, AutoModelForTokenClassification -> "
-        "modeling_multitask_encoder.MultiTaskEncoderForTokenClassification). Without --trust-remote-code no code from a model "
+        "task_views_multitask_encoder.MultiTaskEncoderForSequenceClassification, AutoModelForTokenClassification -> "
+        "task_views_multitask_encoder.MultiTaskEncoderForTokenClassification). Without --trust-remote-code no code from a model "
         "folder or repo runs; --trust-remote-code runs it on this machine with your permissions: read it "
         "first (for a Hub repo, pin the commit you read with --revision)"
     )

@@ -24,14 +24,12 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
-from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 from transformers.utils import ModelOutput
 
 from .configuration_multitask_encoder import MultiTaskEncoderConfig
@@ -428,13 +426,15 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         - `modules.json`, `sentence_bert_config.json` and `config_sentence_transformers.json`, so that
           `SentenceTransformer(folder, trust_remote_code=True)` encodes exactly as `encode`.
         """
+        # Relative imports: transformers copies every file this one imports next to the weights.
         from .pipeline_multitask_encoder import CUSTOM_PIPELINES
+        from .task_views_multitask_encoder import TASK_VIEWS
 
         self.config.custom_pipelines = copy.deepcopy(CUSTOM_PIPELINES)
         auto_map = dict(getattr(self.config, "auto_map", None) or {})
         for auto_class, view in TASK_VIEWS.items():
             if any(spec.is_token_level == view.token_level for spec in self.config.tasks.values()):
-                auto_map[auto_class] = f"{Path(__file__).stem}.{view.__name__}"
+                auto_map[auto_class] = f"{view.__module__.rsplit('.', 1)[-1]}.{view.__name__}"
             else:
                 auto_map.pop(auto_class, None)
         self.config.auto_map = auto_map
@@ -1243,100 +1243,6 @@ def _sentence_transformers_max_length(name_or_path: str) -> int | None:
     return int(value) if value else None
 
 
-# ---------------------------------------------------------------------------------------------- task views
-class _MultiTaskEncoderTaskView(MultiTaskEncoderPreTrainedModel):
-    """One task of a multi-task model behind the standard single-task interface (`logits`, `config.id2label`,
-    `problem_type`), so the standard pipelines and a plain `Trainer` can use it. It holds the multi-task model
-    as `multitask_encoder` (the `base_model_prefix`): the same weights file loads into it, without a copy.
-
-    `serve_task` (or the config's `<kind>_task` field) picks the task; default: the first of the right kind.
-    """
-
-    token_level: ClassVar[bool] = False
-    config_field: ClassVar[str] = ""
-    output_class: ClassVar[type] = SequenceClassifierOutput
-    accepts_loss_kwargs = False  # the Trainer must not pass num_items_in_batch
-
-    def __init__(
-        self,
-        config: MultiTaskEncoderConfig,
-        serve_task: str | None = None,
-        multitask_model: MultiTaskEncoderModel | None = None,
-    ) -> None:
-        task = self.choose_task(config, serve_task or getattr(config, self.config_field, None))
-        view_config = copy.deepcopy(config)  # the multi-task model's own config is left as it is
-        spec = config.tasks[task]
-        view_config.id2label = dict(enumerate(spec.labels))
-        view_config.label2id = spec.label2id
-        view_config.problem_type = spec.task_type.hf_problem_type
-        setattr(view_config, self.config_field, task)
-        super().__init__(view_config)
-        self.served_task = task
-        self.multitask_encoder = (
-            multitask_model if multitask_model is not None else MultiTaskEncoderModel(config)
-        )
-        self.post_init()
-
-    @classmethod
-    def choose_task(cls, config: MultiTaskEncoderConfig, task: str | None) -> str:
-        candidates = [name for name, spec in config.tasks.items() if spec.is_token_level == cls.token_level]
-        if task is None and candidates:
-            return candidates[0]
-        if task not in candidates:
-            raise ValueError(
-                f"{cls.__name__} serves one of {candidates} (the model's tasks: {list(config.tasks)}), not {task!r}."
-            )
-        return task
-
-    @classmethod
-    def from_multitask(cls, model: MultiTaskEncoderModel, serve_task: str | None = None):
-        """A view of a loaded multi-task model (sharing its weights)."""
-        return cls(model.config, serve_task=serve_task, multitask_model=model)
-
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        token_type_ids=None,
-        labels=None,
-        return_dict=None,
-        **kwargs,
-    ):
-        """`[batch, seq]` inputs -> the served task's `logits` (`[batch, n]`, or `[batch, seq, n]` for a token
-        task) and, with `labels`, its loss."""
-        task_labels = {} if labels is None else {f"labels_{self.served_task}": labels}
-        output = self.multitask_encoder(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            tasks=[self.served_task],
-            **task_labels,
-        )
-        return self.output_class(loss=output.loss, logits=output[f"{self.served_task}_logits"])
-
-    def save_pretrained(self, save_directory, *args: Any, **kwargs: Any) -> None:
-        """The multi-task model's folder (the canonical one: every view loads from it)."""
-        self.multitask_encoder.save_pretrained(save_directory, *args, **kwargs)
-
-
-class MultiTaskEncoderForSequenceClassification(_MultiTaskEncoderTaskView):
-    token_level = False
-    config_field = "sequence_classification_task"
-    output_class = SequenceClassifierOutput
-
-
-class MultiTaskEncoderForTokenClassification(_MultiTaskEncoderTaskView):
-    token_level = True
-    config_field = "token_classification_task"
-    output_class = TokenClassifierOutput
-
-
-TASK_VIEWS = {
-    "AutoModelForSequenceClassification": MultiTaskEncoderForSequenceClassification,
-    "AutoModelForTokenClassification": MultiTaskEncoderForTokenClassification,
-}
-
-
 def sentence_transformers_files(max_seq_length: int) -> dict[str, Any]:
     """What sentence-transformers reads to load a folder as one Transformer module that calls `forward` and
     takes its `embeddings` as the sentence embedding (no pooling or normalisation of its own on top). Unpadded
@@ -1369,8 +1275,6 @@ def sentence_transformers_files(max_seq_length: int) -> dict[str, Any]:
 MultiTaskEncoderModel.register_for_auto_class("AutoModel")
 
 __all__ = [
-    "MultiTaskEncoderForSequenceClassification",
-    "MultiTaskEncoderForTokenClassification",
     "MultiTaskEncoderModel",
     "MultiTaskEncoderOutput",
     "MultiTaskEncoderPreTrainedModel",

@@ -58,6 +58,7 @@ def test_package_side_modules_are_outside_model() -> None:
         "tasks_multitask_encoder.py",
         "inference_multitask_encoder.py",
         "pipeline_multitask_encoder.py",
+        "predict_multitask_encoder.py",
         "task_views_multitask_encoder.py",
     }
     model_side = (MODEL_DIR / "tasks_multitask_encoder.py").read_text(encoding="utf-8")

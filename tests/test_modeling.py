@@ -18,7 +18,7 @@ from transformers import AutoModel
 from multitask_encoder import MultiTaskEncoderModel
 from multitask_encoder.model.configuration_multitask_encoder import POOLING_MODES
 
-MODELING_LOGGER = "multitask_encoder.model.modeling_multitask_encoder"
+PREDICT_LOGGER = "multitask_encoder.model.predict_multitask_encoder"  # tokenisation and its warnings
 
 TEXTS = [
     "Stocks rallied after the central bank held rates.",
@@ -396,13 +396,13 @@ def test_long_text_is_truncated_with_one_warning(
     model = build(tiny_backbone, example_tasks)  # fresh: the warning is given once per model
     assert model.max_seq_length == 256  # from the backbone's sentence_bert_config.json
     long_text = "word " * 600
-    caplog.set_level(logging.WARNING, logger=MODELING_LOGGER)
+    caplog.set_level(logging.WARNING, logger=PREDICT_LOGGER)
 
     embeddings = model.encode([long_text, "short", long_text])
     predictions = model.predict([long_text])  # token offsets of a truncated text
     model.encode([long_text])
 
-    warnings = [record for record in caplog.records if record.name == MODELING_LOGGER]
+    warnings = [record for record in caplog.records if record.name == PREDICT_LOGGER]
     assert len(warnings) == 1, [record.getMessage() for record in warnings]
     assert "truncated" in warnings[0].getMessage() and "2 text(s)" in warnings[0].getMessage()
     assert np.isfinite(embeddings).all()

@@ -58,6 +58,8 @@ from typing import Any
 import torch
 from torch import nn
 
+# What a tokenizer gives the model (the third only for encoders with segment embeddings, e.g. BERT).
+MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 # Modes served by an optional runtime (ONNX Runtime, OpenVINO) from an ONNX export of the encoder (see below).
 RUNTIME_MODES = ("onnx", "onnx_int8", "openvino", "openvino_bf16")
 # Modes the full bench (bench/serve_speed.py: cosine >= 0.99 to exact for EVERY AG News and SST test text,

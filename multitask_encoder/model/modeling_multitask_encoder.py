@@ -34,21 +34,27 @@ from transformers.utils import ModelOutput
 
 from .configuration_multitask_encoder import MultiTaskEncoderConfig
 from .inference_multitask_encoder import (
+    MODEL_INPUT_NAMES,
     SERVING_MODES,
     ServingPlan,
     TextBatch,
     build_serving_plan,
     encoder_hidden_states,
-    iter_sorted_batches,
-    plan_batches,
     split_layers,
+)
+from .predict_multitask_encoder import (
+    check_texts,
+    encode,
+    label_text_embeddings,
+    postprocess,
+    predict,
+    preprocess,
+    task_spec,
+    tasks_for,
 )
 from .tasks_multitask_encoder import EncoderFeatures, HeadSpec, TaskSpec, parse_task_spec
 
 logger = logging.getLogger(__name__)
-
-# What a tokenizer gives the model (the third only for encoders with segment embeddings, e.g. BERT).
-MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass
@@ -648,43 +654,109 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         )
         return self.embed({key: value.to(self.device) for key, value in inputs.items()})
 
+    def preprocess(
+        self, texts: list[str] | str, tasks: list[str] | str | None = None, batch_size: int = 64
+    ) -> Iterator[TextBatch]:
+        """Texts -> padded batches for `forward`: checked once (a text that is not a non-empty string raises,
+        naming its index), tokenised `window` texts at a time, truncated to `max_seq_length` (one warning),
+        sorted longest first and batched as the serving mode says (`batch_size` texts, or a token budget).
+
+        Each `TextBatch` holds `indices` (positions in `texts`), `inputs` (`input_ids`, `attention_mask`[,
+        `token_type_ids`] `[batch, seq]` on the model's device), the batch's `texts` and their tokenizer
+        `encodings` (with character offsets when one of `tasks` is a token task). Used by `predict`, the
+        pipeline and the batch CLI through `predict`; give the batches to `postprocess` after `forward`.
+        """
+        return preprocess(self, texts, tasks, batch_size)
+
+    def postprocess(
+        self,
+        outputs: Mapping[str, Any],
+        texts: list[str],
+        encodings: list[Any],
+        tasks: list[str] | str | None = None,
+        top_k: int | None = None,
+        labels: Mapping[str, Sequence[str] | Mapping[str, str]] | None = None,
+    ) -> list[dict[str, dict[str, Any]]]:
+        """One batch's forward outputs (any mapping with `<task>_logits` for each of `tasks`: `[batch, n]`
+        or `[batch, seq, n]`) -> one `{task: prediction}` dict per row, as `predict` returns them. `texts` and
+        `encodings` are the batch's (a `TextBatch`'s); token tasks read their character offsets. `top_k`
+        keeps the best k class scores of classification tasks; `labels` are the label sets given to the
+        `forward` call of label-text tasks (see `predict`)."""
+        return postprocess(self, outputs, texts, encodings, tasks, top_k, labels)
+
+    def encode(
+        self,
+        texts: list[str] | str,
+        batch_size: int = 64,
+        normalize: bool | None = None,
+        return_tensors: Literal["np", "pt"] = "np",
+    ):
+        """Sentence embeddings `[len(texts), embedding_size]` (float32, in input order).
+
+        `normalize` overrides `config.normalize` (L2) for this call. A single string gives `[embedding_size]`.
+        """
+        return encode(self, texts, batch_size, normalize, return_tensors)
+
+    def predict(
+        self,
+        texts: list[str] | str | list[tuple[str, str]] | dict[str, str],
+        tasks: list[str] | str | None = None,
+        top_k: int | None = None,
+        batch_size: int = 64,
+        labels: Mapping[str, Sequence[str] | Mapping[str, str]] | None = None,
+    ) -> list[dict[str, dict[str, Any]]]:
+        """Predictions for every text and task (the tasks of the input's kind unless `tasks` narrows it), in
+        input order.
+
+        `texts` are texts, or pairs of texts for pair tasks: `(text, text_pair)` tuples or
+        `{"text": ..., "text_pair": ...}` dicts (one such dict alone is a single pair). Per task, the dict its
+        type decodes (tasks_multitask_encoder.py):
+          sequence / pair classification: `{"label", "score", "scores": {label: probability}}` (scores
+              sorted, the best `top_k` only when given);
+          multi-label classification: `{"labels": [labels with sigmoid >= threshold], "scores": {...}}`;
+          regression: `{"value": float}` (one output) or `{"values": {name: float}}`;
+          token classification: `{"entities": [{"entity", "text", "start", "end", "score"}]}` with
+              character offsets into the text, words merged from their sub-tokens;
+          similarity, contrastive: `{"similarity": cosine}` (similarity with a `score_range`: and `score`).
+        A single string (or pair dict) gives a single dict. `labels` {task: label names, or {name: text}}
+        replaces the labels of label_text_classification tasks for this call (new labels need no training).
+        """
+        return predict(self, texts, tasks, top_k, batch_size, labels)
+
+    def tasks_for(self, kind: str, tasks: list[str] | str | None) -> list[str]:
+        """The tasks a call on inputs of `kind` ("text" or "pair") runs: those asked for, which must read that
+        kind, else every task that does."""
+        return tasks_for(self, kind, tasks)
+
+    def check_texts(self, texts: Any) -> list[str]:
+        """`texts` as a list of strings, refused (naming the container or the index) when it would give a
+        meaningless answer. A single string is a list of one.
+
+        The container must be an ordered collection of texts: a list, a tuple or another sequence, an
+        iterator, a 1-D array. Refused: a mapping (a dict's texts are its keys or its values: say which), a
+        set (no order to give the results back in), bytes (not decoded), an array that is not 1-D (a
+        DataFrame iterates its column names). Each element must be a `str` (None, bytes, numbers and nested
+        lists are refused) that is not empty or whitespace only, and of which the tokenizer keeps something:
+        a text that tokenises to special tokens only (zero-width or control characters, which the
+        normalizer drops, or literally "[SEP]") would get the same answer as any other such text. A text of
+        characters the vocabulary does not know becomes [UNK] tokens, which the model does read, and is
+        kept. Raises TypeError or ValueError naming the first text that is not a non-empty string, else
+        the first text the tokenizer keeps nothing of.
+        """
+        return check_texts(self, texts)
+
     def label_text_embeddings(
         self, task_names: list[str], labels: Mapping[str, Sequence[str] | Mapping[str, str]] | None = None
     ) -> dict[str, torch.Tensor]:
         """{task: its label texts' embeddings `[num_labels, embedding_size]`} for the tasks of `task_names` that
         score label texts, with `labels` replacing a task's labels (see `task_spec`); `forward` takes them as
         `label_embeddings`."""
-        labels = dict(labels or {})
-        unused = [name for name in labels if name not in task_names]
-        if unused:
-            raise ValueError(
-                f"labels were given for task(s) {unused}, which this call does not run {task_names}."
-            )
-        specs = {name: self.task_spec(name, labels.get(name)) for name in task_names}
-        return {
-            name: self.embed_label_texts(spec.task_type.label_texts(spec))
-            for name, spec in specs.items()
-            if spec.task_type.embeds_label_texts
-        }
+        return label_text_embeddings(self, task_names, labels)
 
     def task_spec(self, name: str, labels: Sequence[str] | Mapping[str, str] | None = None) -> TaskSpec:
         """The spec of task `name`, or, for a task that scores label texts, the spec it has with `labels` for
         one call: label names (each its own text) or {name: text}."""
-        spec = self.config.tasks[name]
-        if labels is None:
-            return spec
-        if not spec.task_type.embeds_label_texts:
-            raise ValueError(
-                f"Task {name!r} is a {spec.type} task: its labels are its trained head's outputs. Only "
-                "label_text_classification tasks take labels at prediction time."
-            )
-        if isinstance(labels, str) or not isinstance(labels, (Mapping, Sequence)):
-            raise ValueError(
-                f"labels for task {name!r} must be a list of label names or a mapping name -> text, got {labels!r}."
-            )
-        descriptions = dict(labels) if isinstance(labels, Mapping) else {}
-        entry = {**spec.to_dict(), "labels": list(labels), "label_descriptions": descriptions}
-        return parse_task_spec(name, entry)
+        return task_spec(self, name, labels)
 
     def _second_texts(
         self,
@@ -812,306 +884,6 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         return list(dict.fromkeys(tasks))
 
     # ------------------------------------------------------------------ pre- and post-processing
-    def preprocess(
-        self, texts: list[str] | str, tasks: list[str] | str | None = None, batch_size: int = 64
-    ) -> Iterator[TextBatch]:
-        """Texts -> padded batches for `forward`: checked once (a text that is not a non-empty string raises,
-        naming its index), tokenised `window` texts at a time, truncated to `max_seq_length` (one warning),
-        sorted longest first and batched as the serving mode says (`batch_size` texts, or a token budget).
-
-        Each `TextBatch` holds `indices` (positions in `texts`), `inputs` (`input_ids`, `attention_mask`[,
-        `token_type_ids`] `[batch, seq]` on the model's device), the batch's `texts` and their tokenizer
-        `encodings` (with character offsets when one of `tasks` is a token task). Used by `predict`, the
-        pipeline and the batch CLI through `predict`; give the batches to `postprocess` after `forward`.
-        """
-        texts = self.check_texts(texts)
-        with_offsets = any(self.config.tasks[name].is_token_level for name in self.tasks_for("text", tasks))
-        return self._batches(texts, batch_size, with_offsets)
-
-    def postprocess(
-        self,
-        outputs: Mapping[str, Any],
-        texts: list[str],
-        encodings: list[Any],
-        tasks: list[str] | str | None = None,
-        top_k: int | None = None,
-        labels: Mapping[str, Sequence[str] | Mapping[str, str]] | None = None,
-    ) -> list[dict[str, dict[str, Any]]]:
-        """One batch's forward outputs (any mapping with `<task>_logits` for each of `tasks`: `[batch, n]`
-        or `[batch, seq, n]`) -> one `{task: prediction}` dict per row, as `predict` returns them. `texts` and
-        `encodings` are the batch's (a `TextBatch`'s); token tasks read their character offsets. `top_k`
-        keeps the best k class scores of classification tasks; `labels` are the label sets given to the
-        `forward` call of label-text tasks (see `predict`)."""
-        task_names = self.resolve_tasks(tasks)
-        _check_top_k(top_k)
-        labels = labels or {}
-        predictions: list[dict[str, Any]] = [{} for _ in texts]
-        for name in task_names:
-            spec = self.task_spec(name, labels.get(name))
-            logits = outputs[f"{name}_logits"].float().cpu()
-            decoded = spec.task_type.decode(spec, logits, texts, encodings, top_k)
-            for prediction, task_prediction in zip(predictions, decoded):
-                prediction[name] = task_prediction
-        return predictions
-
-    @torch.inference_mode()
-    def encode(
-        self,
-        texts: list[str] | str,
-        batch_size: int = 64,
-        normalize: bool | None = None,
-        return_tensors: Literal["np", "pt"] = "np",
-    ):
-        """Sentence embeddings `[len(texts), embedding_size]` (float32, in input order).
-
-        `normalize` overrides `config.normalize` (L2) for this call. A single string gives `[embedding_size]`.
-        """
-        single = isinstance(texts, str)
-        texts = self.check_texts(texts)
-        if return_tensors not in ("np", "pt"):
-            raise ValueError(f"return_tensors must be 'np' or 'pt', got {return_tensors!r}.")
-        embeddings = torch.zeros(len(texts), self.config.embedding_size)
-        was_training = self.training
-        self.eval()
-        try:
-            for batch in self._batches(texts, batch_size, with_offsets=False):
-                token_states = self.encoder_states(batch.inputs)
-                pooled = self.pooling(token_states, batch.inputs["attention_mask"])
-                embeddings[batch.indices] = self.project(pooled).float().cpu()
-        finally:
-            self.train(was_training)
-        if normalize is not None and normalize != self.config.normalize:
-            if normalize:
-                embeddings = F.normalize(embeddings, p=2, dim=-1)
-            else:
-                logger.warning(
-                    "normalize=False has no effect: this model normalises inside its forward pass."
-                )
-        if single:
-            embeddings = embeddings[0]
-        return embeddings.numpy() if return_tensors == "np" else embeddings
-
-    @torch.inference_mode()
-    def predict(
-        self,
-        texts: list[str] | str | list[tuple[str, str]] | dict[str, str],
-        tasks: list[str] | str | None = None,
-        top_k: int | None = None,
-        batch_size: int = 64,
-        labels: Mapping[str, Sequence[str] | Mapping[str, str]] | None = None,
-    ) -> list[dict[str, dict[str, Any]]]:
-        """Predictions for every text and task (the tasks of the input's kind unless `tasks` narrows it), in
-        input order.
-
-        `texts` are texts, or pairs of texts for pair tasks: `(text, text_pair)` tuples or
-        `{"text": ..., "text_pair": ...}` dicts (one such dict alone is a single pair). Per task, the dict its
-        type decodes (tasks_multitask_encoder.py):
-          sequence / pair classification: `{"label", "score", "scores": {label: probability}}` (scores
-              sorted, the best `top_k` only when given);
-          multi-label classification: `{"labels": [labels with sigmoid >= threshold], "scores": {...}}`;
-          regression: `{"value": float}` (one output) or `{"values": {name: float}}`;
-          token classification: `{"entities": [{"entity", "text", "start", "end", "score"}]}` with
-              character offsets into the text, words merged from their sub-tokens;
-          similarity, contrastive: `{"similarity": cosine}` (similarity with a `score_range`: and `score`).
-        A single string (or pair dict) gives a single dict. `labels` {task: label names, or {name: text}}
-        replaces the labels of label_text_classification tasks for this call (new labels need no training).
-        """
-        single = isinstance(texts, str) or (_is_pair(texts) and isinstance(texts, Mapping))
-        pairs = _as_pairs(texts)
-        task_names = self.tasks_for("pair" if pairs is not None else "text", tasks)
-        _check_top_k(top_k)
-        if pairs is not None:
-            results = self._predict_pairs(pairs, task_names, top_k, batch_size)
-            return results[0] if single else results
-        texts = self.check_texts(texts)
-        with_offsets = any(self.config.tasks[name].is_token_level for name in task_names)
-        results: list[dict[str, Any]] = [{} for _ in texts]
-        was_training = self.training
-        self.eval()
-        try:
-            label_embeddings = self.label_text_embeddings(task_names, labels)  # once per call, not per batch
-            for batch in self._batches(texts, batch_size, with_offsets):
-                outputs = self(**batch.inputs, tasks=task_names, label_embeddings=label_embeddings)
-                predictions = self.postprocess(
-                    outputs, batch.texts, batch.encodings, task_names, top_k, labels=labels
-                )
-                for index, prediction in zip(batch.indices, predictions):
-                    results[index] = prediction
-        finally:
-            self.train(was_training)
-        return results[0] if single else results
-
-    def tasks_for(self, kind: str, tasks: list[str] | str | None) -> list[str]:
-        """The tasks a call on inputs of `kind` ("text" or "pair") runs: those asked for, which must read that
-        kind, else every task that does."""
-
-        def reads(name: str) -> bool:
-            return (self.config.tasks[name].task_type.input_kind == "pair") == (kind == "pair")
-
-        if tasks is None:
-            names = [name for name in self.config.tasks if reads(name)]
-            if not names:
-                other = "pairs of texts" if kind == "text" else "single texts"
-                raise ValueError(
-                    f"This model has no task that reads {kind}s: its tasks {list(self.config.tasks)} read {other}."
-                )
-            return names
-        names = self.resolve_tasks(tasks)
-        wrong = [name for name in names if not reads(name)]
-        if wrong:
-            if kind == "text":
-                raise ValueError(
-                    f"Task(s) {wrong} read pairs of texts: give (text, text_pair) tuples or "
-                    '{"text": ..., "text_pair": ...} dicts.'
-                )
-            raise ValueError(f"Task(s) {wrong} read single texts, not pairs: give them strings.")
-        return names
-
-    def _predict_pairs(
-        self, pairs: list[tuple[str, str]], task_names: list[str], top_k: int | None, batch_size: int
-    ) -> list[dict[str, Any]]:
-        """`predict` for pairs: tasks that encode the pair jointly read one `[CLS] a [SEP] b` input, the others
-        the two texts' embeddings (the second text as `pair_inputs`)."""
-        firsts = self.check_texts([a for a, _ in pairs])
-        seconds = self.check_texts([b for _, b in pairs])
-        joint = [
-            n
-            for n in task_names
-            if self.config.tasks[n].task_type.input_encoding(self.config.tasks[n].options) == "pair_joint"
-        ]
-        apart = [name for name in task_names if name not in joint]
-        results: list[dict[str, Any]] = [{} for _ in pairs]
-        was_training = self.training
-        self.eval()
-        try:
-            if apart:
-                for batch in self._batches(firsts, batch_size, with_offsets=False):
-                    features, _ = self._tokenize([seconds[i] for i in batch.indices], False)
-                    second = self.tokenizer.pad(features, return_tensors="pt")
-                    second = {key: value.to(self.device) for key, value in second.items()}
-                    second["rows"] = torch.arange(len(batch.indices), device=self.device)
-                    outputs = self(**batch.inputs, pair_inputs=second, tasks=apart)
-                    decoded = self.postprocess(outputs, batch.texts, batch.encodings, apart, top_k)
-                    for index, prediction in zip(batch.indices, decoded):
-                        results[index].update(prediction)
-            if joint:
-                for indices, inputs in self._joint_batches(firsts, seconds, batch_size):
-                    outputs = self(**inputs, tasks=joint)
-                    texts = [firsts[i] for i in indices]
-                    decoded = self.postprocess(outputs, texts, [None] * len(indices), joint, top_k)
-                    for index, prediction in zip(indices, decoded):
-                        results[index].update(prediction)
-        finally:
-            self.train(was_training)
-        return [{name: result[name] for name in task_names} for result in results]
-
-    def _joint_batches(self, firsts: list[str], seconds: list[str], batch_size: int):
-        """(indices, padded joint inputs) of length-sorted batches of the pairs as one input each."""
-        encoded = self.tokenizer(
-            firsts, seconds, truncation=True, max_length=self.max_seq_length, padding=False
-        )
-        keys = [key for key in MODEL_INPUT_NAMES if key in encoded]
-        order = sorted(range(len(firsts)), key=lambda i: -len(encoded["input_ids"][i]))
-        lengths = [len(encoded["input_ids"][i]) for i in order]
-        for start, end in plan_batches(lengths, batch_size, self.serving_plan.token_budget):
-            rows = order[start:end]
-            padded = self.tokenizer.pad([{k: encoded[k][i] for k in keys} for i in rows], return_tensors="pt")
-            yield rows, {key: value.to(self.device) for key, value in padded.items()}
-
-    def check_texts(self, texts: Any) -> list[str]:
-        """`texts` as a list of strings, refused (naming the container or the index) when it would give a
-        meaningless answer. A single string is a list of one.
-
-        The container must be an ordered collection of texts: a list, a tuple or another sequence, an
-        iterator, a 1-D array. Refused: a mapping (a dict's texts are its keys or its values: say which), a
-        set (no order to give the results back in), bytes (not decoded), an array that is not 1-D (a
-        DataFrame iterates its column names). Each element must be a `str` (None, bytes, numbers and nested
-        lists are refused) that is not empty or whitespace only, and of which the tokenizer keeps something:
-        a text that tokenises to special tokens only (zero-width or control characters, which the
-        normalizer drops, or literally "[SEP]") would get the same answer as any other such text. A text of
-        characters the vocabulary does not know becomes [UNK] tokens, which the model does read, and is
-        kept. Raises TypeError or ValueError naming the first text that is not a non-empty string, else
-        the first text the tokenizer keeps nothing of.
-        """
-        from collections.abc import Set as AbstractSet
-
-        if isinstance(texts, str):
-            texts = [texts]
-        else:
-            if isinstance(texts, Mapping):
-                refusal = "pass list(texts.values()) or list(texts.keys()), whichever holds the texts"
-            elif isinstance(texts, AbstractSet):
-                refusal = "a set has no order, so the results could not be matched to the texts: pass a list"
-            elif isinstance(texts, (bytes, bytearray, memoryview)):
-                refusal = "decode it to str first"
-            elif getattr(texts, "ndim", 1) != 1:
-                refusal = f"it has {texts.ndim} dimension(s): pass a 1-D array or a list of strings"
-            elif not isinstance(texts, Iterable):
-                refusal = "not a collection of texts"
-            else:
-                refusal = None
-            if refusal is not None:
-                raise TypeError(
-                    f"texts must be a string or a list of strings, got {type(texts).__name__} ({refusal})."
-                )
-        texts = list(texts)
-        for index, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"Text #{index} is {type(text).__name__}, not str.")
-            if not text.strip():
-                raise ValueError(f"Text #{index} is empty or whitespace only; there is nothing to encode.")
-        if not texts:
-            return texts
-        # Only a text without a letter or digit (once its literal special tokens are removed) can tokenise to
-        # nothing but special tokens: the tokenizer decides for those few, so the texts are not all tokenised
-        # twice (that would cost a few percent of `predict`).
-        tokenizer = self.tokenizer
-        unknown = tokenizer.unk_token
-        special_strings = [token for token in tokenizer.all_special_tokens if token != unknown]
-        special_ids = set(tokenizer.convert_tokens_to_ids(special_strings))
-        for index, text in enumerate(texts):
-            content = text
-            for token in special_strings:
-                content = content.replace(token, "")
-            if any(character.isalnum() for character in content):
-                continue
-            if all(
-                token_id in special_ids for token_id in tokenizer(text, add_special_tokens=False)["input_ids"]
-            ):
-                tokens = " ".join(tokenizer.convert_ids_to_tokens(tokenizer(text)["input_ids"]))
-                raise ValueError(
-                    f"Text #{index} ({text[:40]!r}) has nothing the tokenizer keeps: it tokenises to special "
-                    f"tokens only ({tokens}; zero-width and control characters are dropped), so there is "
-                    "nothing to encode."
-                )
-        return texts
-
-    def _tokenize(self, texts: list[str], with_offsets: bool) -> tuple[list[dict[str, list[int]]], list]:
-        """Checked texts -> per text, the unpadded model inputs (`input_ids`, `attention_mask`[,
-        `token_type_ids`], lists of `seq` ints, truncated to `max_seq_length`, warning once when a text is
-        cut) and the tokenizer's `Encoding` (word ids; character offsets with `with_offsets`)."""
-        max_length = self.max_seq_length
-        encoded = self.tokenizer(
-            texts, truncation=True, max_length=max_length, return_offsets_mapping=with_offsets, padding=False
-        )
-        truncated = sum(1 for enc in encoded.encodings if enc.overflowing)
-        if truncated and not self._warned_truncation:
-            logger.warning(
-                f"{truncated} text(s) longer than {max_length} tokens were truncated to fit the model."
-            )
-            self._warned_truncation = True
-        keys = [k for k in MODEL_INPUT_NAMES if k in encoded]
-        features = [{k: encoded[k][i] for k in keys} for i in range(len(texts))]
-        return features, encoded.encodings
-
-    def _batches(self, texts: list[str], batch_size: int, with_offsets: bool) -> Iterator[TextBatch]:
-        """Checked texts -> length-sorted padded batches, as the serving mode batches them."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
-        plan = self.serving_plan
-        return iter_sorted_batches(
-            texts, self._tokenize, self.tokenizer.pad, self.device, batch_size, with_offsets, plan
-        )
 
     # ------------------------------------------------------------------ serving modes
     _serving_plan: ServingPlan | None = None  # set by optimize_for_inference; None is the exact mode
@@ -1195,41 +967,6 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         if layers is None:
             return plan.run_encoder(encoder_inputs)
         return plan.run_encoder(encoder_inputs, layers)
-
-
-def _is_pair(item: Any) -> bool:
-    """A (text, text_pair) tuple or a {"text", "text_pair"} mapping."""
-    if isinstance(item, Mapping):
-        return set(item) >= {"text", "text_pair"}
-    return isinstance(item, tuple) and len(item) == 2 and all(isinstance(text, str) for text in item)
-
-
-def _as_pairs(inputs: Any) -> list[tuple[Any, Any]] | None:
-    """The (text, text_pair) pairs of `inputs` when they are pairs (a list of tuples or dicts, or one dict),
-    None when they are texts; a list mixing both is refused."""
-    if isinstance(inputs, Mapping):
-        if not _is_pair(inputs):
-            return None  # refused as a container of texts by check_texts
-        return [(inputs["text"], inputs["text_pair"])]
-    if isinstance(inputs, (str, bytes)) or not isinstance(inputs, (list, tuple)) or not inputs:
-        return None
-    if isinstance(inputs, tuple) and all(isinstance(item, str) for item in inputs):
-        return None  # a tuple of texts
-    kinds = [_is_pair(item) for item in inputs]
-    if not any(kinds):
-        return None
-    if not all(kinds):
-        index = kinds.index(False)
-        raise TypeError(
-            f"Input #{index} is {type(inputs[index]).__name__}, not a (text, text_pair) pair like input "
-            f"#{kinds.index(True)}: give all texts or all pairs."
-        )
-    return [(item["text"], item["text_pair"]) if isinstance(item, Mapping) else item for item in inputs]
-
-
-def _check_top_k(top_k: Any) -> None:
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}.")
 
 
 def _sentence_transformers_max_length(name_or_path: str) -> int | None:

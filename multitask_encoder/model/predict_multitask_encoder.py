@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from .inference_multitask_encoder import MODEL_INPUT_NAMES, TextBatch, iter_sorted_batches, plan_batches
+from .inference_multitask_encoder import MODEL_INPUT_NAMES, TextBatch, iter_sorted_batches
 from .tasks_multitask_encoder import TaskSpec, parse_task_spec
 
 logger = logging.getLogger(__name__)
@@ -216,29 +216,40 @@ def predict_pairs(
                 for index, prediction in zip(batch.indices, decoded):
                     results[index].update(prediction)
         if joint:
-            for indices, inputs in joint_batches(model, firsts, seconds, batch_size):
-                outputs = model(**inputs, tasks=joint)
-                texts = [firsts[i] for i in indices]
-                decoded = postprocess(model, outputs, texts, [None] * len(indices), joint, top_k)
-                for index, prediction in zip(indices, decoded):
+            # The same batcher as single texts (windows, length-sorted, the serving plan's batches), each pair
+            # tokenised as one `[CLS] a [SEP] b` input.
+            batches = iter_sorted_batches(
+                list(zip(firsts, seconds)),
+                lambda chunk, offsets: tokenize_pairs(model, chunk),
+                model.tokenizer.pad,
+                model.device,
+                batch_size,
+                False,
+                model.serving_plan,
+            )
+            for batch in batches:
+                outputs = model(**batch.inputs, tasks=joint)
+                texts = [first for first, _ in batch.texts]
+                decoded = postprocess(model, outputs, texts, [None] * len(texts), joint, top_k)
+                for index, prediction in zip(batch.indices, decoded):
                     results[index].update(prediction)
     finally:
         model.train(was_training)
     return [{name: result[name] for name in task_names} for result in results]
 
 
-def joint_batches(model, firsts: list[str], seconds: list[str], batch_size: int):
-    """(indices, padded joint inputs) of length-sorted batches of the pairs as one input each."""
+def tokenize_pairs(model, pairs: list[tuple[str, str]]) -> tuple[list[dict[str, list[int]]], list]:
+    """Checked pairs -> per pair, the unpadded joint model inputs (truncated to `max_seq_length`) and its
+    tokenizer `Encoding`."""
     encoded = model.tokenizer(
-        firsts, seconds, truncation=True, max_length=model.max_seq_length, padding=False
+        [first for first, _ in pairs],
+        [second for _, second in pairs],
+        truncation=True,
+        max_length=model.max_seq_length,
+        padding=False,
     )
     keys = [key for key in MODEL_INPUT_NAMES if key in encoded]
-    order = sorted(range(len(firsts)), key=lambda i: -len(encoded["input_ids"][i]))
-    lengths = [len(encoded["input_ids"][i]) for i in order]
-    for start, end in plan_batches(lengths, batch_size, model.serving_plan.token_budget):
-        rows = order[start:end]
-        padded = model.tokenizer.pad([{k: encoded[k][i] for k in keys} for i in rows], return_tensors="pt")
-        yield rows, {key: value.to(model.device) for key, value in padded.items()}
+    return [{key: encoded[key][i] for key in keys} for i in range(len(pairs))], encoded.encodings
 
 
 def check_texts(model, texts: Any) -> list[str]:

@@ -1,7 +1,8 @@
 """label_text_classification against a linear head, in domain and zero-shot.
 
     python bench/label_text.py --seed 0            # one seed per run; writes bench/results/label_text-seed0.json
-    python bench/label_text.py report              # the markdown table over every seed's file
+    python bench/label_text.py report              # the markdown table over every seed's file, written into
+                                                   # docs/benchmarks.md between its label-text markers
 
 Rows (one encoder each, the packaged all-MiniLM-L6-v2 to start from):
     original     the packaged encoder untrained: zero-shot cosine between a text's embedding and each label
@@ -32,6 +33,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 RESULTS = REPO / "bench" / "results"
+DOCS_PAGE = REPO / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- label-text:begin -->", "<!-- label-text:end -->"
 STEPS = 200  # 2x the reference budget's 100 steps per task (docs/benchmarks.md), batch 32
 BATCH = 32
 LEARNING_RATE = 1e-4  # the encoder's, as in the reference budget
@@ -207,7 +210,14 @@ def report() -> str:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["report"]:
-        print(report())
+        table = report()
+        print(table)
+        page = DOCS_PAGE.read_text(encoding="utf-8")
+        if BEGIN in page and END in page:
+            before, rest = page.split(BEGIN, 1)
+            after = rest.split(END, 1)[1]
+            DOCS_PAGE.write_text(f"{before}{BEGIN}\n{table}\n{END}{after}", encoding="utf-8")
+            print(f"wrote {DOCS_PAGE}")
         return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -62,14 +62,16 @@ from multitask_encoder import MultiTaskEncoderModel, default_backbone
 from multitask_encoder.model.inference_multitask_encoder import (
     DEFAULT_TOKEN_BUDGET,
     MODES_OUTSIDE_GUARD,
-    RUNTIME_EXTRAS,
     RUNTIME_MODES,
     SERVING_MODES,
+    native_bf16_missing,
+)
+from multitask_encoder.model.onnx_multitask_encoder import (
+    RUNTIME_EXTRAS,
     EncoderGraph,
     encoder_input_names,
     example_encoder_inputs,
     export_onnx_graph,
-    native_bf16_missing,
     onnxruntime_session,
     openvino_session,
     quantize_onnx_int8,

@@ -21,6 +21,7 @@ from transformers import AutoTokenizer
 
 from multitask_encoder import MultiTaskEncoderModel
 from multitask_encoder.model import inference_multitask_encoder as inference
+from multitask_encoder.model import onnx_multitask_encoder as onnx_export
 from multitask_encoder.model.inference_multitask_encoder import RUNTIME_MODES, SERVING_MODES
 
 FP32_RUNTIME_MODES = ("onnx", "openvino")
@@ -171,7 +172,7 @@ def test_openvino_bf16_warns_where_the_cpu_has_no_native_bf16(
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     # Only the warning is under test here: the session itself is built by the test above.
     built = []
-    monkeypatch.setattr(inference, "build_runtime_encoder", lambda *args: built.append(args[1]) or object())
+    monkeypatch.setattr(onnx_export, "build_runtime_encoder", lambda *args: built.append(args[1]) or object())
     with pytest.warns(
         UserWarning, match="openvino_bf16 serving mode will likely be slower than openvino"
     ) as caught:

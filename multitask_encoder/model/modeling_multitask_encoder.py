@@ -939,7 +939,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         (`[batch, seq]` int64), outputs `embeddings` `[batch, embedding_size]` and `<task>_logits` per task
         (`[batch, n]`; token tasks `[batch, seq, n_tags]`); beside it `config.json` (labels) and the
         tokenizer. Needs `pip install multitask-encoder[onnx]`. Returns the path of `model.onnx`."""
-        from .inference_multitask_encoder import export_model_onnx
+        from .onnx_multitask_encoder import export_model_onnx
 
         return str(export_model_onnx(self, directory))
 

@@ -231,6 +231,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from multitask_encoder.cli import configure_logging
+
+    configure_logging()  # the training job's progress lines, as the command prints them
     run(args)
 
 

@@ -215,6 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "report":
         reference_report.main(argv[1:])
     else:
+        from multitask_encoder.cli import configure_logging
+
+        configure_logging()  # the training job's progress lines, as the command prints them
         run(argv)
 
 

@@ -423,7 +423,10 @@ DDP_ENTRY = textwrap.dedent(
     import json, os, sys
     from safetensors.torch import save_file
     from transformers import TrainerCallback
+    from multitask_encoder.cli import configure_logging
     from multitask_encoder.train import run_training
+
+    configure_logging()  # a program's choice: the library logs, it never configures logging
 
     class DumpReplica(TrainerCallback):
         def on_train_end(self, args, state, control, model=None, **kwargs):

@@ -843,7 +843,7 @@ def parse_task_spec(name: str, spec: TaskSpec | Mapping[str, Any]) -> TaskSpec:
             f"Task {name!r}: unknown task type {type_name!r}; expected one of {list(TASK_TYPES)}."
         )
     task_type = TASK_TYPES[type_name]
-    options: ClassVar[dict[str, Any]] = {key: spec.pop(key) for key in list(spec) if key in task_type.options}
+    options = {key: spec.pop(key) for key in list(spec) if key in task_type.options}
     for key, old_default in LEGACY_OPTIONS.items():
         if key in spec and key not in task_type.options:
             if spec[key] != old_default:

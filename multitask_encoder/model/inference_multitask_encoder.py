@@ -473,11 +473,16 @@ def quantize_encoder_int8(encoder: nn.Module, outlier_channels: int = INT8_OUTLI
         raise ValueError("The int8 serving mode runs on CPU (fbgemm kernels); move the model to CPU first.")
     if next(encoder.parameters()).dtype != torch.float32:
         raise ValueError("The int8 serving mode quantises fp32 weights; load the model in float32 first.")
+    return copy_replacing_linears(encoder, lambda linear: Int8DynamicLinear(linear, outlier_channels))
+
+
+def copy_replacing_linears(encoder: nn.Module, replace: Callable[[nn.Linear], nn.Module]) -> nn.Module:
+    """A copy of `encoder` (eval mode) whose `nn.Linear` layers are `replace(linear)`; other tensors are shared."""
     # deepcopy with every tensor pre-registered in the memo copies the module tree but shares the tensors.
     shared = {id(tensor): tensor for tensor in itertools.chain(encoder.parameters(), encoder.buffers())}
-    quantized = copy.deepcopy(encoder, memo=shared)
-    for module in list(quantized.modules()):
+    copied = copy.deepcopy(encoder, memo=shared)
+    for module in list(copied.modules()):
         for name, child in list(module.named_children()):
             if type(child) is nn.Linear:
-                setattr(module, name, Int8DynamicLinear(child, outlier_channels))
-    return quantized.eval()
+                setattr(module, name, replace(child))
+    return copied.eval()

@@ -7,9 +7,7 @@ Copied next to the weights with the other model files; imports only torch, trans
 from __future__ import annotations
 
 import contextlib
-import copy
 import inspect
-import itertools
 import logging
 import os
 import tempfile
@@ -23,6 +21,7 @@ from torch import nn
 
 from .inference_multitask_encoder import (
     INT8_OUTLIER_CHANNELS,
+    copy_replacing_linears,
     encoder_hidden_states,
 )
 
@@ -257,13 +256,7 @@ class OutlierSplitLinear(nn.Module):
 
 def outlier_split_copy(encoder: nn.Module, outlier_channels: int) -> nn.Module:
     """A copy of `encoder` whose `nn.Linear` layers are `OutlierSplitLinear`; other tensors are shared."""
-    shared = {id(tensor): tensor for tensor in itertools.chain(encoder.parameters(), encoder.buffers())}
-    split = copy.deepcopy(encoder, memo=shared)
-    for module in list(split.modules()):
-        for name, child in list(module.named_children()):
-            if type(child) is nn.Linear:
-                setattr(module, name, OutlierSplitLinear(child, outlier_channels))
-    return split.eval()
+    return copy_replacing_linears(encoder, lambda linear: OutlierSplitLinear(linear, outlier_channels))
 
 
 def quantize_onnx_int8(path: Path) -> Path:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from transformers import AutoTokenizer, HfArgumentParser, ProgressCallback, TrainerCallback, set_seed
 from transformers.integrations import INTEGRATION_TO_CALLBACK, get_reporting_integration_callbacks
 
@@ -360,7 +361,24 @@ def run_training(
 ) -> dict[str, Any]:
     """Check, train, evaluate and save; returns the metrics per split and task. `callbacks` are extra Trainer
     callbacks for programmatic use (e.g. to inspect every process's model in a distributed run)."""
-    return train_and_save(prepare_run(argv, callbacks))
+    try:
+        results = train_and_save(prepare_run(argv, callbacks))
+    except BaseException:
+        end_process_group(wait_for_others=False)  # a failed process must not wait for the others
+        raise
+    end_process_group(wait_for_others=True)
+    return results
+
+
+def end_process_group(wait_for_others: bool) -> None:
+    """Leave a distributed run cleanly. Without this, the gloo process group is torn down by the interpreter's
+    exit while its threads still run, which aborts now and then ("terminate called without an active
+    exception") after a run that succeeded; the barrier lets the main process finish writing first."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return
+    if wait_for_others:
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def train_and_save(run: TrainingRun) -> dict[str, Any]:

@@ -89,6 +89,14 @@ def saved(tiny_backbone: str, example_tasks: dict, tmp_path_factory: pytest.Temp
     return model, folder
 
 
+def test_saved_weights_are_as_readable_as_the_other_files(saved) -> None:
+    """transformers writes the weights through a private temporary file (0600); a folder served by another
+    user must be able to read them like the config and code beside them."""
+    _, folder = saved
+    modes = {path.name: path.stat().st_mode & 0o777 for path in folder.iterdir() if path.is_file()}
+    assert modes["model.safetensors"] == modes["config.json"], modes
+
+
 def copy_checkpoint(source: Path, destination: Path) -> Path:
     shutil.copytree(source, destination)
     return destination

@@ -447,6 +447,13 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         super().save_pretrained(save_directory, *args, **kwargs)
         if not kwargs.get("is_main_process", True):
             return
+        # transformers writes the weights through a private temporary file (mode 0600): a folder that another
+        # user serves could not read its weights. Give them the mode every other file here gets.
+        umask = os.umask(0)
+        os.umask(umask)
+        for name in os.listdir(save_directory):
+            if name.endswith(".safetensors"):
+                os.chmod(os.path.join(save_directory, name), 0o666 & ~umask)
         max_length = (
             self.max_seq_length if self._tokenizer is not None or self.config.max_seq_length else None
         )

@@ -80,7 +80,7 @@ def build_parser() -> HfArgumentParser:
         epilog=tasks_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.usage = "train.py [CONFIG.yaml] [--flags]  (flags override the config file)"
+    parser.usage = "%(prog)s [CONFIG.yaml] [--flags]  (flags override the config file)"
     return parser
 
 

@@ -14,7 +14,9 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 import shutil
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +131,27 @@ def run_without_package(tmp_path: Path) -> Callable[..., subprocess.CompletedPro
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def console_script() -> Callable[[str], str]:
+    """`console_script(name)`: the path of one of the package's console scripts (see `find_console_script`)."""
+    return find_console_script
+
+
+def find_console_script(name: str) -> str:
+    """The path of one of the package's console scripts: in this interpreter's scripts folder (where pip put
+    it, whether or not that folder is on PATH), else on PATH. Skips only when the package is not installed at
+    all (tests run from a checkout); an installed package without its script is a failure."""
+    candidates = [os.path.join(sysconfig.get_path("scripts"), name), shutil.which(name)]
+    found = next((path for path in candidates if path and os.access(path, os.X_OK)), None)
+    if found:
+        return found
+    try:
+        distribution("multitask-encoder")
+    except PackageNotFoundError:
+        pytest.skip(f"the package is not installed (pip install -e .): no {name} console script")
+    pytest.fail(
+        f"multitask-encoder is installed but its console script {name} is neither in "
+        f"{sysconfig.get_path('scripts')} nor on PATH"
+    )

@@ -9,7 +9,6 @@ import csv
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -51,13 +50,11 @@ def modules_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_cli(
-    args: list[str], modules_cache: Path, console_script: bool = False
+    args: list[str], modules_cache: Path, executable: str | None = None
 ) -> subprocess.CompletedProcess:
-    """The command in a fresh process, with the same torch thread count as this one (same numbers)."""
-    if console_script:
-        executable = shutil.which("multitask-encoder-predict")
-        if executable is None:
-            pytest.skip("the package is not installed (pip install -e .): no console script")
+    """The command (`python -m`, or the console script `executable`) in a fresh process, with the same torch
+    thread count as this one (same numbers)."""
+    if executable:
         command = [executable, *args]
     else:
         command = [sys.executable, "-m", "multitask_encoder.batch_predict", *args]
@@ -130,13 +127,14 @@ def test_txt_to_jsonl_streams_windows_in_order(
 
 
 def test_console_script_csv_output_with_tasks_and_top_k(
-    model, tiny_checkpoint: Path, modules_cache: Path, tmp_path: Path
+    model, tiny_checkpoint: Path, modules_cache: Path, tmp_path: Path, console_script
 ) -> None:
     source = tmp_path / "in.txt"
     source.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
     output = tmp_path / "out.csv"
     args = [str(tiny_checkpoint), str(source), "-o", str(output), "--tasks", "ner, topic,tags"]
-    result = run_cli([*args, "--top-k", "1", "--batch-size", "4"], modules_cache, console_script=True)
+    executable = console_script("multitask-encoder-predict")
+    result = run_cli([*args, "--top-k", "1", "--batch-size", "4"], modules_cache, executable)
     assert result.returncode == 0, result.stderr[-3000:]
 
     with open(output, newline="", encoding="utf-8") as f:

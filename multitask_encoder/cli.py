@@ -24,6 +24,9 @@ import threading
 import traceback
 from collections.abc import Callable, Iterator
 
+import huggingface_hub.utils
+import transformers.utils.logging
+
 DEBUG_ENV = "MULTITASK_ENCODER_DEBUG"
 EXIT_REFUSED = 1
 EXIT_USAGE = 2  # argparse's
@@ -51,7 +54,16 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
 def configure_logging() -> None:
     """The commands' log lines (`INFO name: message` on stderr). Only a command's `main` calls this: the library
     never configures logging for the program that imports it."""
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    # In a distributed run every process reads the data and would repeat each warning: the others say only
+    # errors (RANK is set by torchrun / accelerate launch).
+    main_process = os.environ.get("RANK", "0") == "0"
+    logging.basicConfig(
+        format="%(levelname)s %(name)s: %(message)s", level=logging.INFO if main_process else logging.ERROR
+    )
+    # transformers draws a bar for every model load and save ("Loading weights", "Writing model shards"):
+    # noise in a command's log. Downloads from the Hub keep theirs.
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.enable_progress_bars()
 
 
 def debug_requested(flag: bool) -> bool:

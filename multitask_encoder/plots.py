@@ -65,13 +65,19 @@ def write_plots(
     for entry in log_history:
         step = entry.get("step")
         for key, value in entry.items():
-            if key == "loss" or key.startswith("loss_"):
-                losses[key].append((step, value))
+            if key == "loss":
+                losses["total"].append((step, value))
             for task, spec in config.tasks.items():
-                if key == f"eval_{task}_{task_type(spec).main_metric}":
+                if key == f"{task}_loss":
+                    losses[task].append((step, value))
+                elif key == f"eval_{task}_loss":
+                    losses[f"{task} (validation)"].append((step, value))
+                elif key == f"eval_{task}_{task_type(spec).main_metric}":
                     scores[f"{task} {task_type(spec).main_metric}"].append((step, value))
     if losses:
-        written.append(_curves(Figure, folder, "loss.png", losses, "training loss"))
+        written.append(
+            _curves(Figure, folder, "loss.png", losses, "loss (training, and validation per task)")
+        )
     if scores:
         written.append(_curves(Figure, folder, "eval_metrics.png", scores, "validation (main metric)"))
     return [os.path.join(PLOTS_DIR, os.path.basename(path)) for path in written]
@@ -110,9 +116,7 @@ def _curves(
     axes = figure.add_subplot()
     for label, points in sorted(series.items()):
         steps, values = zip(*points)
-        axes.plot(
-            steps, values, label="total" if label == "loss" else label.removeprefix("loss_"), marker="."
-        )
+        axes.plot(steps, values, label=label, marker=".", linestyle="--" if "(validation)" in label else "-")
     axes.set_xlabel("step")
     axes.set_title(title)
     axes.legend(fontsize=8)

@@ -119,19 +119,43 @@ def parse_arguments(argv: list[str] | None = None):
 
 class RunPrinter(ProgressCallback):
     """The progress bars, and one line per log instead of the raw dicts: the training loss (with each task's)
-    at `logging_steps`, and every evaluation's main metrics, once."""
+    at `logging_steps`, and each evaluation during training: every task's main metric and loss. The
+    evaluations after training are printed once, in full, by the summary."""
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.training_finished = False
+        super().on_train_begin(args, state, control, **kwargs)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.training_finished = True
+        super().on_train_end(args, state, control, **kwargs)
+
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
         step = f"step {state.global_step}/{state.max_steps}"
         if "loss" in logs:
-            tasks = "  ".join(f"{k[5:]} {v:.4f}" for k, v in logs.items() if k.startswith("loss_"))
+            tasks = "  ".join(f"{k[:-5]} {v:.4f}" for k, v in logs.items() if k.endswith("_loss"))
             self._write(f"[{step}] train loss {logs['loss']:.4f}" + (f" ({tasks})" if tasks else ""))
-        scores = {k: v for k, v in logs.items() if k.startswith(("eval_", "test_")) and _is_main_score(k)}
-        if scores:
-            epoch = f"epoch {state.epoch:.2f}" if state.epoch is not None else step
-            self._write(f"[{epoch}] " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(scores.items())))
+        if getattr(self, "training_finished", False) or model is None:
+            return
+        for prefix, split in (("eval", "validation"), ("test", "test")):
+            parts = []
+            for task, spec in model.config.tasks.items():
+                names = (task_type(spec).main_metric, "loss")
+                shown = [
+                    f"{n} {logs[f'{prefix}_{task}_{n}']:.4f}" for n in names if f"{prefix}_{task}_{n}" in logs
+                ]
+                if shown:
+                    parts.append(f"{task} " + " ".join(shown))
+            extra = [
+                f"{k.removeprefix(f'{prefix}_')} {v:.4f}"
+                for k, v in logs.items()
+                if k == f"{prefix}_combined_score" or k.startswith(f"{prefix}_embedding_")
+            ]
+            if parts or extra:
+                when = f"epoch {state.epoch:.2f}" if state.epoch is not None else step
+                self._write(f"[{when}] {split}: " + " | ".join(parts + extra))
 
     def _write(self, line: str) -> None:
         bar = getattr(self, "training_bar", None)

@@ -5,7 +5,8 @@
    task sampling), the same on every process;
 2. each task is evaluated on its own split with its own metrics, logged as `eval_<task>_<metric>`, plus
    `eval_combined_score` (the mean of each task's main metric) for best-checkpoint selection and early stopping;
-3. per-task training losses are logged as `loss_<task>`;
+3. per-task training losses are logged as `<task>_loss` (in the config's task order), the name evaluation gives
+   each task's loss (`eval_<task>_loss`): trackers show the two side by side;
 4. the optimizer can give heads and encoder separate learning rates, with layer-wise decay.
 
 Its options are `MultiTaskTrainingArguments` (arguments.py).
@@ -22,6 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 from transformers import EarlyStoppingCallback, ProgressCallback, Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
@@ -249,8 +251,9 @@ class MultiTaskTrainer(Trainer):
         if (
             "loss" in logs and self._task_loss_counts
         ):  # a training log: add the per-task means since the last one
-            for name, total in self._task_loss_sums.items():
-                logs[f"loss_{name}"] = total / self._task_loss_counts[name]
+            order = {task: index for index, task in enumerate(self.model.config.tasks)}
+            for name in sorted(self._task_loss_sums, key=lambda name: order.get(name, len(order))):
+                logs[f"{name}_loss"] = self._task_loss_sums[name] / self._task_loss_counts[name]
             self._task_loss_sums.clear()
             self._task_loss_counts.clear()
         if "loss" in logs and self._last_teacher_weight is not None:
@@ -327,9 +330,11 @@ class MultiTaskTrainer(Trainer):
         for task, dataset in datasets.items():
             # Only this task's head runs, and only its labels are gathered.
             self._eval_task, self.label_names = task, [f"labels_{task}"]
+            dataloader = self.get_eval_dataloader(dataset)
+            self._open_prediction_bars(f"{metric_key_prefix} {task}", dataloader)
             try:
                 output = self.evaluation_loop(
-                    self.get_eval_dataloader(dataset),
+                    dataloader,
                     description=f"Evaluation ({task})",
                     ignore_keys=ignore_keys,
                     metric_key_prefix=f"{metric_key_prefix}_{task}",
@@ -352,6 +357,20 @@ class MultiTaskTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return TaskEvaluation(metrics, self._task_results, self._task_outputs)
+
+    def _open_prediction_bars(self, description: str, dataloader: DataLoader) -> None:
+        """The progress bar of one task's evaluation, named by split and task (ProgressCallback would open
+        an unnamed one at the first step)."""
+        if not self.is_world_process_zero():
+            return
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, ProgressCallback) and callback.prediction_bar is None:
+                callback.prediction_bar = tqdm(
+                    total=len(dataloader),
+                    desc=description,
+                    leave=callback.training_bar is None,
+                    dynamic_ncols=True,
+                )
 
     def _close_prediction_bars(self) -> None:
         for callback in self.callback_handler.callbacks:

@@ -230,9 +230,12 @@ def test_e2e_learns_and_logs_a_loss_per_task(e2e) -> None:
     train_logs = [entry for entry in recorder.state.log_history if "loss" in entry]
     assert len(train_logs) == E2E_STEPS
     for task in ("topic", "sentiment", "ner"):
-        values = [entry[f"loss_{task}"] for entry in train_logs if f"loss_{task}" in entry]
-        assert len(values) >= E2E_STEPS // 2, f"loss_{task} logged {len(values)} times"
+        values = [entry[f"{task}_loss"] for entry in train_logs if f"{task}_loss" in entry]
+        assert len(values) >= E2E_STEPS // 2, f"{task}_loss logged {len(values)} times"
         assert all(value > 0 for value in values)
+    for entry in train_logs:  # always in the config's task order, whichever task a batch started with
+        logged = [key.removesuffix("_loss") for key in entry if key.endswith("_loss")]
+        assert logged == [task for task in ("topic", "sentiment", "ner") if task in logged], entry
     first, last = (sum(e["loss"] for e in part) / 4 for part in (train_logs[:4], train_logs[-4:]))
     assert last < 0.7 * first, f"the loss did not go down: {first:.3f} -> {last:.3f}"
     for task in SENTENCE_TASKS:  # chance is 0.5
@@ -551,6 +554,10 @@ def test_two_process_runs_end_cleanly_every_time(tiny_backbone: str, tmp_path: P
         assert result.returncode == 0, f"run {attempt}: {result.stderr[-3000:]}"
         assert "terminate called" not in result.stderr, f"run {attempt}: {result.stderr[-3000:]}"
         assert (output_dir / "model.safetensors").is_file()
+        # The log says each thing once: only the main process logs below errors, and loads and saves of the
+        # model draw no bars.
+        assert result.stderr.count("Training groups (rows)") == 1, result.stderr[-3000:]
+        assert "Loading weights" not in result.stderr and "Writing model shards" not in result.stderr
 
 
 # ---------------------------------------------------------------------------------------------- 4. frozen
@@ -926,8 +933,8 @@ def test_a_missing_tracker_is_named_before_any_data_is_read(
     assert not cache.exists() and "Tokenising" not in result.stderr  # refused before the data
 
 
-def test_tensorboard_receives_every_tasks_losses_and_metrics(
-    toy_data: Path, tiny_backbone: str, tmp_path: Path
+def test_tensorboard_and_console_receive_every_tasks_losses_and_metrics(
+    toy_data: Path, tiny_backbone: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -942,7 +949,8 @@ def test_tensorboard_receives_every_tasks_losses_and_metrics(
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     for task in ("topic", "sentiment", "ner"):
-        assert f"train/loss_{task}" in scalars, sorted(scalars)
+        # The same name for a task's loss in training and in evaluation.
+        assert f"train/{task}_loss" in scalars and f"eval/{task}_loss" in scalars, sorted(scalars)
     for name in (
         "eval/topic_accuracy",
         "eval/sentiment_accuracy",
@@ -952,6 +960,23 @@ def test_tensorboard_receives_every_tasks_losses_and_metrics(
     ):
         assert name in scalars, sorted(scalars)
     assert [event.step for event in events.Scalars("eval/topic_accuracy")][:2] == [2, 4]
+
+    # The console: one line per evaluation during training with each task's main metric and loss; the
+    # evaluations after training only in the summary (once); evaluation bars named by split and task.
+    out, err = capsys.readouterr()
+    evaluation_lines = [line for line in out.splitlines() if "] validation: " in line]
+    assert len(evaluation_lines) == 2, out
+    for line in evaluation_lines:
+        segments = line.split("] validation: ")[1].split(" | ")
+        assert [segment.split()[:2] for segment in segments[:3]] == [
+            ["topic", "accuracy"],
+            ["sentiment", "accuracy"],
+            ["ner", "f1"],
+        ], line
+        assert all(" loss " in segment for segment in segments[:3]), line
+    assert "] test: " not in out and out.count("test topic: accuracy") == 1, out
+    for bar in ("eval topic", "eval ner", "test sentiment"):
+        assert f"{bar}:" in err, err[-3000:]
 
 
 def test_lora_trains_the_adapter_and_saves_a_merged_model_and_the_adapter(

@@ -43,12 +43,14 @@ from .inference_multitask_encoder import (
     split_layers,
 )
 from .predict_multitask_encoder import (
+    as_pairs,
     check_texts,
     encode,
     label_text_embeddings,
     postprocess,
     predict,
     preprocess,
+    similarity,
     task_spec,
     tasks_for,
 )
@@ -716,8 +718,9 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         input order.
 
         `texts` are texts, or pairs of texts for pair tasks: `(text, text_pair)` tuples or
-        `{"text": ..., "text_pair": ...}` dicts (one such dict alone is a single pair). Per task, the dict its
-        type decodes (tasks_multitask_encoder.py):
+        `{"text": ..., "text_pair": ...}` dicts (one such dict alone is a single pair, and so is one bare tuple
+        of two strings: refused, saying so, when the tasks read single texts; two texts are a list). Per task,
+        the dict its type decodes (tasks_multitask_encoder.py):
           sequence / pair classification: `{"label", "score", "scores": {label: probability}}` (scores
               sorted, the best `top_k` only when given);
           multi-label classification: `{"labels": [labels with sigmoid >= threshold], "scores": {...}}`;
@@ -734,6 +737,12 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         """The tasks a call on inputs of `kind` ("text" or "pair") runs: those asked for, which must read that
         kind, else every task that does."""
         return tasks_for(self, kind, tasks)
+
+    def as_pairs(self, inputs: Any) -> list[tuple[Any, Any]] | None:
+        """The (text, text_pair) pairs of `inputs` as `predict` reads them, or None when they are texts: a list
+        (or tuple) of `(text, text_pair)` tuples or `{"text", "text_pair"}` dicts, one such dict alone, or one
+        bare tuple of exactly two strings (one pair, never two texts). A list mixing texts and pairs raises."""
+        return as_pairs(inputs)
 
     def check_texts(self, texts: Any) -> list[str]:
         """`texts` as a list of strings, refused (naming the container or the index) when it would give a
@@ -800,17 +809,12 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         )
 
     def similarity(self, embeddings_a, embeddings_b) -> torch.Tensor:
-        """Cosine similarity of every row of `embeddings_a` `[n, dim]` (or texts: they are encoded first) with
-        every row of `embeddings_b` `[m, dim]` -> `[n, m]`; the same as sentence-transformers' `similarity`."""
-        a, b = (
-            self.encode(x, return_tensors="pt")
-            if isinstance(x, str) or (isinstance(x, list) and x and isinstance(x[0], str))
-            else x
-            for x in (embeddings_a, embeddings_b)
-        )
-        a, b = (torch.as_tensor(x, dtype=torch.float32) for x in (a, b))
-        a, b = (x.unsqueeze(0) if x.dim() == 1 else x for x in (a, b))
-        return F.normalize(a, p=2, dim=-1) @ F.normalize(b, p=2, dim=-1).T
+        """Cosine similarity of every row of `embeddings_a` `[n, dim]` with every row of `embeddings_b`
+        `[m, dim]` -> `[n, m]`; the same as sentence-transformers' `similarity`. Each side is embeddings (a
+        tensor, a numeric array, a list of vectors; one vector `[dim]` is one row) or texts, encoded first and
+        checked as `predict` checks them (`check_texts`: a string, a list, tuple, iterator or 1-D array of
+        strings; an empty list gives no rows)."""
+        return similarity(self, embeddings_a, embeddings_b)
 
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
         """Pooled vector `[batch, hidden]` -> the sentence embedding `[batch, embedding_size]`

@@ -42,6 +42,10 @@ class MultiTaskTextClassificationPipeline(Pipeline):
 
     A string gives one dict `{task: prediction}`, a list gives a list of them, a generator or dataset gives
     an iterator. Each prediction is what `MultiTaskEncoderModel.predict` returns for that task.
+
+    Inputs are read as `predict` reads them: texts run the tasks that read single texts (a model's pair tasks
+    are skipped; naming one in `tasks` is refused), pairs of texts (`(text, text_pair)` tuples or
+    `{"text", "text_pair"}` dicts, in a list, or one alone) run the pair tasks, through `predict` itself.
     """
 
     # Load the checkpoint's tokenizer when there is one; a model passed as an object falls back to its own.
@@ -62,16 +66,16 @@ class MultiTaskTextClassificationPipeline(Pipeline):
         self.model.eval()
 
     def __call__(self, inputs, **kwargs: Any):
-        if _is_pair(inputs) or (
-            isinstance(inputs, list) and inputs and all(_is_pair(item) for item in inputs)
-        ):
-            # Pairs of texts ({"text", "text_pair"} dicts, as the standard text-classification pipeline takes
-            # them) for the pair tasks: predict batches and encodes them (each text apart, or both as one input).
-            pairs = [inputs] if isinstance(inputs, dict) else inputs
-            results = self.model.predict(
-                pairs, tasks=kwargs.get("tasks"), top_k=kwargs.get("top_k"), labels=kwargs.get("labels")
+        if self.model.as_pairs(inputs) is not None:
+            # Pairs of texts for the pair tasks: predict reads them (the same rules: a list of tuples or dicts,
+            # one dict or one bare 2-tuple alone), batches and encodes them (each text apart, or both as one).
+            return self.model.predict(
+                inputs,
+                tasks=kwargs.get("tasks"),
+                top_k=kwargs.get("top_k"),
+                labels=kwargs.get("labels"),
+                batch_size=kwargs.get("batch_size") or 64,
             )
-            return results[0] if isinstance(inputs, dict) else results
         if isinstance(inputs, tuple):
             inputs = list(inputs)
         if isinstance(inputs, list) and not inputs:
@@ -127,12 +131,8 @@ class MultiTaskTextClassificationPipeline(Pipeline):
     ) -> dict[str, dict[str, Any]]:
         """One row of `_forward`'s output (logits `[1, ...]`) -> `{task: prediction}`."""
         texts, encodings = [model_outputs["text"]], [model_outputs["encoding"]]
+        tasks = self.model.tasks_for("text", tasks)  # the tasks _forward ran (never the pair tasks)
         return self.model.postprocess(model_outputs, texts, encodings, tasks, top_k, labels=labels)[0]
-
-
-def _is_pair(item: Any) -> bool:
-    """A {"text", "text_pair"} dict (a tuple stays a sequence of texts, as in every pipeline)."""
-    return isinstance(item, dict) and set(item) >= {"text", "text_pair"}
 
 
 __all__ = ["CUSTOM_PIPELINES", "PIPELINE_TASK", "MultiTaskTextClassificationPipeline"]

@@ -136,9 +136,17 @@ def predict(
     labels: Mapping[str, Sequence[str] | Mapping[str, str]] | None = None,
 ) -> list[dict[str, dict[str, Any]]]:
     """`MultiTaskEncoderModel.predict` (documented there)."""
-    single = isinstance(texts, str) or (is_pair(texts) and isinstance(texts, Mapping))
+    single = isinstance(texts, str) or is_single_pair(texts)
     pairs = as_pairs(texts)
-    task_names = tasks_for(model, "pair" if pairs is not None else "text", tasks)
+    try:
+        task_names = tasks_for(model, "pair" if pairs is not None else "text", tasks)
+    except ValueError as error:
+        if isinstance(texts, tuple) and pairs is not None:
+            raise ValueError(
+                f"A bare tuple of two strings is one (text, text_pair) pair, but {error} For two single texts, "
+                "pass a list: [text_a, text_b]."
+            ) from error
+        raise
     check_top_k(top_k)
     if pairs is not None:
         results = predict_pairs(model, pairs, task_names, top_k, batch_size)
@@ -160,6 +168,39 @@ def predict(
     finally:
         model.train(was_training)
     return results[0] if single else results
+
+
+def similarity(model, first: Any, second: Any) -> torch.Tensor:
+    """`MultiTaskEncoderModel.similarity` (documented there)."""
+    a, b = similarity_operand(model, first, "embeddings_a"), similarity_operand(model, second, "embeddings_b")
+    if a.shape[-1] != b.shape[-1]:
+        raise ValueError(
+            f"embeddings_a has {a.shape[-1]} dimensions and embeddings_b {b.shape[-1]}: they differ."
+        )
+    return F.normalize(a, p=2, dim=-1) @ F.normalize(b, p=2, dim=-1).T
+
+
+def similarity_operand(model, inputs: Any, argument: str) -> torch.Tensor:
+    """One side of `similarity` as embeddings `[n, dim]`: embeddings as given (a tensor, a numeric array, a
+    list of vectors or numbers), else texts, checked by `check_texts` (as `predict` checks them) and encoded."""
+    embeddings = None
+    if isinstance(inputs, torch.Tensor):
+        embeddings = inputs
+    elif getattr(getattr(inputs, "dtype", None), "kind", None) in ("f", "i", "u"):  # a numeric array
+        embeddings = torch.as_tensor(inputs)
+    elif isinstance(inputs, (list, tuple)) and inputs and not isinstance(inputs[0], str):
+        try:  # vectors (tensors, arrays, lists) or one vector as numbers
+            rows = [torch.as_tensor(row) for row in inputs]
+            embeddings = torch.stack(rows) if rows[0].dim() else torch.stack(rows).reshape(1, -1)
+        except (TypeError, ValueError, RuntimeError):
+            embeddings = None  # not numbers: check_texts names the first element that is not a text
+    if embeddings is None:
+        return encode(model, inputs, return_tensors="pt").reshape(-1, model.config.embedding_size)
+    if embeddings.dim() not in (1, 2):
+        raise ValueError(
+            f"{argument} has {embeddings.dim()} dimensions: give embeddings [n, dim] (or one [dim]) or texts."
+        )
+    return embeddings.float().reshape(-1, embeddings.shape[-1])
 
 
 def tasks_for(model, kind: str, tasks: list[str] | str | None) -> list[str]:
@@ -350,17 +391,24 @@ def is_pair(item: Any) -> bool:
     return isinstance(item, tuple) and len(item) == 2 and all(isinstance(text, str) for text in item)
 
 
+def is_single_pair(inputs: Any) -> bool:
+    """One pair on its own: a {"text", "text_pair"} mapping, or a bare tuple of exactly two strings (read as
+    one pair, as each tuple of a list of pairs is, never as two texts: `predict` says so when the tasks read
+    single texts)."""
+    return is_pair(inputs) and isinstance(inputs, (Mapping, tuple))
+
+
 def as_pairs(inputs: Any) -> list[tuple[Any, Any]] | None:
-    """The (text, text_pair) pairs of `inputs` when they are pairs (a list of tuples or dicts, or one dict),
-    None when they are texts; a list mixing both is refused."""
+    """The (text, text_pair) pairs of `inputs` when they are pairs (a list or tuple of tuples or dicts, one
+    dict, or one bare tuple of two strings), None when they are texts; a list mixing both is refused."""
+    if is_single_pair(inputs):
+        return [(inputs["text"], inputs["text_pair"])] if isinstance(inputs, Mapping) else [tuple(inputs)]
     if isinstance(inputs, Mapping):
-        if not is_pair(inputs):
-            return None  # refused as a container of texts by check_texts
-        return [(inputs["text"], inputs["text_pair"])]
+        return None  # refused as a container of texts by check_texts
     if isinstance(inputs, (str, bytes)) or not isinstance(inputs, (list, tuple)) or not inputs:
         return None
     if isinstance(inputs, tuple) and all(isinstance(item, str) for item in inputs):
-        return None  # a tuple of texts
+        return None  # a tuple of one, three or more texts
     kinds = [is_pair(item) for item in inputs]
     if not any(kinds):
         return None

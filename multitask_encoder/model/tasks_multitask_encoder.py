@@ -312,6 +312,17 @@ class TaskType:
         log_probabilities = torch.log_softmax(logits[present], dim=-1)
         return -(targets[present] * log_probabilities).sum(dim=-1).mean()
 
+    # -------------------------------------------------------------- task view
+    def view_labels(self, spec: TaskSpec) -> list[str]:
+        """The labels (`config.id2label`) of the task's view (`AutoModelForSequenceClassification`), one per
+        column of `view_logits`."""
+        return list(spec.labels)
+
+    def view_logits(self, spec: TaskSpec, logits: torch.Tensor) -> torch.Tensor:
+        """The task's logits as its view returns them: what the standard text-classification pipeline turns,
+        by `hf_problem_type`, into the scores `decode` gives (softmax, sigmoid, or the raw value)."""
+        return logits
+
     # -------------------------------------------------------------- predict
     def decode(
         self,
@@ -586,6 +597,7 @@ class Similarity(TaskType):
     refused); predictions give the cosine and, with a range, the score on that scale."""
 
     name = "similarity"
+    hf_problem_type = "regression"  # its view's score is the cosine itself, as `decode`'s "similarity"
     options: ClassVar[dict[str, Any]] = {"score_range": None, "loss": "cosent", "cosent_scale": 20.0}
     input_kind = "pair"
 
@@ -672,6 +684,7 @@ class Contrastive(TaskType):
     contrastive group never hold the same text twice (a repeated text would be a false negative)."""
 
     name = "contrastive"
+    hf_problem_type = "regression"  # its view's score is the cosine itself, as `decode`'s "similarity"
     options: ClassVar[dict[str, Any]] = {"scale": 20.0}
     input_kind = "pair"
 
@@ -716,9 +729,16 @@ class Contrastive(TaskType):
         scores = spec.options["scale"] * anchors @ candidates.T  # [anchors, candidates]
         return F.cross_entropy(scores, torch.arange(len(anchors), device=scores.device))
 
-    def decode(self, spec, logits, texts, encodings, top_k):
+    def view_labels(self, spec):
+        return ["similarity"]
+
+    def view_logits(self, spec, logits):
+        """The two embeddings `[batch, 2 * embedding_size]` -> their cosine `[batch, 1]`."""
         size = logits.shape[-1] // 2
-        return [{"similarity": value} for value in cosine(logits[:, :size], logits[:, size:]).tolist()]
+        return cosine(logits[:, :size], logits[:, size:]).unsqueeze(-1)
+
+    def decode(self, spec, logits, texts, encodings, top_k):
+        return [{"similarity": value} for value in self.view_logits(spec, logits).reshape(-1).tolist()]
 
 
 TASK_TYPES: dict[str, TaskType] = {

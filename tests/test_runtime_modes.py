@@ -1,7 +1,7 @@
 """The ONNX export and the runtime serving modes (ONNX Runtime, OpenVINO): the exported whole-model graph
 gives forward's outputs on real text; every runtime mode serves what the exact mode serves (fp32: to float
 rounding; int8 / bf16: within the cosine guard); a stale session is refused; a missing runtime names its
-extra; a saved folder serves the modes through remote code in a fresh process without the package.
+extra, before any export; a saved folder serves the modes through remote code in a fresh process without the package.
 
 Tests that need a runtime skip when it is not installed (`pip install -e .[dev]` installs both). The guard
 over the whole AG News and SST test sets and the speed of every mode are measured by bench/serve_speed.py.
@@ -10,6 +10,7 @@ over the whole AG News and SST test sets and the speed of every mode are measure
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 from pathlib import Path
 
@@ -81,6 +82,25 @@ def test_export_needs_a_tokenizer(tiny_backbone: str, example_tasks: dict, tmp_p
     with pytest.raises(ValueError, match="This model has no tokenizer"):
         bare.export_onnx(tmp_path / "onnx")
     assert not (tmp_path / "onnx").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("mode", ["onnx", "openvino"])
+def test_a_missing_runtime_is_reported_before_the_export(
+    model: MultiTaskEncoderModel, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    pytest.importorskip("onnxscript")  # the exporter is there: only the runtime is missing
+    module = onnx_export.RUNTIME_MODULES[mode]
+    monkeypatch.setitem(sys.modules, module, None)  # `import` fails, as where it is not installed
+
+    def export(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the encoder was exported (tens of seconds) before the runtime was checked")
+
+    monkeypatch.setattr(onnx_export, "export_onnx_graph", export)
+    with pytest.raises(
+        ImportError, match=rf"^The {mode} serving mode needs the '{module}' package, which is not installed"
+    ):
+        model.optimize_for_inference(mode)
+    assert model.serving_mode == "exact"
 
 
 # ---------------------------------------------------------------------------------------------- modes

@@ -7,6 +7,7 @@ Copied next to the weights with the other model files; imports only torch, trans
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import logging
 import os
@@ -42,6 +43,12 @@ from .inference_multitask_encoder import (
 # here, inside try blocks, so they never become requirements of a saved model's remote code. A session holds
 # its own copy of the weights, so the plan records the weights' version (see ServingPlan.check_fresh).
 RUNTIME_EXTRAS = {"onnx": "onnx", "onnx_int8": "onnx", "openvino": "openvino", "openvino_bf16": "openvino"}
+RUNTIME_MODULES = {
+    "onnx": "onnxruntime",
+    "onnx_int8": "onnxruntime",
+    "openvino": "openvino",
+    "openvino_bf16": "openvino",
+}
 ENCODER_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -63,6 +70,18 @@ def require_onnx_exporter(purpose: str, extra: str = "onnx") -> None:
         import onnxscript  # noqa: F401  (torch.onnx's exporter translates the graph with it)
     except ImportError as error:
         raise ImportError(missing_extra_message(purpose, "onnxscript", extra)) from error
+
+
+def require_runtime(mode: str) -> None:
+    """Raise an ImportError naming the extra when the runtime that serves `mode` is not installed: checked
+    before the export, which takes tens of seconds."""
+    module = RUNTIME_MODULES[mode]
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(
+            missing_extra_message(f"The {mode} serving mode", module, RUNTIME_EXTRAS[mode])
+        ) from error
 
 
 def encoder_input_names(encoder: nn.Module) -> list[str]:
@@ -263,12 +282,8 @@ def quantize_onnx_int8(path: Path) -> Path:
     """ONNX Runtime's dynamic quantisation of the graph at `path`: every MatMul with a constant weight becomes
     an int8 product (weights per output channel, signed; activations per call, unsigned). Returns the new
     file's path, beside `path`."""
-    try:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-    except ImportError as error:
-        raise ImportError(
-            missing_extra_message("The onnx_int8 serving mode", "onnxruntime", "onnx")
-        ) from error
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # checked by require_runtime
+
     quantized = path.with_name(path.stem + "_int8.onnx")
     with _quiet_export_notes():
         quantize_dynamic(
@@ -344,10 +359,8 @@ class RuntimeEncoderStates:
 def onnxruntime_session(path: Path, threads: int, device: torch.device) -> Callable[[dict], Any]:
     """An ONNX Runtime session of the graph at `path` (read into memory: the file may go afterwards) on
     `threads` intra-op threads: CPU, or CUDA for a model on a GPU (needs onnxruntime-gpu). Returns `run`."""
-    try:
-        import onnxruntime
-    except ImportError as error:
-        raise ImportError(missing_extra_message("The onnx serving modes", "onnxruntime", "onnx")) from error
+    import onnxruntime  # checked by require_runtime
+
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -370,12 +383,8 @@ def openvino_session(path: Path, threads: int, precision: str | None) -> Callabl
     """An OpenVINO CPU compilation of the graph at `path` with inference precision `precision` ("f32",
     "bf16", or None for OpenVINO's own choice: bf16 where the CPU has it), `threads` threads, one stream (one
     caller). Returns `run`."""
-    try:
-        import openvino
-    except ImportError as error:
-        raise ImportError(
-            missing_extra_message("The openvino serving modes", "openvino", "openvino")
-        ) from error
+    import openvino  # checked by require_runtime
+
     config: dict[str, Any] = {
         "INFERENCE_NUM_THREADS": threads,
         "NUM_STREAMS": 1,
@@ -416,8 +425,8 @@ def build_runtime_encoder(
             f"The {mode} serving mode runs on CPU; this model is on {device}. Move it to CPU first (on a GPU, "
             "the onnx mode uses ONNX Runtime's CUDA provider)."
         )
-    extra = RUNTIME_EXTRAS[mode]
-    require_onnx_exporter(f"The {mode} serving mode", extra)
+    require_onnx_exporter(f"The {mode} serving mode", RUNTIME_EXTRAS[mode])
+    require_runtime(mode)  # now, not after the export's tens of seconds
     names = encoder_input_names(encoder)
     exported = exported_layers(encoder, layers)
     graph = EncoderGraph(

@@ -139,6 +139,21 @@ def test_every_graph_output_is_its_tasks_output(exported: tuple[MultiTaskEncoder
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+def test_a_model_with_only_pair_tasks_encoded_apart_exports_its_embedding(tiny_backbone: str) -> None:
+    """model.onnx of such a model (a retrieval model) has no logits output, only the embedding (traced here
+    without the export: the module's forward is what the export records)."""
+    from multitask_encoder.model.onnx_multitask_encoder import ModelGraph, example_encoder_inputs
+
+    model = MultiTaskEncoderModel.from_backbone(tiny_backbone, tasks={"sts": TASKS["sts"]}).eval()
+    graph = ModelGraph(model)
+    assert graph.tasks == []
+    inputs = example_encoder_inputs(model.encoder, graph.encoder_graph.input_names)
+    with torch.no_grad():
+        (embeddings,) = graph(*inputs)
+        expected = model.embed(dict(zip(graph.encoder_graph.input_names, inputs)))
+    torch.testing.assert_close(embeddings, expected)
+
+
 def test_exported_config_says_where_each_output_is_and_how_to_decode_it(
     exported: tuple[MultiTaskEncoderModel, Path],
 ) -> None:

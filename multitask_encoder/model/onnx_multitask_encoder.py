@@ -202,9 +202,8 @@ class PairHeadsGraph(nn.Module):
         super().__init__()
         self.tasks = pair_head_tasks(model)
         self.specs = {name: model.config.tasks[name] for name in self.tasks}
-        self.heads = nn.ModuleDict(
-            {name: model.heads[name] for name in self.tasks}
-        )  # the heads' weights only
+        # The heads alone: holding the model would make every encoder weight an input of the traced graph.
+        self.heads = nn.ModuleDict({name: model.heads[name] for name in self.tasks})
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         embeddings, pair_embeddings = inputs

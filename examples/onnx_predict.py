@@ -69,6 +69,8 @@ class OnnxMultiTaskModel:
     def predict(self, inputs: list[str] | list[tuple[str, str]]) -> list[dict[str, Any]]:
         """Texts -> the predictions of every task that reads a text; (text, text_pair) tuples -> those of
         every pair task. One {task: prediction} per input, as `model.predict`."""
+        if not inputs:
+            return []
         pairs = isinstance(inputs[0], (tuple, list))
         results: list[dict[str, Any]] = [{} for _ in inputs]
         if not pairs:

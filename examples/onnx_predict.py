@@ -29,7 +29,8 @@ class OnnxMultiTaskModel:
     def __init__(self, folder: str | Path) -> None:
         folder = Path(folder)
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        self.tasks: dict[str, dict[str, Any]] = config["postprocessing"]
+        # In the model's task order (config.json's keys are sorted; `tasks` is a list in order).
+        self.tasks = {task["name"]: config["postprocessing"][task["name"]] for task in config["tasks"]}
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         # As `predict`: cut at max_seq_length (a pair: the longer text first), no padding (done per batch below).
         self.tokenizer.enable_truncation(config["max_seq_length"])

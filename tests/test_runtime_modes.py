@@ -1,7 +1,6 @@
-"""The ONNX export and the runtime serving modes (ONNX Runtime, OpenVINO): the exported whole-model graph
-gives forward's outputs on real text; every runtime mode serves what the exact mode serves (fp32: to float
-rounding; int8 / bf16: within the cosine guard); a stale session is refused; a missing runtime names its
-extra; a saved folder serves the modes through remote code in a fresh process without the package.
+"""The runtime serving modes (ONNX Runtime, OpenVINO; the ONNX export itself: tests/test_onnx_export.py): every
+runtime mode serves what the exact mode serves (fp32: to float rounding; int8 / bf16: within the cosine guard);
+a stale session is refused; a missing runtime names its extra, before any export; a saved folder serves the modes through remote code in a fresh process without the package.
 
 Tests that need a runtime skip when it is not installed (`pip install -e .[dev]` installs both). The guard
 over the whole AG News and SST test sets and the speed of every mode are measured by bench/serve_speed.py.
@@ -10,6 +9,7 @@ over the whole AG News and SST test sets and the speed of every mode are measure
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 from pathlib import Path
 
@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 from test_inference_modes import TEXTS, assert_same_predictions, cosine, run_modes_in_fresh_process
-from transformers import AutoTokenizer
 
 from multitask_encoder import MultiTaskEncoderModel
 from multitask_encoder.model import inference_multitask_encoder as inference
@@ -41,38 +40,6 @@ def model(tiny_checkpoint: Path) -> MultiTaskEncoderModel:
 
 
 # ---------------------------------------------------------------------------------------------- export
-def test_exported_graph_gives_forwards_outputs_on_real_text(
-    model: MultiTaskEncoderModel, tmp_path: Path
-) -> None:
-    needs_runtime("onnx")
-    import onnxruntime
-
-    path = Path(model.export_onnx(tmp_path / "onnx"))
-    assert path == tmp_path / "onnx" / "model.onnx"
-    config = json.loads((path.parent / "config.json").read_text(encoding="utf-8"))
-    tasks = {task["name"]: task for task in config["tasks"]}  # a list, in the order of the logits outputs
-    assert list(tasks) == ["topic", "tags", "score", "ner"]
-    assert tasks["ner"]["labels"] == ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
-    tokenizer = AutoTokenizer.from_pretrained(path.parent)  # served without the model's torch code
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    input_names = [node.name for node in session.get_inputs()]
-    output_names = [node.name for node in session.get_outputs()]
-    assert input_names == ["input_ids", "attention_mask", "token_type_ids"]
-    assert output_names == ["embeddings", "topic_logits", "tags_logits", "score_logits", "ner_logits"]
-    # Two batches of other sizes and lengths than the export traced (dynamic axes), both padded.
-    for texts in (TEXTS[:3], TEXTS[3:12]):
-        batch = tokenizer(texts, padding=True, return_tensors="pt")
-        with torch.no_grad():
-            expected = model(**batch)
-        outputs = session.run(None, {name: batch[name].numpy() for name in input_names})
-        for name, got in zip(output_names, outputs):
-            want = expected[name].numpy()
-            assert got.shape == want.shape, name
-            np.testing.assert_allclose(got, want, atol=1e-4, err_msg=name)
-    assert outputs[0].shape == (9, 384) and outputs[-1].shape[:2] == tuple(batch["input_ids"].shape)
-
-
 def test_export_needs_a_tokenizer(tiny_backbone: str, example_tasks: dict, tmp_path: Path) -> None:
     needs_runtime("onnx")
     bare = MultiTaskEncoderModel.from_backbone(tiny_backbone, tasks=example_tasks)
@@ -81,6 +48,25 @@ def test_export_needs_a_tokenizer(tiny_backbone: str, example_tasks: dict, tmp_p
     with pytest.raises(ValueError, match="This model has no tokenizer"):
         bare.export_onnx(tmp_path / "onnx")
     assert not (tmp_path / "onnx").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("mode", ["onnx", "openvino"])
+def test_a_missing_runtime_is_reported_before_the_export(
+    model: MultiTaskEncoderModel, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    pytest.importorskip("onnxscript")  # the exporter is there: only the runtime is missing
+    module = onnx_export.RUNTIME_MODULES[mode]
+    monkeypatch.setitem(sys.modules, module, None)  # `import` fails, as where it is not installed
+
+    def export(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the encoder was exported (tens of seconds) before the runtime was checked")
+
+    monkeypatch.setattr(onnx_export, "export_onnx_graph", export)
+    with pytest.raises(
+        ImportError, match=rf"^The {mode} serving mode needs the '{module}' package, which is not installed"
+    ):
+        model.optimize_for_inference(mode)
+    assert model.serving_mode == "exact"
 
 
 # ---------------------------------------------------------------------------------------------- modes

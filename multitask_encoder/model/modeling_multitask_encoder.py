@@ -50,6 +50,7 @@ from .predict_multitask_encoder import (
     postprocess,
     predict,
     preprocess,
+    save_tokenizer,
     similarity,
     task_spec,
     tasks_for,
@@ -192,10 +193,18 @@ class MultiTaskEncoderPreTrainedModel(PreTrainedModel):
         kwargs.pop("trust_remote_code", None)  # the Auto classes decided it already
         # Mismatched shapes are reported below, naming the task, instead of deep inside transformers.
         kwargs.setdefault("ignore_mismatched_sizes", True)
-        model, info = super().from_pretrained(
-            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
-        )
         source = pretrained_model_name_or_path
+        try:
+            model, info = super().from_pretrained(source, *model_args, output_loading_info=True, **kwargs)
+        except OSError as error:
+            if os.path.isfile(os.path.join(str(source), "model.onnx")):
+                raise ValueError(
+                    f"{source} is an ONNX export of a multitask-encoder model (export_onnx): it holds model.onnx, "
+                    "not torch weights, so it does not load as a torch model. Serve it with ONNX Runtime or "
+                    "OpenVINO (its config.json `postprocessing` says how to decode each task; see docs/onnx.md), "
+                    "or load the model folder it was exported from."
+                ) from error
+            raise
         problems = []
         if info.get("mismatched_keys"):
             shapes = [
@@ -460,12 +469,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             self.max_seq_length if self._tokenizer is not None or self.config.max_seq_length else None
         )
         if self._tokenizer is not None:
-            previous = self._tokenizer.model_max_length
-            self._tokenizer.model_max_length = max_length
-            try:
-                self._tokenizer.save_pretrained(save_directory)
-            finally:
-                self._tokenizer.model_max_length = previous
+            save_tokenizer(self._tokenizer, save_directory, max_length)
         if max_length is not None:
             for name, content in sentence_transformers_files(max_length).items():
                 with open(os.path.join(save_directory, name), "w", encoding="utf-8") as f:
@@ -945,11 +949,15 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         return self
 
     def export_onnx(self, directory: str | os.PathLike[str]) -> str:
-        """Write the whole model (encoder, pooling, projection, normalisation, every head) as one ONNX graph,
-        `directory/model.onnx`, with dynamic batch and sequence axes: inputs as the tokenizer names them
-        (`[batch, seq]` int64), outputs `embeddings` `[batch, embedding_size]` and `<task>_logits` per task
-        (`[batch, n]`; token tasks `[batch, seq, n_tags]`); beside it `config.json` (labels) and the
-        tokenizer. Needs `pip install multitask-encoder[onnx]`. Returns the path of `model.onnx`."""
+        """Write the model (encoder, pooling, projection, normalisation, heads) as ONNX for serving without
+        torch: `directory/model.onnx`, with dynamic batch and sequence axes: inputs as the tokenizer names
+        them (`[batch, seq]` int64), outputs `embeddings` `[batch, embedding_size]` and `<task>_logits` of each
+        task that reads one input (a text, or a pair encoded jointly; `[batch, n]`, token tasks `[batch, seq,
+        n_tags]`). Bi-encoded pair_classification heads go to `pair_heads.onnx` (inputs: the two texts'
+        `embeddings`); similarity and contrastive are the cosine of the two texts' `embeddings`. Beside them
+        `config.json` with `postprocessing`: per task, its graph, output, activation, `id2label` and decoding
+        rules (docs/onnx.md), and the tokenizer. Needs `pip install multitask-encoder[onnx]`. Returns the
+        path of `model.onnx`."""
         from .onnx_multitask_encoder import export_model_onnx
 
         return str(export_model_onnx(self, directory))

@@ -7,7 +7,9 @@ Copied next to the weights with the other model files; imports only torch, trans
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
+import json
 import logging
 import os
 import tempfile
@@ -24,6 +26,8 @@ from .inference_multitask_encoder import (
     copy_replacing_linears,
     encoder_hidden_states,
 )
+from .predict_multitask_encoder import save_tokenizer
+from .tasks_multitask_encoder import EncoderFeatures
 
 # ---------------------------------------------------------------------------------------------- runtimes
 # The runtime modes export the encoder (token states from token ids; pooling and heads stay in torch: cheap
@@ -42,6 +46,12 @@ from .inference_multitask_encoder import (
 # here, inside try blocks, so they never become requirements of a saved model's remote code. A session holds
 # its own copy of the weights, so the plan records the weights' version (see ServingPlan.check_fresh).
 RUNTIME_EXTRAS = {"onnx": "onnx", "onnx_int8": "onnx", "openvino": "openvino", "openvino_bf16": "openvino"}
+RUNTIME_MODULES = {
+    "onnx": "onnxruntime",
+    "onnx_int8": "onnxruntime",
+    "openvino": "openvino",
+    "openvino_bf16": "openvino",
+}
 ENCODER_INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -63,6 +73,18 @@ def require_onnx_exporter(purpose: str, extra: str = "onnx") -> None:
         import onnxscript  # noqa: F401  (torch.onnx's exporter translates the graph with it)
     except ImportError as error:
         raise ImportError(missing_extra_message(purpose, "onnxscript", extra)) from error
+
+
+def require_runtime(mode: str) -> None:
+    """Raise an ImportError naming the extra when the runtime that serves `mode` is not installed: checked
+    before the export, which takes tens of seconds."""
+    module = RUNTIME_MODULES[mode]
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(
+            missing_extra_message(f"The {mode} serving mode", module, RUNTIME_EXTRAS[mode])
+        ) from error
 
 
 def encoder_input_names(encoder: nn.Module) -> list[str]:
@@ -109,16 +131,37 @@ class EncoderGraph(nn.Module):
         )
 
 
+def single_input_tasks(model: Any) -> list[str]:
+    """The tasks whose logits come from one encoder input (a text, or a pair encoded jointly as `[CLS] a
+    [SEP] b`): `model.onnx` outputs them, in `config.tasks` order."""
+    tasks = model.config.tasks
+    return [name for name, spec in tasks.items() if spec.task_type.input_encoding(spec.options) != "pair"]
+
+
+def pair_head_tasks(model: Any) -> list[str]:
+    """The tasks whose head reads the embeddings of two texts encoded apart (pair_classification with
+    pair_encoding bi): `pair_heads.onnx` outputs them. The pair tasks without a head (similarity, contrastive)
+    are the cosine of the two embeddings, which the consumer computes (config.json `postprocessing`)."""
+    tasks = model.config.tasks
+    return [
+        name
+        for name, spec in tasks.items()
+        if spec.task_type.input_encoding(spec.options) == "pair" and name in model.heads
+    ]
+
+
 class ModelGraph(nn.Module):
-    """The whole model as `export_model_onnx` traces it: token inputs `[batch, seq]` -> the embeddings
-    `[batch, embedding_size]` and every task's logits (`[batch, n]`, token tasks `[batch, seq, n_tags]`), in
-    `config.tasks` order. The model's own forward computes everything after the encoder (one encoder pass:
-    with layer-mixing heads it gives their hidden states and the last layer)."""
+    """The model as `export_model_onnx` traces it into `model.onnx`: token inputs `[batch, seq]` -> the
+    embeddings `[batch, embedding_size]` and the logits of every `single_input_tasks` task (`[batch, n]`,
+    token tasks `[batch, seq, n_tags]`), in `config.tasks` order. The model's own forward computes everything
+    after the encoder (one encoder pass: with layer-mixing heads it gives their hidden states and the last
+    layer)."""
 
     def __init__(self, model: Any) -> None:
         super().__init__()
         self.model = model
-        self.layers = exported_layers(model.encoder, model.mixed_layers())
+        self.tasks = single_input_tasks(model)
+        self.layers = exported_layers(model.encoder, model.mixed_layers(self.tasks))
         self.encoder_graph = EncoderGraph(model.encoder, self.layers)
         with (
             torch.no_grad()
@@ -126,12 +169,14 @@ class ModelGraph(nn.Module):
             self.label_embeddings = {
                 name: model.embed_label_texts(spec.task_type.label_texts(spec))
                 for name, spec in model.config.tasks.items()
-                if spec.task_type.embeds_label_texts
+                if name in self.tasks and spec.task_type.embeds_label_texts
             }
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         states = self.encoder_graph(*inputs)
         attention_mask = inputs[self.encoder_graph.input_names.index("attention_mask")]
+        if not self.tasks:  # pair tasks encoded apart only: the embedding is the whole output
+            return (self.model.project(self.model.pooling(states, attention_mask)),)
         if self.layers is None:
             encoder_outputs = {"last_hidden_state": states}
         else:
@@ -141,9 +186,32 @@ class ModelGraph(nn.Module):
         output = self.model(
             attention_mask=attention_mask,
             encoder_outputs=encoder_outputs,
+            tasks=self.tasks,
             label_embeddings=self.label_embeddings,
         )
-        return (output.embeddings, *(output[f"{name}_logits"] for name in self.model.config.tasks))
+        return (output.embeddings, *(output[f"{name}_logits"] for name in self.tasks))
+
+
+class PairHeadsGraph(nn.Module):
+    """The heads of `pair_head_tasks` as `export_model_onnx` traces them into `pair_heads.onnx`:
+    `embeddings` and `pair_embeddings` `[batch, embedding_size]` (model.onnx's `embeddings` of each pair's
+    first and of its second text) -> each task's logits `[batch, n]`, computed by the task type as forward
+    computes them from the two texts' embeddings."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.tasks = pair_head_tasks(model)
+        self.specs = {name: model.config.tasks[name] for name in self.tasks}
+        # The heads alone: holding the model would make every encoder weight an input of the traced graph.
+        self.heads = nn.ModuleDict({name: model.heads[name] for name in self.tasks})
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        embeddings, pair_embeddings = inputs
+        rows = torch.arange(embeddings.shape[0], device=embeddings.device)  # pair i belongs to row i
+        features = EncoderFeatures(None, None, embeddings, pair_embeddings, rows)
+        return tuple(
+            spec.task_type.logits(self.heads[name], spec, features) for name, spec in self.specs.items()
+        )
 
 
 class _DropRecords(logging.Filter):
@@ -179,12 +247,14 @@ def export_onnx_graph(
     input_names: list[str],
     output_names: list[str],
     path: Path,
+    dynamic_axes: tuple[str, ...] = ("batch", "sequence"),
 ) -> Path:
-    """Write `module` (eval mode, positional `[batch, seq]` inputs) to the single ONNX file `path` with
-    torch.onnx's exporter (torch.export based), batch and sequence axes dynamic in every input and output."""
-    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    """Write `module` (eval mode, positional inputs) to the single ONNX file `path` with torch.onnx's exporter
+    (torch.export based), the leading axes of every input dynamic and named `dynamic_axes` (token inputs
+    `[batch, seq]`; embeddings `[batch, size]` take `("batch",)`)."""
+    dims = {axis: torch.export.Dim(name) for axis, name in enumerate(dynamic_axes)}
     # The graphs' forward takes `*inputs`: one varargs parameter whose shapes are a tuple, one per input.
-    dynamic_shapes = {"inputs": tuple({0: batch, 1: sequence} for _ in example_inputs)}
+    dynamic_shapes = {"inputs": tuple(dict(dims) for _ in example_inputs)}
     with torch.no_grad(), warnings.catch_warnings(), _quiet_export_notes():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracing notes are not the user's
         torch.onnx.export(
@@ -201,28 +271,77 @@ def export_onnx_graph(
     return path
 
 
+MODEL_GRAPH_FILE = "model.onnx"
+PAIR_HEADS_GRAPH_FILE = "pair_heads.onnx"
+# What config.json keeps of a saved model's config in an export: the folder holds neither the torch weights
+# nor the code files that `auto_map` and `custom_pipelines` name (AutoModel would fail on a missing file).
+EXPORT_DROPPED_CONFIG_KEYS = ("auto_map", "custom_pipelines")
+
+
 def export_model_onnx(model: Any, directory: str | os.PathLike[str]) -> Path:
-    """Write `model.onnx` (the whole model, see `ModelGraph`; inputs named as the tokenizer's outputs, outputs
-    `embeddings` and `<task>_logits`), `config.json` (tasks, labels, pooling, max_seq_length) and the
-    tokenizer to `directory`: all that ONNX Runtime or OpenVINO need to serve it without this package or
-    its torch code. Returns the path of `model.onnx`."""
+    """Write `model.onnx` (see `ModelGraph`; inputs named as the tokenizer's outputs, outputs `embeddings`
+    and `<task>_logits` of the tasks that read one input), with bi-encoded pair tasks `pair_heads.onnx` (see
+    `PairHeadsGraph`), `config.json` (the model's, plus `onnx_export`: the graphs' inputs and outputs, and
+    `postprocessing`: per task, where its output is and how to decode it) and the tokenizer (truncating at
+    `max_seq_length`) to `directory`: all that ONNX Runtime or OpenVINO need to serve every task without this
+    package or torch (docs/onnx.md). Returns the path of `model.onnx`."""
     require_onnx_exporter("export_onnx")
     tokenizer = model.tokenizer  # before any work: a model without one cannot be served from the folder
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    graph = ModelGraph(model)
-    names = graph.encoder_graph.input_names
-    output_names = ["embeddings", *(f"{name}_logits" for name in model.config.tasks)]
+    graphs: dict[str, dict[str, list[str]]] = {}
     was_training = model.training
     try:
-        path = export_onnx_graph(
-            graph, example_encoder_inputs(model.encoder, names), names, output_names, directory / "model.onnx"
-        )
+        graph = ModelGraph(model)
+        names = graph.encoder_graph.input_names
+        outputs = ["embeddings", *(f"{name}_logits" for name in graph.tasks)]
+        example = example_encoder_inputs(model.encoder, names)
+        export_onnx_graph(graph, example, names, outputs, directory / MODEL_GRAPH_FILE)
+        graphs[MODEL_GRAPH_FILE] = {"inputs": names, "outputs": outputs}
+        pair_graph = PairHeadsGraph(model)
+        if pair_graph.tasks:
+            with torch.no_grad():
+                embeddings = graph(*example)[0]  # two rows: neither axis specialised
+            pair_names = ["embeddings", "pair_embeddings"]
+            pair_outputs = [f"{name}_logits" for name in pair_graph.tasks]
+            path = directory / PAIR_HEADS_GRAPH_FILE
+            export_onnx_graph(
+                pair_graph, (embeddings, embeddings.flip(0)), pair_names, pair_outputs, path, ("batch",)
+            )
+            graphs[PAIR_HEADS_GRAPH_FILE] = {"inputs": pair_names, "outputs": pair_outputs}
     finally:
         model.train(was_training)
-    model.config.to_json_file(directory / "config.json")
-    tokenizer.save_pretrained(directory)
-    return path
+    config = json.loads(model.config.to_json_string())
+    for key in EXPORT_DROPPED_CONFIG_KEYS:
+        config.pop(key, None)
+    config["max_seq_length"] = model.max_seq_length
+    config["onnx_export"] = {"graphs": graphs}
+    config["postprocessing"] = {
+        name: {**exported_output(model, name), **spec.task_type.postprocessing(spec)}
+        for name, spec in model.config.tasks.items()
+    }
+    with open(directory / "config.json", "w", encoding="utf-8") as file:
+        json.dump(config, file, indent=2, sort_keys=True)
+        file.write("\n")
+    save_tokenizer(tokenizer, directory, model.max_seq_length)
+    return directory / MODEL_GRAPH_FILE
+
+
+def exported_output(model: Any, name: str) -> dict[str, str]:
+    """Where task `name`'s output is in an export: its `input` ("text"; "pair": each text encoded on its
+    own; "pair_joint": the pair as one `[CLS] a [SEP] b` input), the `graph` file and its `output`. The pair
+    tasks without a head (similarity, contrastive) read model.onnx's `embeddings` of both texts."""
+    spec = model.config.tasks[name]
+    encoding = spec.task_type.input_encoding(spec.options)
+    if encoding != "pair":
+        return {
+            "input": "text" if encoding == "tokens" else encoding,
+            "graph": MODEL_GRAPH_FILE,
+            "output": f"{name}_logits",
+        }
+    if name in pair_head_tasks(model):
+        return {"input": "pair", "graph": PAIR_HEADS_GRAPH_FILE, "output": f"{name}_logits"}
+    return {"input": "pair", "graph": MODEL_GRAPH_FILE, "output": "embeddings"}
 
 
 # ------------------------------------------------------------------ int8 graph with fp32 outliers
@@ -263,12 +382,8 @@ def quantize_onnx_int8(path: Path) -> Path:
     """ONNX Runtime's dynamic quantisation of the graph at `path`: every MatMul with a constant weight becomes
     an int8 product (weights per output channel, signed; activations per call, unsigned). Returns the new
     file's path, beside `path`."""
-    try:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-    except ImportError as error:
-        raise ImportError(
-            missing_extra_message("The onnx_int8 serving mode", "onnxruntime", "onnx")
-        ) from error
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # checked by require_runtime
+
     quantized = path.with_name(path.stem + "_int8.onnx")
     with _quiet_export_notes():
         quantize_dynamic(
@@ -344,10 +459,8 @@ class RuntimeEncoderStates:
 def onnxruntime_session(path: Path, threads: int, device: torch.device) -> Callable[[dict], Any]:
     """An ONNX Runtime session of the graph at `path` (read into memory: the file may go afterwards) on
     `threads` intra-op threads: CPU, or CUDA for a model on a GPU (needs onnxruntime-gpu). Returns `run`."""
-    try:
-        import onnxruntime
-    except ImportError as error:
-        raise ImportError(missing_extra_message("The onnx serving modes", "onnxruntime", "onnx")) from error
+    import onnxruntime  # checked by require_runtime
+
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -370,12 +483,8 @@ def openvino_session(path: Path, threads: int, precision: str | None) -> Callabl
     """An OpenVINO CPU compilation of the graph at `path` with inference precision `precision` ("f32",
     "bf16", or None for OpenVINO's own choice: bf16 where the CPU has it), `threads` threads, one stream (one
     caller). Returns `run`."""
-    try:
-        import openvino
-    except ImportError as error:
-        raise ImportError(
-            missing_extra_message("The openvino serving modes", "openvino", "openvino")
-        ) from error
+    import openvino  # checked by require_runtime
+
     config: dict[str, Any] = {
         "INFERENCE_NUM_THREADS": threads,
         "NUM_STREAMS": 1,
@@ -416,8 +525,8 @@ def build_runtime_encoder(
             f"The {mode} serving mode runs on CPU; this model is on {device}. Move it to CPU first (on a GPU, "
             "the onnx mode uses ONNX Runtime's CUDA provider)."
         )
-    extra = RUNTIME_EXTRAS[mode]
-    require_onnx_exporter(f"The {mode} serving mode", extra)
+    require_onnx_exporter(f"The {mode} serving mode", RUNTIME_EXTRAS[mode])
+    require_runtime(mode)  # now, not after the export's tens of seconds
     names = encoder_input_names(encoder)
     exported = exported_layers(encoder, layers)
     graph = EncoderGraph(

@@ -12,6 +12,7 @@ torch, transformers and its siblings.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -366,6 +367,19 @@ def tokenize_texts(model, texts: list[str], with_offsets: bool) -> tuple[list[di
     keys = [k for k in MODEL_INPUT_NAMES if k in encoded]
     features = [{k: encoded[k][i] for k in keys} for i in range(len(texts))]
     return features, encoded.encodings
+
+
+def save_tokenizer(tokenizer: Any, directory: str | os.PathLike[str], max_length: int | None) -> None:
+    """Save `tokenizer` to `directory` with `model_max_length` set to `max_length` (when given), so that what
+    loads it from there (the standard pipelines, an ONNX export's consumer) truncates where `predict` does;
+    the tokenizer object itself is left as it was."""
+    previous = tokenizer.model_max_length
+    if max_length is not None:
+        tokenizer.model_max_length = max_length
+    try:
+        tokenizer.save_pretrained(directory)
+    finally:
+        tokenizer.model_max_length = previous
 
 
 def text_batches(model, texts: list[str], batch_size: int, with_offsets: bool) -> Iterator[TextBatch]:

@@ -6,6 +6,7 @@
         config    its options and label rules        check_labels, check_options, default_labels
         model     what its head reads, its loss      head_in_features, head_input, logits, loss, distillation_loss
         predict   logits -> the dicts `predict` returns   decode
+        export    how an ONNX export's consumer decodes   postprocessing
 
 What only training, scoring and the card need of a type (reading label cells, collating labels, metrics,
 prediction-file columns, card names) is its package side: `multitask_encoder/task_types/types.py`, one subclass
@@ -30,6 +31,17 @@ from torch import nn
 IGNORE_INDEX = -100  # a missing label (a row without the task, a special token, padding)
 # IOB2 prefixes, plus E-/S- because seqeval's default chunker accepts IOBES tags too.
 ENTITY_PREFIXES = ("B", "I", "E", "S")
+# How `entities` turns a text's token logits into entity spans, as the ONNX export's config.json states it for
+# token tasks (docs/onnx.md spells each rule out).
+ENTITY_DECODING = {
+    "word_tag": "first_subtoken",  # a word (the tokenizer's word ids) takes its first sub-token's argmax tag
+    "scheme": "IOB2",
+    # An I-X tag continues the open entity when the previous word's tag is B-X or I-X; any other non-O tag
+    # opens a new one ("O I-X" is an X entity; "B-X I-Y" two entities): seqeval's default (conlleval) chunking.
+    "grouping": "conlleval",
+    "entity_score": "mean_word_probability",  # the mean over its words of each word's tag probability
+    "span": "character_offsets",  # first word's first sub-token start .. last word's last sub-token end
+}
 
 HEAD_TYPES = ("linear", "mlp")
 ACTIVATIONS = ("gelu", "relu", "tanh", "silu")
@@ -335,6 +347,14 @@ class TaskType:
         """One batch's logits (float32, CPU) -> one prediction dict per row."""
         raise NotImplementedError
 
+    # -------------------------------------------------------------- export
+    def postprocessing(self, spec: TaskSpec) -> dict[str, Any]:
+        """What `decode` does, as data: how a consumer of the ONNX export turns the task's exported output
+        into `decode`'s dicts without this package (`activation`: softmax, sigmoid, none or cosine, and the
+        type's own keys: `id2label`, `threshold`, `score_range`, ...). `export_onnx` writes it into the
+        exported config.json's `postprocessing`, beside where the output is; docs/onnx.md describes it."""
+        raise NotImplementedError
+
 
 class _SingleLabel(TaskType):
     """Shared by the types whose label is one class id per unit (a text, or a word)."""
@@ -364,6 +384,9 @@ class SequenceClassification(_SingleLabel):
             best = next(iter(scores))
             predictions.append({"label": best, "score": scores[best], "scores": scores})
         return predictions
+
+    def postprocessing(self, spec):
+        return {"activation": "softmax", "id2label": spec.id2label}
 
 
 class LabelTextClassification(SequenceClassification):
@@ -423,6 +446,14 @@ class LabelTextClassification(SequenceClassification):
         labels = F.normalize(features.label_embeddings[spec.name].float(), dim=-1)
         return spec.options["scale"] * texts @ labels.T
 
+    def postprocessing(self, spec):
+        # The exported logits already are `scale` x cosine to the label texts embedded at export.
+        return {
+            **super().postprocessing(spec),
+            "logit_scale": spec.options["scale"],
+            "label_texts": self.label_texts(spec),
+        }
+
 
 class MultiLabelClassification(TaskType):
     """Any number of labels per text: one sigmoid per label on the sentence embedding, binary cross-entropy;
@@ -471,6 +502,9 @@ class MultiLabelClassification(TaskType):
             )
         return predictions
 
+    def postprocessing(self, spec):
+        return {"activation": "sigmoid", "threshold": spec.threshold, "id2label": spec.id2label}
+
 
 class Regression(TaskType):
     """One or more real values per text (`labels` name the outputs; default one, "value"): linear head on
@@ -504,6 +538,9 @@ class Regression(TaskType):
             return [{"value": row[0]} for row in rows]
         return [{"values": dict(zip(spec.labels, row))} for row in rows]
 
+    def postprocessing(self, spec):
+        return {"activation": "none", "id2label": spec.id2label}
+
 
 class TokenClassification(_SingleLabel):
     """One IOB2 tag per word (NER): a head on every token state, cross-entropy over each word's first
@@ -526,13 +563,17 @@ class TokenClassification(_SingleLabel):
             for text, encoding, row in zip(texts, encodings, logits)
         ]
 
+    def postprocessing(self, spec):
+        return {"activation": "softmax", "id2label": spec.id2label, "decoding": dict(ENTITY_DECODING)}
+
 
 # ---------------------------------------------------------------------------------------------- pairs
 def scatter_rows(values: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
     """`values` `[pairs, ...]` of the batch rows `rows` -> `[batch, ...]`, zero for the other rows (their labels
     are missing, so no loss or metric reads them)."""
     out = values.new_zeros((batch, *values.shape[1:]))
-    return out.index_copy(0, rows, values) if len(rows) else out
+    # `rows.shape[0]`, not `len(rows)`: the ONNX export keeps the batch axis dynamic (len() would fix it).
+    return out.index_copy(0, rows, values) if rows.shape[0] else out
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -676,6 +717,9 @@ class Similarity(TaskType):
             predictions.append(prediction)
         return predictions
 
+    def postprocessing(self, spec):
+        return {"activation": "cosine", "score_range": spec.options["score_range"]}
+
 
 class Contrastive(TaskType):
     """Retrieval embeddings from (anchor, positive[, negative]) rows: each anchor must score its own positive
@@ -739,6 +783,9 @@ class Contrastive(TaskType):
 
     def decode(self, spec, logits, texts, encodings, top_k):
         return [{"similarity": value} for value in self.view_logits(spec, logits).reshape(-1).tolist()]
+
+    def postprocessing(self, spec):
+        return {"activation": "cosine"}
 
 
 TASK_TYPES: dict[str, TaskType] = {

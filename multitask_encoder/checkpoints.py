@@ -14,12 +14,15 @@ refused unless the user asks to overwrite it.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from typing import Any
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -60,6 +63,36 @@ FINGERPRINT_TRAINING_ARGUMENTS = (
 
 class RunMismatch(MultiTaskEncoderError, ValueError):
     """The output folder belongs to another run (finished, or with another config or data)."""
+
+
+class NoSpaceLeft(MultiTaskEncoderError, OSError):
+    """The disk filled up while a run saved into its output folder."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """ENOSPC, as an OSError (open/write) or wrapped in the message of torch.save's RuntimeError or
+    safetensors' SafetensorError ("No space left on device (os error 28)")."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    return os.strerror(errno.ENOSPC).lower() in str(error).lower()
+
+
+@contextlib.contextmanager
+def saving_into(folder: str, what: str) -> Iterator[None]:
+    """Turn a full disk while writing `what` into `folder` into one error saying so, naming the folder (torch
+    and safetensors report it deep inside their writers, or as a generic write failure)."""
+    try:
+        yield
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        refusal = NoSpaceLeft(
+            f"No space left on the device holding {os.path.abspath(folder)} while saving {what}: free some space "
+            "(or choose another --output_dir) and start the same command again; a run resumes from its last "
+            "intact checkpoint."
+        )
+        refusal.errno = errno.ENOSPC
+        raise refusal from error
 
 
 def _jsonable(value: Any) -> Any:
@@ -241,11 +274,13 @@ def remove_checkpoints(output_dir: str) -> int:
 __all__ = [
     "MANIFEST_FILE",
     "RUN_FILE",
+    "NoSpaceLeft",
     "RunMismatch",
     "checkpoint_problem",
     "remove_checkpoints",
     "resumable_checkpoint",
     "run_fingerprint",
+    "saving_into",
     "write_manifest",
     "write_run_file",
 ]

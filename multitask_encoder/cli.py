@@ -94,11 +94,13 @@ def run_command(
     refusals: tuple[type[Exception], ...],
     debug: bool,
     interrupted: str = "interrupted",
+    debug_flag: str | None = "--debug",
 ) -> int:
     """Run `command()` and return the exit status, reporting a failure as one line on stderr.
 
     `prefix` starts every line ("multitask-encoder-predict: error:"); an exception of `refusals` is the
-    command's own one-line message; `interrupted` says what an interruption leaves behind."""
+    command's own one-line message; `interrupted` says what an interruption leaves behind; `debug_flag` is the
+    command's option that shows tracebacks (None: only the environment variable)."""
     try:
         with _sigterm_raises():
             command()
@@ -109,7 +111,8 @@ def run_command(
     except Terminated as error:
         return report(f"{prefix} {interrupted} (SIGTERM)", error, debug, EXIT_TERMINATED)
     except Exception as error:  # a failure nobody foresaw: still one line, the traceback on request
-        hint = "" if debug else f"; --debug or {DEBUG_ENV}=1 shows the traceback"
+        shows = f"{debug_flag} or {DEBUG_ENV}=1" if debug_flag else f"{DEBUG_ENV}=1"
+        hint = "" if debug else f"; {shows} shows the traceback"
         return report(
             f"{prefix} {type(error).__name__}: {first_line(error)}{hint}", error, debug, EXIT_REFUSED
         )

@@ -39,10 +39,11 @@ from .checkpoints import (
     remove_checkpoints,
     resumable_checkpoint,
     run_fingerprint,
+    saving_into,
     write_run_file,
 )
-from .cli import DEBUG_ENV, EXIT_REFUSED, configure_logging, debug_requested, report
-from .config_file import ConfigError, check_options, read_config_file
+from .cli import configure_logging, debug_requested, run_command
+from .config_file import ConfigError, check_finite_options, check_options, read_config_file
 from .data import MultiTaskData, data_cache_dir, load_embedding_eval_set, load_multitask_data
 from .errors import MultiTaskEncoderError
 from .linear_probe import fit_heads_first
@@ -107,6 +108,7 @@ def parse_arguments(argv: list[str] | None = None):
         )
     parser.set_defaults(**values)
     model_args, training_args, job_args = parser.parse_args_into_dataclasses(args=argv)
+    check_finite_options(f"{config_path} (or its flags)", model_args, training_args, job_args)
     if job_args.only_tasks:
         unknown = [name for name in job_args.only_tasks if name not in tasks]
         if unknown:
@@ -374,15 +376,19 @@ def train_and_save(run: TrainingRun) -> dict[str, Any]:
     printer = [RunPrinter()] if not args.disable_tqdm else []
     linear_probe = fit_heads_first(run, callbacks=printer)  # LP-FT's first phase, when asked for
     train_result = trainer.train(resume_from_checkpoint=run.resume_from)
+    # A diverged run is a failure, not a model: it is not saved (loading would refuse it anyway).
+    check_trained_weights(run)
     if has_adapter(model):
         # The adapter alone to adapter/ (main process), merged into the weights the folder holds (everywhere).
         if trainer.is_world_process_zero():
-            merge_and_save_adapter(model, output_dir, model.config.base_model_name)
+            with saving_into(output_dir, "the PEFT adapter"):
+                merge_and_save_adapter(model, output_dir, model.config.base_model_name)
         else:
             model.encoder = model.encoder.merge_and_unload()
     # Saved before anything else can fail. Saving and evaluating are collective in a distributed run (all
     # processes take part; evaluation gathers every process's share); only the main process writes.
-    trainer.save_model(output_dir)  # weights, config, code files and tokenizer
+    with saving_into(output_dir, "the trained model"):
+        trainer.save_model(output_dir)  # weights, config, code files and tokenizer
 
     results: dict[str, Any] = {"train": train_result.metrics, "validation": {}, "test": {}}
     if linear_probe is not None:
@@ -415,29 +421,75 @@ def train_and_save(run: TrainingRun) -> dict[str, Any]:
                 "support": len(pairs.scores),
             }
     if trainer.is_world_process_zero():
-        for task, (logits, labels) in test_predictions.items():
-            path = os.path.join(output_dir, f"predictions_{task}.csv")
-            write_predictions_csv(path, model, task, data.test[task], logits, labels)
-        results["label_counts"] = data.label_counts
-        results["held_out_duplicates"] = data.held_out_duplicates
-        results["warnings"] = run_warnings(model, results)
-        with open(os.path.join(output_dir, "eval_results.json"), "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2, default=float)
-        sentences = run.job_args.example_sentences
-        examples = list(zip(sentences, model.predict(sentences))) if sentences else []
-        plots = write_plots(output_dir, model.config, results, trainer.state.log_history)
-        language = run.job_args.language or (
-            None if run.job_args.init_from else backbone_languages(resolve_backbone(run.model_args.backbone))
-        )
-        card = {"examples": examples, "language": language, "plots": plots, "adapter": run.model_args.peft}
-        write_model_card(output_dir, model.config, results, args, run.model_args, run.tasks, **card)
-        write_run_file(output_dir, run.fingerprint, finished=True)
-        removed = 0 if run.job_args.keep_checkpoints else remove_checkpoints(output_dir)
-        _print_summary(results)
-        if examples:
-            _print_examples(model, examples)
-        _print_where(output_dir, removed, run.job_args.example_sentences)
+        with saving_into(output_dir, "the results, predictions and model card"):
+            write_results(run, results, test_predictions)
     return results
+
+
+def write_results(
+    run: TrainingRun, results: dict[str, Any], test_predictions: dict[str, tuple[Any, Any]]
+) -> None:
+    """The main process's files beside the saved model (results, test predictions, plots, card, the finished
+    run file), the checkpoints' removal and the printed summary."""
+    trainer, data, model, args = run.trainer, run.data, run.model, run.training_args
+    output_dir = args.output_dir
+    for task, (logits, labels) in test_predictions.items():
+        path = os.path.join(output_dir, f"predictions_{task}.csv")
+        write_predictions_csv(path, model, task, data.test[task], logits, labels)
+    results["label_counts"] = data.label_counts
+    results["held_out_duplicates"] = data.held_out_duplicates
+    results["warnings"] = run_warnings(model, results)
+    with open(os.path.join(output_dir, "eval_results.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2, default=float)
+    sentences = run.job_args.example_sentences
+    examples = list(zip(sentences, model.predict(sentences))) if sentences else []
+    plots = write_plots(output_dir, model.config, results, trainer.state.log_history)
+    language = run.job_args.language or (
+        None if run.job_args.init_from else backbone_languages(resolve_backbone(run.model_args.backbone))
+    )
+    card = {"examples": examples, "language": language, "plots": plots, "adapter": run.model_args.peft}
+    write_model_card(output_dir, model.config, results, args, run.model_args, run.tasks, **card)
+    write_run_file(output_dir, run.fingerprint, finished=True)
+    removed = 0 if run.job_args.keep_checkpoints else remove_checkpoints(output_dir)
+    _print_summary(results)
+    if examples:
+        _print_examples(model, examples)
+    _print_where(output_dir, removed, run.job_args.example_sentences)
+
+
+class TrainingDiverged(MultiTaskEncoderError):
+    """Training ended with NaN or infinite weights: the run failed and nothing was saved."""
+
+
+def check_trained_weights(run: TrainingRun) -> None:
+    """Refuse to save (or report success for) a model whose weights hold NaN or inf, naming the first such
+    tensor and the options that set how large the steps were."""
+    broken = run.model.non_finite_weights()
+    if not broken:
+        return
+    args = run.training_args
+    options = {
+        "learning_rate": args.learning_rate,
+        "encoder_learning_rate": args.encoder_learning_rate,
+        "head_learning_rate": args.head_learning_rate,
+        "max_grad_norm": args.max_grad_norm,
+        "fp16": args.fp16,
+        "bf16": args.bf16,
+        "loss_weighting": run.model.config.loss_weighting,
+        "embedding_distillation_weight": args.embedding_distillation_weight,
+    }
+    if args.linear_probe_epochs:
+        options["linear_probe_learning_rate"] = args.linear_probe_learning_rate
+    loss_weights = {name: spec.loss_weight for name, spec in run.model.config.tasks.items()}
+    raise TrainingDiverged(
+        f"training diverged: the weight tensor {broken[0]!r} holds NaN or infinite values after training"
+        + (f" ({len(broken) - 1} more tensor(s) too)" if len(broken) > 1 else "")
+        + "; the model was not saved. Options that can cause it: "
+        + ", ".join(f"{name}={value}" for name, value in options.items() if value is not None)
+        + f", the tasks' loss_weight {loss_weights}. Lower the learning rate (or the loss weights), keep "
+        "max_grad_norm set, or train without fp16; --overwrite_output_dir starts again in "
+        f"{args.output_dir} (its checkpoints may hold the diverged weights)."
+    )
 
 
 def run_warnings(model: MultiTaskEncoderModel, results: dict[str, Any]) -> list[str]:
@@ -502,17 +554,32 @@ def _print_examples(model: MultiTaskEncoderModel, examples: list[tuple[str, dict
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The command: a refusal (bad config, options, data or output folder; a missing extra) is one line on
-    stderr and exit status 1, without a traceback (MULTITASK_ENCODER_DEBUG=1 shows it; `--debug` is a
-    TrainingArguments option here); failures during training raise."""
+    """The command: exit status 0 after a saved run. A refusal before training (bad config, options, data or
+    output folder; a missing extra) and a failed run (diverged weights, a full disk, any error while training)
+    are one line on stderr and exit status 1, without a traceback (MULTITASK_ENCODER_DEBUG=1 shows it;
+    `--debug` is a TrainingArguments option here); usage errors of the flags exit 2 (multitask_encoder.cli)."""
     configure_logging()
-    try:
-        run = prepare_run(argv)
-    except REFUSALS as error:
-        debug = debug_requested(False)
-        hint = "" if debug else f" ({DEBUG_ENV}=1 shows the traceback)"
-        raise SystemExit(report(f"{PROG}: error: {error}{hint}", error, debug, EXIT_REFUSED)) from None
-    train_and_save(run)
+    debug = debug_requested(False)
+    prefix = f"{PROG}: error:"
+    prepared: list[TrainingRun] = []
+    status = run_command(
+        lambda: prepared.append(prepare_run(argv)),
+        prefix=prefix,
+        refusals=REFUSALS,
+        debug=debug,
+        debug_flag=None,
+    )
+    if status == 0:
+        status = run_command(
+            lambda: train_and_save(prepared[0]),
+            prefix=prefix,
+            refusals=(MultiTaskEncoderError,),
+            debug=debug,
+            interrupted="interrupted; the same command resumes from the last checkpoint",
+            debug_flag=None,
+        )
+    if status:
+        raise SystemExit(status)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from transformers import EarlyStoppingCallback, ProgressCallback, Trainer, Train
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .arguments import MultiTaskTrainingArguments
-from .checkpoints import write_manifest
+from .checkpoints import saving_into, write_manifest
 from .collator import MultiTaskCollator
 from .optimization import apply_freezing, parameter_groups
 from .precompute import PrecomputedCollator, PrecomputedFeatures, precompute_features, precompute_mode
@@ -281,8 +281,10 @@ class MultiTaskTrainer(Trainer):
         older checkpoints: a run killed while saving still has its previous, intact checkpoint."""
         limit = self.args.save_total_limit
         self.args.save_total_limit = None  # (our own copy of the arguments, restored below)
+        checkpoint = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         try:
-            super()._save_checkpoint(model, trial)
+            with saving_into(self._get_output_dir(trial=trial), f"the checkpoint {checkpoint}"):
+                super()._save_checkpoint(model, trial)
         finally:
             self.args.save_total_limit = limit
         self.accelerator.wait_for_everyone()  # every process has written its RNG state

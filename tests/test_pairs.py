@@ -181,10 +181,24 @@ def test_contrastive_loss_is_cross_entropy_over_in_batch_positives_and_negatives
             {"type": "pair_classification", "labels": ["a", "b"], "pair_encoding": "late"},
             "pair_encoding must be 'bi' or 'cross'",
         ),
-        ({"type": "similarity", "score_range": [5, 0]}, r"score_range must be \[low, high\] with low < high"),
+        (
+            {"type": "similarity", "score_range": [5, 0]},
+            r"score_range must be \[low, high\], finite numbers with low < high",
+        ),
         ({"type": "similarity", "loss": "mse"}, "loss must be 'cosent' or 'cosine_mse'"),
-        ({"type": "contrastive", "scale": 0}, "scale must be a positive number"),
+        ({"type": "contrastive", "scale": 0}, "scale must be a positive finite number"),
         ({"type": "similarity", "labels": ["a", "b"]}, "a similarity task has one output"),
+        # Non-finite numbers would pass `low < high` or `> 0` and reach every weight as NaN.
+        (
+            {"type": "similarity", "score_range": [float("-inf"), 5]},
+            r"score_range must be \[low, high\], finite",
+        ),
+        (
+            {"type": "similarity", "cosent_scale": float("inf")},
+            "cosent_scale must be a positive finite number",
+        ),
+        ({"type": "contrastive", "scale": float("nan")}, "scale must be a positive finite number"),
+        ({"type": "contrastive", "loss_weight": float("inf")}, "loss_weight must be a finite number"),
     ],
 )
 def test_pair_task_options_are_checked(spec: dict, message: str) -> None:

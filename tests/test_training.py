@@ -841,6 +841,76 @@ def test_the_command_refuses_in_one_line_without_a_traceback(
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
+@pytest.mark.parametrize(
+    ("in_config", "flags", "option"),
+    [
+        ({"learning_rate": float("nan")}, [], "learning_rate"),  # YAML `.nan`
+        ({}, ["--head_learning_rate", "inf"], "head_learning_rate"),
+        ({"embedding_distillation_weight": float("inf")}, [], "embedding_distillation_weight"),
+        ({}, ["--adam_beta2", "1e999"], "adam_beta2"),  # parses as inf
+    ],
+    ids=["config-nan-lr", "flag-inf-head-lr", "config-inf-multitask-option", "flag-overflowing-beta"],
+)
+def test_non_finite_options_are_refused_before_training(
+    in_config: dict, flags: list[str], option: str, toy_data: Path, tiny_backbone: str, tmp_path: Path
+) -> None:
+    argv, output_dir = short_run_argv(toy_data, tiny_backbone, tmp_path, **in_config)
+    with pytest.raises(ValueError, match=rf"option '{option}' must be a finite number"):
+        run_training([*argv, *flags])
+    assert not output_dir.exists()  # refused before anything was read or written
+
+
+def test_a_diverged_run_fails_naming_the_tensor_and_the_options_and_saves_nothing(
+    toy_data: Path, tiny_backbone: str, tmp_path: Path
+) -> None:
+    argv, output_dir = short_run_argv(toy_data, tiny_backbone, tmp_path, learning_rate=1e30)
+    result = run_command(argv)
+    assert result.returncode == 1, result.stderr[-3000:]
+    (line,) = [
+        line for line in result.stderr.splitlines() if line.startswith("multitask-encoder-train: error:")
+    ]
+    assert re.search(
+        r"training diverged: the weight tensor '(encoder|heads)\.[\w.]+' holds NaN or infinite", line
+    )
+    assert "the model was not saved" in line and "learning_rate=1e+30" in line and "fp16=False" in line
+    assert "loss_weight {'topic': 1.0, 'sentiment': 1.0}" in line
+    assert "Traceback" not in result.stderr and "Model saved" not in result.stdout
+    assert not (output_dir / "model.safetensors").exists()
+    assert json.loads((output_dir / RUN_FILE).read_text())["finished"] is False
+
+
+@pytest.mark.parametrize(
+    ("save_flags", "what"),
+    [([], "the checkpoint checkpoint-2"), (["--save_strategy", "no"], "the trained model")],
+    ids=["checkpoint", "final-model"],
+)
+def test_a_full_disk_says_no_space_left_naming_the_folder(
+    save_flags: list[str],
+    what: str,
+    toy_data: Path,
+    tiny_backbone: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import errno
+
+    import transformers.modeling_utils
+
+    from multitask_encoder.checkpoints import NoSpaceLeft
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full)
+    argv, output_dir = short_run_argv(toy_data, tiny_backbone, tmp_path)
+    with pytest.raises(NoSpaceLeft) as refused:
+        run_training([*argv, *save_flags])
+    assert str(refused.value).startswith(
+        f"No space left on the device holding {output_dir} while saving {what}: free some space"
+    )
+    assert refused.value.errno == errno.ENOSPC
+
+
 # ---------------------------------------------------------------------------------------------- 9. integrations
 def test_the_run_plots_and_the_card_embeds_them_with_hub_metadata(e2e) -> None:
     from huggingface_hub import ModelCard, ModelCardData

@@ -59,6 +59,9 @@ FINGERPRINT_TRAINING_ARGUMENTS = (
     "label_smoothing_factor",
     "dataloader_drop_last",
 )
+# Job options that shape the trained model: the model a run starts from, and whether its parts stay frozen
+# (resuming with another value would load an optimizer state of other parameters).
+FINGERPRINT_JOB_ARGUMENTS = ("init_from", "freeze_existing")
 
 
 class RunMismatch(MultiTaskEncoderError, ValueError):
@@ -111,9 +114,11 @@ def run_fingerprint(
     training_args: Any,
     multitask_options: tuple[str, ...],
     data_id: str,
+    job_args: Any = None,
 ) -> dict[str, Any]:
     """What makes a run this run: its tasks (as the config gives them), the model options, the training
-    options that shape the model, and the train data's fingerprint (files, rows, tokenizer)."""
+    options that shape the model, the model it starts from (`init_from`, `freeze_existing` of `job_args`), and
+    the train data's fingerprint (files, rows, tokenizer)."""
     training = {
         name: _jsonable(getattr(training_args, name))
         for name in (*FINGERPRINT_TRAINING_ARGUMENTS, *multitask_options)
@@ -123,6 +128,7 @@ def run_fingerprint(
         "tasks": _jsonable(tasks),
         "model": _jsonable(vars(model_args)),
         "training": training,
+        "job": {name: _jsonable(getattr(job_args, name, None)) for name in FINGERPRINT_JOB_ARGUMENTS},
         "train_data": data_id,
     }
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode("utf-8")).hexdigest()

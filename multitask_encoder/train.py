@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -21,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from transformers import AutoTokenizer, HfArgumentParser, ProgressCallback, TrainerCallback, set_seed
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    HfArgumentParser,
+    ProgressCallback,
+    TrainerCallback,
+    set_seed,
+)
 from transformers.integrations import INTEGRATION_TO_CALLBACK, get_reporting_integration_callbacks
 
 from .adapters import apply_adapter, has_adapter, merge_and_save_adapter, peft_config, trainable_parameters
@@ -226,6 +234,57 @@ def tasks_with_trained_labels(tasks: dict[str, Any], model: MultiTaskEncoderMode
     return entries
 
 
+# Encoders whose position ids start after the padding index (RoBERTa's scheme): pad_token_id + 1 of their
+# max_position_embeddings are not usable by tokens.
+POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text")
+
+
+def backbone_max_tokens(config) -> int | None:
+    """How many tokens one input of the backbone with `config` can hold (its absolute position embeddings);
+    None when it declares no such limit."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int):
+        return None
+    if config.model_type in POSITIONS_AFTER_PADDING:
+        positions -= (config.pad_token_id or 0) + 1
+    return positions
+
+
+def check_max_seq_length(max_seq_length: int, backbone: str) -> None:
+    """Refuse a max_seq_length beyond the backbone's position embeddings: every text longer than the backbone
+    takes would fail in the encoder (at training or, worse, at the first long text a user predicts). Refused
+    rather than capped, so the saved model's max_seq_length is the one the config asked for."""
+    limit = backbone_max_tokens(AutoConfig.from_pretrained(backbone))
+    if limit is not None and max_seq_length > limit:
+        raise ConfigError(
+            f"max_seq_length {max_seq_length} is longer than the backbone {backbone} takes ({limit} tokens, its "
+            f"position embeddings): set max_seq_length to at most {limit}."
+        )
+
+
+def model_options_init_from_cannot_apply(
+    model_args: ModelArguments, model: MultiTaskEncoderModel
+) -> list[str]:
+    """The model options given (not left at their default) that differ from the model `init_from` loaded: they
+    shape the pooling and embedding every trained head reads, so the trained model cannot take them (the
+    backbone option is only warned about: prepare_run)."""
+    config = model.config
+    trained = {
+        "pooling": config.pooling,
+        "normalize": config.normalize,
+        "projection_dim": config.projection_dim,
+        "max_seq_length": model.max_seq_length,
+        "loss_weighting": config.loss_weighting,
+        "attn_implementation": getattr(model.encoder.config, "_attn_implementation", None),
+    }
+    defaults = {option.name: option.default for option in dataclasses.fields(ModelArguments)}
+    return [
+        f"{name}={getattr(model_args, name)!r} (the model has {value!r})"
+        for name, value in trained.items()
+        if getattr(model_args, name) != defaults[name] and getattr(model_args, name) != value
+    ]
+
+
 def prepare_run(
     argv: list[str] | None = None,
     callbacks: list[TrainerCallback] | None = None,
@@ -245,6 +304,19 @@ def prepare_run(
             raise ValueError(
                 "peft trains the encoder through an adapter: it cannot be combined with freeze_encoder."
             )
+    if job_args.freeze_existing and not job_args.init_from:
+        raise ConfigError(
+            "freeze_existing keeps the encoder and heads of the model given by init_from as they are; without "
+            "init_from there is nothing to keep: set init_from (a trained folder or Hub id), or drop "
+            "freeze_existing."
+        )
+    if job_args.freeze_existing and model_args.peft is not None:
+        # A LoRA (or any) adapter changes what the encoder computes, so the old tasks' predictions would move.
+        raise ConfigError(
+            "freeze_existing keeps the old tasks' predictions bit-identical, which needs the encoder unchanged; "
+            "a peft adapter trains the encoder: drop peft (the new heads train on the frozen encoder), or drop "
+            "freeze_existing (the old tasks then change too)."
+        )
     output_dir = training_args.output_dir
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ValueError(f"--output_dir {output_dir} is a file, not a folder.")
@@ -254,11 +326,23 @@ def prepare_run(
         job_args.init_from
     ):  # a trained model: its encoder, heads and labels stay; the config's new tasks are added
         start_from = MultiTaskEncoderModel.from_pretrained(job_args.init_from)
+        if model_args.backbone is not None:  # (a name or a path: only a warning, as two spellings may agree)
+            logger.warning(
+                f"init_from {job_args.init_from}: the backbone option ({model_args.backbone}) is not used; the "
+                f"encoder is the trained model's (from {start_from.config.base_model_name})."
+            )
+        refused = model_options_init_from_cannot_apply(model_args, start_from)
+        if refused:
+            raise ConfigError(
+                f"init_from {job_args.init_from} takes the trained model as it is, so these model options cannot "
+                f"be applied: {'; '.join(refused)}. Drop them (or start from a backbone without init_from)."
+            )
         tasks = tasks_with_trained_labels(tasks, start_from)
         tokenizer = start_from.tokenizer
         max_seq_length = start_from.max_seq_length
     else:
         backbone = resolve_backbone(model_args.backbone)
+        check_max_seq_length(model_args.max_seq_length, backbone)
         tokenizer = AutoTokenizer.from_pretrained(backbone)
         max_seq_length = model_args.max_seq_length
     # In a distributed run the main process tokenises and writes the cache files first; the others then
@@ -290,7 +374,9 @@ def prepare_run(
         )
     if teacher_fingerprints:  # another teacher makes another run (a checkpoint of this one is not resumed)
         train_data_id = f"{train_data_id}+teachers:{json.dumps(teacher_fingerprints, sort_keys=True)}"
-    fingerprint = run_fingerprint(tasks, model_args, training_args, MULTITASK_OPTIONS, train_data_id)
+    fingerprint = run_fingerprint(
+        tasks, model_args, training_args, MULTITASK_OPTIONS, train_data_id, job_args=job_args
+    )
     # Never lose work, never mix runs: a run killed mid-way picks up from its last intact checkpoint; a
     # finished run or another run's checkpoints are refused (checkpoints.py).
     resume = training_args.resume_from_checkpoint

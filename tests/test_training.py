@@ -911,6 +911,90 @@ def test_a_full_disk_says_no_space_left_naming_the_folder(
     assert refused.value.errno == errno.ENOSPC
 
 
+@pytest.mark.parametrize(
+    ("in_config", "flags", "message"),
+    [
+        (
+            {"max_seq_length": 1024},
+            [],
+            r"max_seq_length 1024 is longer than the backbone .* takes \(512 tokens, its position embeddings\): "
+            r"set max_seq_length to at most 512",
+        ),
+        ({}, ["--gradient_accumulation_steps", "0"], r"gradient_accumulation_steps must be >= 1, got 0"),
+        (
+            {"peft": {"type": "nosuch"}},
+            [],
+            r"peft type 'nosuch' is not a PEFT tuner; the tuners are .*\blora\b",
+        ),
+    ],
+    ids=["max_seq_length-beyond-positions", "zero-accumulation", "unknown-peft-type"],
+)
+def test_options_that_would_fail_mid_run_are_refused_up_front(
+    in_config: dict, flags: list[str], message: str, toy_data: Path, tiny_backbone: str, tmp_path: Path
+) -> None:
+    argv, output_dir = short_run_argv(toy_data, tiny_backbone, tmp_path, **in_config)
+    with pytest.raises(ValueError, match=message):
+        run_training([*argv, *flags])
+    assert not output_dir.exists()
+
+
+# ---------------------------------------------------------------------------------------------- adding tasks
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("freeze_existing_alone", r"freeze_existing keeps the encoder and heads .* without init_from"),
+        (
+            "freeze_existing_with_peft",
+            r"freeze_existing keeps the old tasks' predictions bit-identical.*peft",
+        ),
+        (
+            "model_options",
+            r"init_from .* cannot be applied: pooling='cls' \(the model has 'mean'\); max_seq_length=32 "
+            r"\(the model has 256\)",
+        ),
+    ],
+)
+def test_adding_tasks_refuses_what_would_not_be_additive(
+    case: str, message: str, toy_data: Path, tiny_backbone: str, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """init_from + freeze_existing keeps the old answers bit-identical, or the run is refused: freeze_existing
+    has nothing to keep without init_from, a PEFT adapter would change the frozen encoder, and model options
+    that shape the embedding cannot be applied to a trained model (the config's max_seq_length: 32 included)."""
+    options, flags = {}, []
+    if case == "freeze_existing_alone":
+        flags = ["--freeze_existing", "true"]
+    elif case == "freeze_existing_with_peft":
+        options = {"init_from": str(tiny_checkpoint), "freeze_existing": True, "peft": {"r": 4}}
+    else:
+        options = {"init_from": str(tiny_checkpoint)}
+        flags = ["--pooling", "cls"]
+    argv, output_dir = short_run_argv(toy_data, tiny_backbone, tmp_path, **options)
+    with pytest.raises(ValueError, match=message):
+        run_training([*argv, *flags])
+    assert not output_dir.exists()
+
+
+def test_init_from_and_freeze_existing_are_part_of_the_run_fingerprint(
+    toy_data: Path, tiny_backbone: str, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Resuming a killed init_from run with the other freeze_existing would load an optimizer state of other
+    parameters: it is another run, refused naming the option."""
+    tasks = {"sentiment": toy_tasks(toy_data, ner=False)["sentiment"]}  # a task tiny_checkpoint lacks
+    config = write_config(tmp_path / "config.yaml", tasks, max_seq_length=256, init_from=str(tiny_checkpoint))
+    output_dir = tmp_path / "out"
+    argv = [config, *job_flags(tiny_backbone, output_dir, toy_data / "cache"), *SHORT_RUN]
+    run_training([*argv, "--freeze_existing", "true", "--keep_checkpoints"])
+    assert json.loads((output_dir / RUN_FILE).read_text())["inputs"]["job"] == {
+        "init_from": str(tiny_checkpoint),
+        "freeze_existing": True,
+    }
+    mark_unfinished(output_dir)  # as if killed after checkpoint-4
+    with pytest.raises(
+        ValueError, match=r"checkpoints of another run \(what differs from this one: job\.freeze_existing\)"
+    ):
+        run_training([*argv, "--freeze_existing", "false"])
+
+
 # ---------------------------------------------------------------------------------------------- 9. integrations
 def test_the_run_plots_and_the_card_embeds_them_with_hub_metadata(e2e) -> None:
     from huggingface_hub import ModelCard, ModelCardData

@@ -1,6 +1,7 @@
-"""What the package's command-line tools (`multitask-encoder-predict`, `multitask-encoder-train`,
-`multitask-encoder-interpolate`, push_to_hub.py) share: every refusal is
-one line on stderr and a non-zero exit status, without a traceback unless one is asked for.
+"""What the package's command-line tools (`multitask-encoder-predict`, `multitask-encoder-train` / train.py,
+`multitask-encoder-train-teachers`, `multitask-encoder-interpolate`, push_to_hub.py) share: every refusal is
+one line on stderr and a non-zero exit status, without a traceback unless one is asked for (README, "Exit
+statuses"; tests/test_errors.py runs every command):
 
     usage error (argparse)          -> "PROG: error: MESSAGE (see PROG --help)", exit status 2
     refusal (the command's errors)  -> "PREFIX MESSAGE", exit status 1
@@ -37,6 +38,13 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def one_line_usage_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Give an existing parser (train.py's HfArgumentParser) the one-line usage errors of
+    `OneLineArgumentParser`; returns it."""
+    parser.error = lambda message: OneLineArgumentParser.error(parser, message)  # type: ignore[method-assign]
+    return parser
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:

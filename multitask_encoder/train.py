@@ -50,7 +50,7 @@ from .checkpoints import (
     saving_into,
     write_run_file,
 )
-from .cli import configure_logging, debug_requested, run_command
+from .cli import configure_logging, debug_requested, one_line_usage_errors, run_command
 from .config_file import ConfigError, check_finite_options, check_options, read_config_file
 from .data import MultiTaskData, data_cache_dir, load_embedding_eval_set, load_multitask_data
 from .errors import MultiTaskEncoderError
@@ -84,12 +84,13 @@ def load_config_file(path: str) -> dict[str, Any]:
 def build_parser() -> HfArgumentParser:
     parser = HfArgumentParser(
         ARGUMENT_CLASSES,
+        prog=PROG,
         description=__doc__.split("\n\n")[0],
         epilog=tasks_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.usage = "train.py [CONFIG.yaml] [--flags]  (flags override the config file)"
-    return parser
+    return one_line_usage_errors(parser)
 
 
 def parse_arguments(argv: list[str] | None = None):

@@ -485,23 +485,24 @@ def train_and_save(run: TrainingRun) -> dict[str, Any]:
             "teachers": {task: teacher_display_name(source) for task, source in run.teachers.items()},
             "teacher_weight": [args.teacher_weight_start, args.teacher_weight_end],
         }
-    scores_after: dict[str, float] = {}  # the last evaluation's metrics, without their eval_/test_ prefix
+    embedding_after: dict[str, float] = {}  # the validation evaluation scores the embedding sets
     if data.validation:
         validation = trainer.evaluate_tasks()
-        scores_after = {k.removeprefix("eval_"): v for k, v in validation.metrics.items()}
+        embedding_after = {
+            name: validation.metrics[f"eval_embedding_{name}_spearman"] for name in run.embedding_sets
+        }
         results["validation"] = validation.per_task
     test_predictions: dict[str, tuple[Any, Any]] = {}
     if data.test:
         # The prediction files are written from this pass's logits, not from a second pass over the test sets.
         test = trainer.evaluate_tasks(data.test, metric_key_prefix="test")
-        scores_after = {k.removeprefix("test_"): v for k, v in test.metrics.items()}
         results["test"] = test.per_task
         test_predictions = test.outputs
 
-    if run.embedding_sets:  # the embedding itself, before and after this run (cosine Spearman x 100)
+    if run.embedding_sets:  # the embedding itself, before and after this run (cosine Spearman, -1 to 1)
         results["embedding"] = {}
         for name, pairs in run.embedding_sets.items():
-            after = scores_after.get(f"embedding_{name}_spearman")  # every evaluation scores the sets
+            after = embedding_after.get(name)
             results["embedding"][name] = {
                 "before": run.embedding_before[name],
                 "after": embedding_spearman(model, pairs) if after is None else after,

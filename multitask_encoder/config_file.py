@@ -162,12 +162,18 @@ def check_finite_options(source: str, *arguments: Any) -> None:
     """Refuse a NaN or infinite value in any numeric option of the parsed argument dataclasses (config file or
     flag: `.nan`, `inf` and `1e999` all parse as floats). Such a learning rate, loss weight or beta trains a
     model whose weights are NaN, and only loading it would say so."""
+
+    def non_finite(value: Any) -> bool:  # also inside lists and mappings (the `peft:` block)
+        if isinstance(value, dict):
+            return any(non_finite(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return any(non_finite(v) for v in value)
+        return isinstance(value, float) and not math.isfinite(value)
+
     for values in arguments:
         for option in dataclasses.fields(values):
             value = getattr(values, option.name, None)
-            numbers = value if isinstance(value, (list, tuple)) else [value]
-            bad = [v for v in numbers if isinstance(v, float) and not math.isfinite(v)]
-            if bad:
+            if non_finite(value):
                 raise ConfigError(
                     f"{source}: option {option.name!r} must be a finite number, got {value!r} (a NaN or infinite "
                     "value would make the trained weights NaN)."

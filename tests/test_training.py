@@ -848,8 +848,15 @@ def test_the_command_refuses_in_one_line_without_a_traceback(
         ({}, ["--head_learning_rate", "inf"], "head_learning_rate"),
         ({"embedding_distillation_weight": float("inf")}, [], "embedding_distillation_weight"),
         ({}, ["--adam_beta2", "1e999"], "adam_beta2"),  # parses as inf
+        ({"peft": {"r": 4, "alpha": float("inf")}}, [], "peft"),
     ],
-    ids=["config-nan-lr", "flag-inf-head-lr", "config-inf-multitask-option", "flag-overflowing-beta"],
+    ids=[
+        "config-nan-lr",
+        "flag-inf-head-lr",
+        "config-inf-multitask-option",
+        "flag-overflowing-beta",
+        "peft-block",
+    ],
 )
 def test_non_finite_options_are_refused_before_training(
     in_config: dict, flags: list[str], option: str, toy_data: Path, tiny_backbone: str, tmp_path: Path

@@ -115,11 +115,8 @@ def original_row(ctx: Context) -> dict[str, Any]:
         name: load_embedding_eval_set(name, entry, ".", str(ctx.cache_dir))
         for name, entry in embedding_sets(ctx.data, ctx.budget.max_test_examples).items()
     }
-    embedding = {
-        name: {
-            "after": 100 * embedding_spearman(model, pairs),
-            "support": len(pairs.scores),
-        }  # the bench's x 100
+    embedding = {  # x 100, as every row of the bench reports the embedding
+        name: {"after": 100 * embedding_spearman(model, pairs), "support": len(pairs.scores)}
         for name, pairs in sets.items()
     }
     print(f"--> original encoder: embedding {embedding}", flush=True)

@@ -9,8 +9,7 @@ A checkpoint is resumed only when its manifest is there and every file matches i
 a truncated or corrupted weights file, a missing optimizer state are detected and skipped for the previous
 intact checkpoint, with a warning), and only when its fingerprint is the one of the run being started: a
 changed config, changed data or another `init_from` / `freeze_existing` is a different run, refused with what
-differs. A finished output folder is
-refused unless the user asks to overwrite it.
+differs. A finished output folder is refused unless the user asks to overwrite it.
 """
 
 from __future__ import annotations

@@ -200,7 +200,7 @@ def wise_ft_row(ctx: Context, source: dict[str, Any], tasks: dict[str, dict[str,
             "alpha": alpha,
             "tasks": {task: task_scores(m) for task, m in evaluation.per_task.items()},
             "embedding": {
-                name: {"after": embedding_spearman(run.model, pairs), "support": len(pairs.scores)}
+                name: {"after": 100 * embedding_spearman(run.model, pairs), "support": len(pairs.scores)}
                 for name, pairs in run.embedding_sets.items()
             },
         }

@@ -51,9 +51,14 @@ def parse_adapter_block(block: Any) -> dict[str, Any] | None:
 def peft_config(block: dict[str, Any]):
     """The PEFT config of a parsed block; refuses what peft does not know and what cannot be merged."""
     try:
-        from peft import get_peft_config
+        from peft import PeftType, get_peft_config
     except ImportError:
         raise ImportError(f"a peft: block needs the peft package: {INSTALL_HINT}") from None
+    known = sorted(peft_type.value.lower() for peft_type in PeftType)
+    if block["type"].lower() not in known:
+        raise ValueError(
+            f"peft type {block['type']!r} is not a PEFT tuner; the tuners are {', '.join(known)}."
+        )
     options = {key: value for key, value in block.items() if key != "type"}
     if block["type"].lower() == "lora":
         options = {LORA_NAMES.get(key, key): value for key, value in options.items()}

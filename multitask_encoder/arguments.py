@@ -180,6 +180,15 @@ class MultiTaskTrainingArguments(TrainingArguments):
             self.dataloader_pin_memory = (
                 False  # pinning serves GPU copies; torch warns for every loader without one
             )
+        # Zero would divide by zero deep inside the Trainer (a traceback, not a message).
+        for name in (
+            "gradient_accumulation_steps",
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, int) and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}.")
         super().__post_init__()
         _choice("composition", self.composition, COMPOSITIONS)
         _choice("sampling", self.sampling, SAMPLING_STRATEGIES)

@@ -8,18 +8,21 @@
 A checkpoint is resumed only when its manifest is there and every file matches it (a run killed while saving,
 a truncated or corrupted weights file, a missing optimizer state are detected and skipped for the previous
 intact checkpoint, with a warning), and only when its fingerprint is the one of the run being started: a
-changed config or changed data is a different run, refused with what differs. A finished output folder is
-refused unless the user asks to overwrite it.
+changed config, changed data or another `init_from` / `freeze_existing` is a different run, refused with what
+differs. A finished output folder is refused unless the user asks to overwrite it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from typing import Any
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -56,10 +59,43 @@ FINGERPRINT_TRAINING_ARGUMENTS = (
     "label_smoothing_factor",
     "dataloader_drop_last",
 )
+# Job options that shape the trained model: the model a run starts from, and whether its parts stay frozen
+# (resuming with another value would load an optimizer state of other parameters).
+FINGERPRINT_JOB_ARGUMENTS = ("init_from", "freeze_existing")
 
 
 class RunMismatch(MultiTaskEncoderError, ValueError):
     """The output folder belongs to another run (finished, or with another config or data)."""
+
+
+class NoSpaceLeft(MultiTaskEncoderError, OSError):
+    """The disk filled up while a run saved into its output folder."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """ENOSPC, as an OSError (open/write) or wrapped in the message of torch.save's RuntimeError or
+    safetensors' SafetensorError ("No space left on device (os error 28)")."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    return os.strerror(errno.ENOSPC).lower() in str(error).lower()
+
+
+@contextlib.contextmanager
+def saving_into(folder: str, what: str) -> Iterator[None]:
+    """Turn a full disk while writing `what` into `folder` into one error saying so, naming the folder (torch
+    and safetensors report it deep inside their writers, or as a generic write failure)."""
+    try:
+        yield
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        refusal = NoSpaceLeft(
+            f"No space left on the device holding {os.path.abspath(folder)} while saving {what}: free some space "
+            "(or choose another --output_dir) and start the same command again; a run resumes from its last "
+            "intact checkpoint."
+        )
+        refusal.errno = errno.ENOSPC
+        raise refusal from error
 
 
 def _jsonable(value: Any) -> Any:
@@ -78,9 +114,11 @@ def run_fingerprint(
     training_args: Any,
     multitask_options: tuple[str, ...],
     data_id: str,
+    job_args: Any = None,
 ) -> dict[str, Any]:
     """What makes a run this run: its tasks (as the config gives them), the model options, the training
-    options that shape the model, and the train data's fingerprint (files, rows, tokenizer)."""
+    options that shape the model, the model it starts from (`init_from`, `freeze_existing` of `job_args`), and
+    the train data's fingerprint (files, rows, tokenizer)."""
     training = {
         name: _jsonable(getattr(training_args, name))
         for name in (*FINGERPRINT_TRAINING_ARGUMENTS, *multitask_options)
@@ -90,6 +128,7 @@ def run_fingerprint(
         "tasks": _jsonable(tasks),
         "model": _jsonable(vars(model_args)),
         "training": training,
+        "job": {name: _jsonable(getattr(job_args, name, None)) for name in FINGERPRINT_JOB_ARGUMENTS},
         "train_data": data_id,
     }
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode("utf-8")).hexdigest()
@@ -241,11 +280,13 @@ def remove_checkpoints(output_dir: str) -> int:
 __all__ = [
     "MANIFEST_FILE",
     "RUN_FILE",
+    "NoSpaceLeft",
     "RunMismatch",
     "checkpoint_problem",
     "remove_checkpoints",
     "resumable_checkpoint",
     "run_fingerprint",
+    "saving_into",
     "write_manifest",
     "write_run_file",
 ]

@@ -1,6 +1,7 @@
-"""What the package's command-line tools (`multitask-encoder-predict`, `multitask-encoder-train`,
-`multitask-encoder-interpolate`, push_to_hub.py) share: every refusal is
-one line on stderr and a non-zero exit status, without a traceback unless one is asked for.
+"""What the package's command-line tools (`multitask-encoder-predict`, `multitask-encoder-train` / train.py,
+`multitask-encoder-train-teachers`, `multitask-encoder-interpolate`, push_to_hub.py) share: every refusal is
+one line on stderr and a non-zero exit status, without a traceback unless one is asked for (README, "Exit
+statuses"; tests/test_errors.py runs every command):
 
     usage error (argparse)          -> "PROG: error: MESSAGE (see PROG --help)", exit status 2
     refusal (the command's errors)  -> "PREFIX MESSAGE", exit status 1
@@ -40,6 +41,13 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def one_line_usage_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Give an existing parser (train.py's HfArgumentParser) the one-line usage errors of
+    `OneLineArgumentParser`; returns it."""
+    parser.error = lambda message: OneLineArgumentParser.error(parser, message)  # type: ignore[method-assign]
+    return parser
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -106,11 +114,13 @@ def run_command(
     refusals: tuple[type[Exception], ...],
     debug: bool,
     interrupted: str = "interrupted",
+    debug_flag: str | None = "--debug",
 ) -> int:
     """Run `command()` and return the exit status, reporting a failure as one line on stderr.
 
     `prefix` starts every line ("multitask-encoder-predict: error:"); an exception of `refusals` is the
-    command's own one-line message; `interrupted` says what an interruption leaves behind."""
+    command's own one-line message; `interrupted` says what an interruption leaves behind; `debug_flag` is the
+    command's option that shows tracebacks (None: only the environment variable)."""
     try:
         with _sigterm_raises():
             command()
@@ -121,7 +131,8 @@ def run_command(
     except Terminated as error:
         return report(f"{prefix} {interrupted} (SIGTERM)", error, debug, EXIT_TERMINATED)
     except Exception as error:  # a failure nobody foresaw: still one line, the traceback on request
-        hint = "" if debug else f"; --debug or {DEBUG_ENV}=1 shows the traceback"
+        shows = f"{debug_flag} or {DEBUG_ENV}=1" if debug_flag else f"{DEBUG_ENV}=1"
+        hint = "" if debug else f"; {shows} shows the traceback"
         return report(
             f"{prefix} {type(error).__name__}: {first_line(error)}{hint}", error, debug, EXIT_REFUSED
         )

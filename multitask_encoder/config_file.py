@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import types
 import typing
@@ -157,4 +158,26 @@ def check_options(path: str, values: dict[str, Any], argument_classes: tuple[typ
             raise ConfigError(f"{where}: option {key!r} must be {problem}")
 
 
-__all__ = ["ConfigError", "check_options", "read_config_file"]
+def check_finite_options(source: str, *arguments: Any) -> None:
+    """Refuse a NaN or infinite value in any numeric option of the parsed argument dataclasses (config file or
+    flag: `.nan`, `inf` and `1e999` all parse as floats). Such a learning rate, loss weight or beta trains a
+    model whose weights are NaN, and only loading it would say so."""
+
+    def non_finite(value: Any) -> bool:  # also inside lists and mappings (the `peft:` block)
+        if isinstance(value, dict):
+            return any(non_finite(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return any(non_finite(v) for v in value)
+        return isinstance(value, float) and not math.isfinite(value)
+
+    for values in arguments:
+        for option in dataclasses.fields(values):
+            value = getattr(values, option.name, None)
+            if non_finite(value):
+                raise ConfigError(
+                    f"{source}: option {option.name!r} must be a finite number, got {value!r} (a NaN or infinite "
+                    "value would make the trained weights NaN)."
+                )
+
+
+__all__ = ["ConfigError", "check_finite_options", "check_options", "read_config_file"]

@@ -13,7 +13,8 @@ Before anything is uploaded the folder must pass two checks:
    the secrets and `config.json -> ../x` nothing outside the folder.
 2. Dynamic (`check_loads_with_remote_code`): a fresh Python, with `multitask_encoder` made un-importable
    and the Hub offline, loads the folder with `AutoModel`/`AutoTokenizer(trust_remote_code=True)` and runs
-   `predict` on a sentence: exactly what a user of the shared repo will run. That executes the folder's
+   `predict` on what each task reads (a sentence; a pair of sentences for pair, similarity and contrastive
+   tasks), requiring an answer from every task: exactly what a user of the shared repo will run. That executes the folder's
    `.py` files on this machine, so it runs only with `--trust-remote-code` (`trust_remote_code=True` of
    `push_model_folder`); without it the push (a dry run too) is refused before the check, having written
    nothing.
@@ -110,6 +111,7 @@ ADAPTER_DIR = "adapter"
 ADAPTER_FILENAMES = ("adapter_config.json", "adapter_model.safetensors")
 DEFAULT_COMMIT_MESSAGE = "Upload multi-task encoder"
 CHECK_SENTENCE = "The striker scored twice as United won the cup final in London."
+CHECK_PAIR_SENTENCE = "United won the final after two goals from their striker."  # the second text of a pair
 LOAD_CHECK_TIMEOUT = 1800  # seconds; a large encoder on a slow CPU still loads well within this
 _PULL_REQUEST_REF = re.compile(r"refs/pr/[1-9][0-9]*")
 
@@ -429,14 +431,27 @@ LOAD_CHECK_SCRIPT = BLOCK_PACKAGE_PRELUDE + textwrap.dedent(
     import json
 
 
-    def _check(model_dir, sentence):
+    def _reads_pairs(spec):
+        # Folders saved before pair tasks existed have no input_kind: their tasks all read single texts.
+        return getattr(getattr(spec, "task_type", None), "input_kind", "text") == "pair"
+
+
+    def _check(model_dir, sentence, pair_sentence):
         from transformers import AutoModel, AutoTokenizer
 
         model = AutoModel.from_pretrained(model_dir, trust_remote_code=True).eval()
         model.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
         if not type(model).__module__.startswith("transformers_modules."):
             raise RuntimeError(f"the model class came from {{type(model).__module__}}, not the folder's code")
-        prediction = model.predict(sentence)
+        # Each task is asked what it reads: pair tasks (pair classification, similarity, contrastive) a pair,
+        # the others one text; a single text for a pair task (or the reverse) is refused by predict.
+        pair_tasks = [name for name, spec in model.config.tasks.items() if _reads_pairs(spec)]
+        text_tasks = [name for name in model.config.tasks if name not in pair_tasks]
+        prediction = {{}}
+        if text_tasks:
+            prediction.update(model.predict([sentence], tasks=text_tasks)[0])
+        if pair_tasks:
+            prediction.update(model.predict([(sentence, pair_sentence)], tasks=pair_tasks)[0])
         missing = [task for task in model.config.tasks if task not in prediction]
         if missing:
             raise RuntimeError(f"predict returned no result for tasks {{missing}}")
@@ -444,7 +459,7 @@ LOAD_CHECK_SCRIPT = BLOCK_PACKAGE_PRELUDE + textwrap.dedent(
 
 
     try:
-        _summary = _check(sys.argv[1], sys.argv[2])
+        _summary = _check(sys.argv[1], sys.argv[2], sys.argv[3])
     except BaseException as err:
         print({_CHECK_FAILED!r} + " ".join(f"{{type(err).__name__}}: {{err}}".split()), flush=True)
         raise SystemExit(1)
@@ -456,7 +471,8 @@ _CHECK_ENV_DROP = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_MODULES_CACHE")
 
 
 def check_loads_with_remote_code(folder: Path, timeout: float = LOAD_CHECK_TIMEOUT) -> dict[str, Any]:
-    """Load `folder` through remote code in a fresh interpreter and predict one sentence.
+    """Load `folder` through remote code in a fresh interpreter and predict every task on what it reads (one
+    sentence, or a pair of sentences for the tasks that read pairs).
 
     Offline, without `multitask_encoder`, with a private modules cache (no stale copy of the code) and from
     a scratch working directory. Returns `{"class", "tasks"}`; raises PushError with the loader's error."""
@@ -471,7 +487,7 @@ def check_loads_with_remote_code(folder: Path, timeout: float = LOAD_CHECK_TIMEO
         )
         try:
             proc = subprocess.run(
-                [sys.executable, "-c", LOAD_CHECK_SCRIPT, str(folder), CHECK_SENTENCE],
+                [sys.executable, "-c", LOAD_CHECK_SCRIPT, str(folder), CHECK_SENTENCE, CHECK_PAIR_SENTENCE],
                 cwd=scratch,
                 env=env,
                 capture_output=True,

@@ -463,7 +463,7 @@ def write_curve(folder: str, rows: list[dict[str, Any]], record: dict[str, Any])
     with open(paths["md"], "w", encoding="utf-8") as f:
         f.write(
             f"# Weight interpolation (WiSE-FT) of `{record['trained']}` with `{record['original']}`\n\n"
-            "Validation score of every task (its main metric) and Spearman (× 100) of the embedding on each "
+            "Validation score of every task (its main metric) and Spearman of the embedding on each "
             f"embedding evaluation set, per alpha (0: the original encoder, 1: the trained one); heads "
             f"{'refit per alpha' if record['refit_heads'] else 'of the trained model'}.\n\n"
         )

@@ -20,7 +20,6 @@ distribution per word), sigmoid probabilities (multi-label), values (regression)
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -43,7 +42,7 @@ from transformers import (
     PretrainedConfig,
 )
 
-from .cli import configure_logging
+from .cli import OneLineArgumentParser, configure_logging, debug_requested, run_command
 from .collator import MultiTaskCollator
 from .errors import MultiTaskEncoderError
 from .model.inference_multitask_encoder import native_bf16_missing, plan_batches
@@ -326,7 +325,12 @@ def train_teachers(config_path: str, teachers_dir: str, flags: list[str]) -> dic
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    """The command: exit status 0 when every teacher is trained; a refusal or a failed run is one line on
+    stderr, exit status 1; a usage error exits 2 (multitask_encoder.cli; MULTITASK_ENCODER_DEBUG=1 shows the
+    traceback: `--debug` would be train.py's TrainingArguments option)."""
+    from .train import REFUSALS
+
+    parser = OneLineArgumentParser(
         prog="multitask-encoder-train-teachers",
         description="Train the single-task teacher of every task of a training config (each with the config's "
         "data and options; flags after the known ones go to train.py, e.g. --max_steps 400), then print the "
@@ -336,10 +340,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teachers_dir", required=True, help="where the teachers go (one folder per task)")
     args, flags = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     configure_logging()
-    os.makedirs(args.teachers_dir, exist_ok=True)
-    trained = train_teachers(args.config, args.teachers_dir, flags)
-    path = Path(args.teachers_dir) / TEACHERS_FILE
-    print(f"\n{len(trained)} teacher(s); add this to {args.config} (written to {path}):\n{path.read_text()}")
+
+    def train_all() -> None:
+        os.makedirs(args.teachers_dir, exist_ok=True)
+        trained = train_teachers(args.config, args.teachers_dir, flags)
+        path = Path(args.teachers_dir) / TEACHERS_FILE
+        print(
+            f"\n{len(trained)} teacher(s); add this to {args.config} (written to {path}):\n{path.read_text()}"
+        )
+
+    status = run_command(
+        train_all,
+        prefix=f"{parser.prog}: error:",
+        refusals=REFUSALS,
+        debug=debug_requested(False),
+        interrupted="interrupted; the same command keeps the teachers already trained and resumes the current one",
+        debug_flag=None,
+    )
+    if status:
+        raise SystemExit(status)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +23,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, HfArgumentParser, ProgressCallback, TrainerCallback, set_seed
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    HfArgumentParser,
+    ProgressCallback,
+    TrainerCallback,
+    set_seed,
+)
 from transformers.integrations import INTEGRATION_TO_CALLBACK, get_reporting_integration_callbacks
 
 from .adapters import apply_adapter, has_adapter, merge_and_save_adapter, peft_config, trainable_parameters
@@ -40,10 +48,11 @@ from .checkpoints import (
     remove_checkpoints,
     resumable_checkpoint,
     run_fingerprint,
+    saving_into,
     write_run_file,
 )
-from .cli import DEBUG_ENV, EXIT_REFUSED, configure_logging, debug_requested, report
-from .config_file import ConfigError, check_options, read_config_file
+from .cli import configure_logging, debug_requested, one_line_usage_errors, run_command
+from .config_file import ConfigError, check_finite_options, check_options, read_config_file
 from .data import MultiTaskData, data_cache_dir, load_embedding_eval_set, load_multitask_data
 from .errors import MultiTaskEncoderError
 from .linear_probe import fit_heads_first
@@ -76,12 +85,13 @@ def load_config_file(path: str) -> dict[str, Any]:
 def build_parser() -> HfArgumentParser:
     parser = HfArgumentParser(
         ARGUMENT_CLASSES,
+        prog=PROG,
         description=__doc__.split("\n\n")[0],
         epilog=tasks_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.usage = "%(prog)s [CONFIG.yaml] [--flags]  (flags override the config file)"
-    return parser
+    return one_line_usage_errors(parser)
 
 
 def parse_arguments(argv: list[str] | None = None):
@@ -108,6 +118,7 @@ def parse_arguments(argv: list[str] | None = None):
         )
     parser.set_defaults(**values)
     model_args, training_args, job_args = parser.parse_args_into_dataclasses(args=argv)
+    check_finite_options(f"{config_path} (or its flags)", model_args, training_args, job_args)
     if job_args.only_tasks:
         unknown = [name for name in job_args.only_tasks if name not in tasks]
         if unknown:
@@ -249,6 +260,57 @@ def tasks_with_trained_labels(tasks: dict[str, Any], model: MultiTaskEncoderMode
     return entries
 
 
+# Encoders whose position ids start after the padding index (RoBERTa's scheme): pad_token_id + 1 of their
+# max_position_embeddings are not usable by tokens.
+POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text")
+
+
+def backbone_max_tokens(config) -> int | None:
+    """How many tokens one input of the backbone with `config` can hold (its absolute position embeddings);
+    None when it declares no such limit."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int):
+        return None
+    if config.model_type in POSITIONS_AFTER_PADDING:
+        positions -= (config.pad_token_id or 0) + 1
+    return positions
+
+
+def check_max_seq_length(max_seq_length: int, backbone: str) -> None:
+    """Refuse a max_seq_length beyond the backbone's position embeddings: every text longer than the backbone
+    takes would fail in the encoder (at training or, worse, at the first long text a user predicts). Refused
+    rather than capped, so the saved model's max_seq_length is the one the config asked for."""
+    limit = backbone_max_tokens(AutoConfig.from_pretrained(backbone))
+    if limit is not None and max_seq_length > limit:
+        raise ConfigError(
+            f"max_seq_length {max_seq_length} is longer than the backbone {backbone} takes ({limit} tokens, its "
+            f"position embeddings): set max_seq_length to at most {limit}."
+        )
+
+
+def model_options_init_from_cannot_apply(
+    model_args: ModelArguments, model: MultiTaskEncoderModel
+) -> list[str]:
+    """The model options given (not left at their default) that differ from the model `init_from` loaded: they
+    shape the pooling and embedding every trained head reads, so the trained model cannot take them (the
+    backbone option is only warned about: prepare_run)."""
+    config = model.config
+    trained = {
+        "pooling": config.pooling,
+        "normalize": config.normalize,
+        "projection_dim": config.projection_dim,
+        "max_seq_length": model.max_seq_length,
+        "loss_weighting": config.loss_weighting,
+        "attn_implementation": getattr(model.encoder.config, "_attn_implementation", None),
+    }
+    defaults = {option.name: option.default for option in dataclasses.fields(ModelArguments)}
+    return [
+        f"{name}={getattr(model_args, name)!r} (the model has {value!r})"
+        for name, value in trained.items()
+        if getattr(model_args, name) != defaults[name] and getattr(model_args, name) != value
+    ]
+
+
 def prepare_run(
     argv: list[str] | None = None,
     callbacks: list[TrainerCallback] | None = None,
@@ -268,6 +330,19 @@ def prepare_run(
             raise ValueError(
                 "peft trains the encoder through an adapter: it cannot be combined with freeze_encoder."
             )
+    if job_args.freeze_existing and not job_args.init_from:
+        raise ConfigError(
+            "freeze_existing keeps the encoder and heads of the model given by init_from as they are; without "
+            "init_from there is nothing to keep: set init_from (a trained folder or Hub id), or drop "
+            "freeze_existing."
+        )
+    if job_args.freeze_existing and model_args.peft is not None:
+        # A LoRA (or any) adapter changes what the encoder computes, so the old tasks' predictions would move.
+        raise ConfigError(
+            "freeze_existing keeps the old tasks' predictions bit-identical, which needs the encoder unchanged; "
+            "a peft adapter trains the encoder: drop peft (the new heads train on the frozen encoder), or drop "
+            "freeze_existing (the old tasks then change too)."
+        )
     output_dir = training_args.output_dir
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ValueError(f"--output_dir {output_dir} is a file, not a folder.")
@@ -277,11 +352,23 @@ def prepare_run(
         job_args.init_from
     ):  # a trained model: its encoder, heads and labels stay; the config's new tasks are added
         start_from = MultiTaskEncoderModel.from_pretrained(job_args.init_from)
+        if model_args.backbone is not None:  # (a name or a path: only a warning, as two spellings may agree)
+            logger.warning(
+                f"init_from {job_args.init_from}: the backbone option ({model_args.backbone}) is not used; the "
+                f"encoder is the trained model's (from {start_from.config.base_model_name})."
+            )
+        refused = model_options_init_from_cannot_apply(model_args, start_from)
+        if refused:
+            raise ConfigError(
+                f"init_from {job_args.init_from} takes the trained model as it is, so these model options cannot "
+                f"be applied: {'; '.join(refused)}. Drop them (or start from a backbone without init_from)."
+            )
         tasks = tasks_with_trained_labels(tasks, start_from)
         tokenizer = start_from.tokenizer
         max_seq_length = start_from.max_seq_length
     else:
         backbone = resolve_backbone(model_args.backbone)
+        check_max_seq_length(model_args.max_seq_length, backbone)
         tokenizer = AutoTokenizer.from_pretrained(backbone)
         max_seq_length = model_args.max_seq_length
     # In a distributed run the main process tokenises and writes the cache files first; the others then
@@ -313,7 +400,9 @@ def prepare_run(
         )
     if teacher_fingerprints:  # another teacher makes another run (a checkpoint of this one is not resumed)
         train_data_id = f"{train_data_id}+teachers:{json.dumps(teacher_fingerprints, sort_keys=True)}"
-    fingerprint = run_fingerprint(tasks, model_args, training_args, MULTITASK_OPTIONS, train_data_id)
+    fingerprint = run_fingerprint(
+        tasks, model_args, training_args, MULTITASK_OPTIONS, train_data_id, job_args=job_args
+    )
     # Never lose work, never mix runs: a run killed mid-way picks up from its last intact checkpoint; a
     # finished run or another run's checkpoints are refused (checkpoints.py).
     resume = training_args.resume_from_checkpoint
@@ -416,15 +505,19 @@ def train_and_save(run: TrainingRun) -> dict[str, Any]:
     printer = [RunPrinter()] if not args.disable_tqdm else []
     linear_probe = fit_heads_first(run, callbacks=printer)  # LP-FT's first phase, when asked for
     train_result = trainer.train(resume_from_checkpoint=run.resume_from)
+    # A diverged run is a failure, not a model: it is not saved (loading would refuse it anyway).
+    check_trained_weights(run)
     if has_adapter(model):
         # The adapter alone to adapter/ (main process), merged into the weights the folder holds (everywhere).
         if trainer.is_world_process_zero():
-            merge_and_save_adapter(model, output_dir, model.config.base_model_name)
+            with saving_into(output_dir, "the PEFT adapter"):
+                merge_and_save_adapter(model, output_dir, model.config.base_model_name)
         else:
             model.encoder = model.encoder.merge_and_unload()
     # Saved before anything else can fail. Saving and evaluating are collective in a distributed run (all
     # processes take part; evaluation gathers every process's share); only the main process writes.
-    trainer.save_model(output_dir)  # weights, config, code files and tokenizer
+    with saving_into(output_dir, "the trained model"):
+        trainer.save_model(output_dir)  # weights, config, code files and tokenizer
 
     results: dict[str, Any] = {"train": train_result.metrics, "validation": {}, "test": {}}
     if linear_probe is not None:
@@ -434,52 +527,99 @@ def train_and_save(run: TrainingRun) -> dict[str, Any]:
             "teachers": {task: teacher_display_name(source) for task, source in run.teachers.items()},
             "teacher_weight": [args.teacher_weight_start, args.teacher_weight_end],
         }
-    scores_after: dict[str, float] = {}  # the last evaluation's metrics, without their eval_/test_ prefix
+    embedding_after: dict[str, float] = {}  # the validation evaluation scores the embedding sets
     if data.validation:
         validation = trainer.evaluate_tasks()
-        scores_after = {k.removeprefix("eval_"): v for k, v in validation.metrics.items()}
+        embedding_after = {
+            name: validation.metrics[f"eval_embedding_{name}_spearman"] for name in run.embedding_sets
+        }
         results["validation"] = validation.per_task
     test_predictions: dict[str, tuple[Any, Any]] = {}
     if data.test:
         # The prediction files are written from this pass's logits, not from a second pass over the test sets.
         test = trainer.evaluate_tasks(data.test, metric_key_prefix="test")
-        scores_after = {k.removeprefix("test_"): v for k, v in test.metrics.items()}
         results["test"] = test.per_task
         test_predictions = test.outputs
 
-    if run.embedding_sets:  # the embedding itself, before and after this run (cosine Spearman x 100)
+    if run.embedding_sets:  # the embedding itself, before and after this run (cosine Spearman, -1 to 1)
         results["embedding"] = {}
         for name, pairs in run.embedding_sets.items():
-            after = scores_after.get(f"embedding_{name}_spearman")  # every evaluation scores the sets
+            after = embedding_after.get(name)
             results["embedding"][name] = {
                 "before": run.embedding_before[name],
                 "after": embedding_spearman(model, pairs) if after is None else after,
                 "support": len(pairs.scores),
             }
     if trainer.is_world_process_zero():
-        for task, (logits, labels) in test_predictions.items():
-            path = os.path.join(output_dir, f"predictions_{task}.csv")
-            write_predictions_csv(path, model, task, data.test[task], logits, labels)
-        results["label_counts"] = data.label_counts
-        results["held_out_duplicates"] = data.held_out_duplicates
-        results["warnings"] = run_warnings(model, results)
-        with open(os.path.join(output_dir, "eval_results.json"), "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2, default=float)
-        sentences = run.job_args.example_sentences
-        examples = list(zip(sentences, model.predict(sentences))) if sentences else []
-        plots = write_plots(output_dir, model.config, results, trainer.state.log_history)
-        language = run.job_args.language or (
-            None if run.job_args.init_from else backbone_languages(resolve_backbone(run.model_args.backbone))
-        )
-        card = {"examples": examples, "language": language, "plots": plots, "adapter": run.model_args.peft}
-        write_model_card(output_dir, model.config, results, args, run.model_args, run.tasks, **card)
-        write_run_file(output_dir, run.fingerprint, finished=True)
-        removed = 0 if run.job_args.keep_checkpoints else remove_checkpoints(output_dir)
-        _print_summary(results)
-        if examples:
-            _print_examples(model, examples)
-        _print_where(output_dir, removed, run.job_args.example_sentences)
+        with saving_into(output_dir, "the results, predictions and model card"):
+            write_results(run, results, test_predictions)
     return results
+
+
+def write_results(
+    run: TrainingRun, results: dict[str, Any], test_predictions: dict[str, tuple[Any, Any]]
+) -> None:
+    """The main process's files beside the saved model (results, test predictions, plots, card, the finished
+    run file), the checkpoints' removal and the printed summary."""
+    trainer, data, model, args = run.trainer, run.data, run.model, run.training_args
+    output_dir = args.output_dir
+    for task, (logits, labels) in test_predictions.items():
+        path = os.path.join(output_dir, f"predictions_{task}.csv")
+        write_predictions_csv(path, model, task, data.test[task], logits, labels)
+    results["label_counts"] = data.label_counts
+    results["held_out_duplicates"] = data.held_out_duplicates
+    results["warnings"] = run_warnings(model, results)
+    with open(os.path.join(output_dir, "eval_results.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2, default=float)
+    sentences = run.job_args.example_sentences
+    examples = list(zip(sentences, model.predict(sentences))) if sentences else []
+    plots = write_plots(output_dir, model.config, results, trainer.state.log_history)
+    language = run.job_args.language or (
+        None if run.job_args.init_from else backbone_languages(resolve_backbone(run.model_args.backbone))
+    )
+    card = {"examples": examples, "language": language, "plots": plots, "adapter": run.model_args.peft}
+    write_model_card(output_dir, model.config, results, args, run.model_args, run.tasks, **card)
+    write_run_file(output_dir, run.fingerprint, finished=True)
+    removed = 0 if run.job_args.keep_checkpoints else remove_checkpoints(output_dir)
+    _print_summary(results)
+    if examples:
+        _print_examples(model, examples)
+    _print_where(output_dir, removed, run.job_args.example_sentences)
+
+
+class TrainingDiverged(MultiTaskEncoderError):
+    """Training ended with NaN or infinite weights: the run failed and nothing was saved."""
+
+
+def check_trained_weights(run: TrainingRun) -> None:
+    """Refuse to save (or report success for) a model whose weights hold NaN or inf, naming the first such
+    tensor and the options that set how large the steps were."""
+    broken = run.model.non_finite_weights()
+    if not broken:
+        return
+    args = run.training_args
+    options = {
+        "learning_rate": args.learning_rate,
+        "encoder_learning_rate": args.encoder_learning_rate,
+        "head_learning_rate": args.head_learning_rate,
+        "max_grad_norm": args.max_grad_norm,
+        "fp16": args.fp16,
+        "bf16": args.bf16,
+        "loss_weighting": run.model.config.loss_weighting,
+        "embedding_distillation_weight": args.embedding_distillation_weight,
+    }
+    if args.linear_probe_epochs:
+        options["linear_probe_learning_rate"] = args.linear_probe_learning_rate
+    loss_weights = {name: spec.loss_weight for name, spec in run.model.config.tasks.items()}
+    raise TrainingDiverged(
+        f"training diverged: the weight tensor {broken[0]!r} holds NaN or infinite values after training"
+        + (f" ({len(broken) - 1} more tensor(s) too)" if len(broken) > 1 else "")
+        + "; the model was not saved. Options that can cause it: "
+        + ", ".join(f"{name}={value}" for name, value in options.items() if value is not None)
+        + f", the tasks' loss_weight {loss_weights}. Lower the learning rate (or the loss weights), keep "
+        "max_grad_norm set, or train without fp16; --overwrite_output_dir starts again in "
+        f"{args.output_dir} (its checkpoints may hold the diverged weights)."
+    )
 
 
 def run_warnings(model: MultiTaskEncoderModel, results: dict[str, Any]) -> list[str]:
@@ -544,17 +684,32 @@ def _print_examples(model: MultiTaskEncoderModel, examples: list[tuple[str, dict
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The command: a refusal (bad config, options, data or output folder; a missing extra) is one line on
-    stderr and exit status 1, without a traceback (MULTITASK_ENCODER_DEBUG=1 shows it; `--debug` is a
-    TrainingArguments option here); failures during training raise."""
+    """The command: exit status 0 after a saved run. A refusal before training (bad config, options, data or
+    output folder; a missing extra) and a failed run (diverged weights, a full disk, any error while training)
+    are one line on stderr and exit status 1, without a traceback (MULTITASK_ENCODER_DEBUG=1 shows it;
+    `--debug` is a TrainingArguments option here); usage errors of the flags exit 2 (multitask_encoder.cli)."""
     configure_logging()
-    try:
-        run = prepare_run(argv)
-    except REFUSALS as error:
-        debug = debug_requested(False)
-        hint = "" if debug else f" ({DEBUG_ENV}=1 shows the traceback)"
-        raise SystemExit(report(f"{PROG}: error: {error}{hint}", error, debug, EXIT_REFUSED)) from None
-    train_and_save(run)
+    debug = debug_requested(False)
+    prefix = f"{PROG}: error:"
+    prepared: list[TrainingRun] = []
+    status = run_command(
+        lambda: prepared.append(prepare_run(argv)),
+        prefix=prefix,
+        refusals=REFUSALS,
+        debug=debug,
+        debug_flag=None,
+    )
+    if status == 0:
+        status = run_command(
+            lambda: train_and_save(prepared[0]),
+            prefix=prefix,
+            refusals=(MultiTaskEncoderError,),
+            debug=debug,
+            interrupted="interrupted; the same command resumes from the last checkpoint",
+            debug_flag=None,
+        )
+    if status:
+        raise SystemExit(status)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from transformers import EarlyStoppingCallback, ProgressCallback, Trainer, Train
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from .arguments import MultiTaskTrainingArguments
-from .checkpoints import write_manifest
+from .checkpoints import saving_into, write_manifest
 from .collator import MultiTaskCollator
 from .optimization import apply_freezing, parameter_groups
 from .precompute import PrecomputedCollator, PrecomputedFeatures, precompute_features, precompute_mode
@@ -56,12 +56,13 @@ logger = logging.getLogger(__name__)
 
 
 def embedding_spearman(model, pairs, batch_size: int = 64) -> float:
-    """Spearman correlation (x 100) of the cosine of the two texts' embeddings with the gold scores
-    (`pairs`: data.EmbeddingPairs)."""
+    """Spearman correlation of the cosine of the two texts' embeddings with the gold scores (`pairs`:
+    data.EmbeddingPairs), from -1 to 1: the scale of every other Spearman the package reports (a similarity
+    task's `spearman` among them)."""
     a = model.encode(pairs.texts, batch_size=batch_size, return_tensors="pt")
     b = model.encode(pairs.text_pairs, batch_size=batch_size, return_tensors="pt")
     cosines = torch.nn.functional.cosine_similarity(a, b, dim=-1).numpy()
-    return 100.0 * regression_metrics(cosines, np.asarray(pairs.scores, dtype=np.float64))["spearman"]
+    return regression_metrics(cosines, np.asarray(pairs.scores, dtype=np.float64))["spearman"]
 
 
 class MultiTaskTrainer(Trainer):
@@ -284,8 +285,10 @@ class MultiTaskTrainer(Trainer):
         older checkpoints: a run killed while saving still has its previous, intact checkpoint."""
         limit = self.args.save_total_limit
         self.args.save_total_limit = None  # (our own copy of the arguments, restored below)
+        checkpoint = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         try:
-            super()._save_checkpoint(model, trial)
+            with saving_into(self._get_output_dir(trial=trial), f"the checkpoint {checkpoint}"):
+                super()._save_checkpoint(model, trial)
         finally:
             self.args.save_total_limit = limit
         self.accelerator.wait_for_everyone()  # every process has written its RNG state
@@ -349,11 +352,14 @@ class MultiTaskTrainer(Trainer):
                 main_scores.append(main)
         if main_scores:
             metrics[f"{metric_key_prefix}_combined_score"] = float(np.mean(main_scores))
-        for name, pairs in self.embedding_eval_sets.items():
-            # The embedding itself: cosine of the two texts' embeddings against the gold score (not in the
-            # combined score: it is a property to keep, not a task).
-            score = embedding_spearman(self.model, pairs, self.args.per_device_eval_batch_size)
-            metrics[f"{metric_key_prefix}_embedding_{name}_spearman"] = score
+        # The embedding itself: cosine of the two texts' embeddings against the gold score (not in the combined
+        # score: it is a property to keep, not a task). Its sets are the config's own named sets, not the split
+        # being evaluated, so only the validation evaluations score them (eval_embedding_<name>_spearman): a test
+        # pass logging the same number as test_embedding_<name>_spearman would pass it off as a test score.
+        if metric_key_prefix == "eval":
+            for name, pairs in self.embedding_eval_sets.items():
+                score = embedding_spearman(self.model, pairs, self.args.per_device_eval_batch_size)
+                metrics[f"eval_embedding_{name}_spearman"] = score
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return TaskEvaluation(metrics, self._task_results, self._task_outputs)

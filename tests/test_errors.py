@@ -3,10 +3,13 @@ which travel without it) is a MultiTaskEncoderError, and the commands report any
 
 import importlib
 import inspect
+import os
 import pkgutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import multitask_encoder
 from multitask_encoder import MultiTaskEncoderError
@@ -69,3 +72,64 @@ def test_a_command_reports_a_refusal_as_one_line(tiny_checkpoint: Path, tmp_path
     assert result.stderr.strip().splitlines() == [
         "multitask-encoder-predict: error: --labels 'topic' is not TASK=LABEL,LABEL,..."
     ]
+
+
+# ---------------------------------------------------------------------------------------------- exit statuses
+REPO = Path(__file__).resolve().parents[1]
+
+
+def console_scripts() -> dict[str, str]:
+    """setup.cfg's console_scripts: command name -> "module:function"."""
+    import configparser
+
+    parser = configparser.ConfigParser()
+    parser.read(REPO / "setup.cfg")
+    lines = parser["options.entry_points"]["console_scripts"].strip().splitlines()
+    return dict(tuple(part.strip() for part in line.split("=", 1)) for line in lines)
+
+
+def command_line(command: str) -> list[str]:
+    """How a user runs `command`: the console script's function exactly as its wrapper calls it
+    (`sys.exit(function())`), or a script of the checkout."""
+    if command.endswith(".py"):
+        return [sys.executable, str(REPO / command)]
+    module, function = console_scripts()[command].split(":")
+    return [sys.executable, "-c", f"import sys; from {module} import {function}; sys.exit({function}())"]
+
+
+# Per command: arguments that are a usage error (argparse: exit status 2) and arguments the command itself
+# refuses (exit status 1), each reported as one line on stderr. {tmp} is the test's scratch folder.
+EXIT_STATUS_CASES = {
+    "multitask-encoder-train": (["--max_steps", "x"], ["{tmp}/missing.yaml"]),
+    "train.py": (["--max_steps", "x"], ["{tmp}/missing.yaml"]),
+    "multitask-encoder-predict": ([], ["{tmp}/no-model", "{tmp}/texts.txt", "-o", "{tmp}/out.csv"]),
+    "multitask-encoder-train-teachers": ([], ["{tmp}/missing.yaml", "--teachers_dir", "{tmp}/teachers"]),
+    "multitask-encoder-interpolate": ([], ["{tmp}/no-model", "--alpha", "2", "-o", "{tmp}/out"]),
+    "push_to_hub.py": ([], ["{tmp}/no-model", "alice/x"]),
+}
+
+
+def test_every_command_is_in_the_exit_status_cases() -> None:
+    assert set(console_scripts()) <= set(EXIT_STATUS_CASES)
+
+
+@pytest.mark.parametrize("command", sorted(EXIT_STATUS_CASES))
+def test_usage_errors_exit_2_and_refusals_exit_1_in_one_line(command: str, tmp_path: Path) -> None:
+    """One convention for every command (multitask_encoder/cli.py, README "Exit statuses")."""
+    (tmp_path / "texts.txt").write_text("A text.\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("MULTITASK_ENCODER_DEBUG", None)
+    for arguments, status in zip(EXIT_STATUS_CASES[command], (2, 1)):
+        argv = [argument.format(tmp=tmp_path) for argument in arguments]
+        result = subprocess.run(
+            [*command_line(command), *argv],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            cwd=tmp_path,
+            env=env,
+        )
+        lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+        assert result.returncode == status, (command, argv, result.stderr[-2000:])
+        assert len(lines) == 1 and "Traceback" not in result.stderr, (command, argv, result.stderr[-2000:])

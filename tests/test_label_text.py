@@ -60,7 +60,7 @@ def model(tiny_backbone: str) -> MultiTaskEncoderModel:
         ),
         ({"label_descriptions": {"sport": ""}}, "label_descriptions must map label names to non-empty texts"),
         ({"label_descriptions": ["sport"]}, "label_descriptions must map label names to non-empty texts"),
-        ({"scale": 0}, "scale must be a positive number"),
+        ({"scale": 0}, "scale must be a positive finite number"),
         ({"labels": ["sport"]}, "needs at least 2 labels"),
         ({"head": {"layers": "all"}}, "cannot mix layers"),
     ],

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file
 from test_training import job_flags
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoTokenizer, TrainerCallback
 
 import multitask_encoder  # noqa: F401  (the Auto classes: saved folders load without remote code)
 from multitask_encoder import MultiTaskEncoderModel
@@ -181,10 +181,24 @@ def test_contrastive_loss_is_cross_entropy_over_in_batch_positives_and_negatives
             {"type": "pair_classification", "labels": ["a", "b"], "pair_encoding": "late"},
             "pair_encoding must be 'bi' or 'cross'",
         ),
-        ({"type": "similarity", "score_range": [5, 0]}, r"score_range must be \[low, high\] with low < high"),
+        (
+            {"type": "similarity", "score_range": [5, 0]},
+            r"score_range must be \[low, high\], finite numbers with low < high",
+        ),
         ({"type": "similarity", "loss": "mse"}, "loss must be 'cosent' or 'cosine_mse'"),
-        ({"type": "contrastive", "scale": 0}, "scale must be a positive number"),
+        ({"type": "contrastive", "scale": 0}, "scale must be a positive finite number"),
         ({"type": "similarity", "labels": ["a", "b"]}, "a similarity task has one output"),
+        # Non-finite numbers would pass `low < high` or `> 0` and reach every weight as NaN.
+        (
+            {"type": "similarity", "score_range": [float("-inf"), 5]},
+            r"score_range must be \[low, high\], finite",
+        ),
+        (
+            {"type": "similarity", "cosent_scale": float("inf")},
+            "cosent_scale must be a positive finite number",
+        ),
+        ({"type": "contrastive", "scale": float("nan")}, "scale must be a positive finite number"),
+        ({"type": "contrastive", "loss_weight": float("inf")}, "loss_weight must be a finite number"),
     ],
 )
 def test_pair_task_options_are_checked(spec: dict, message: str) -> None:
@@ -298,19 +312,31 @@ def pair_run(pair_data: Path, tiny_backbone: str, tmp_path_factory):
         },
     )
     output_dir = folder / "out"
+    logs = LogRecorder()
     results = run_training(
         [
             config,
             *flags(
                 tiny_backbone, output_dir, pair_data / "cache", "--max_steps", "160", "--eval_strategy", "no"
             ),
-        ]
+        ],
+        callbacks=[logs],
     )
-    return output_dir, results
+    return output_dir, results, logs.keys
+
+
+class LogRecorder(TrainerCallback):
+    """Every metric name the run logged (to its trackers and printed lines)."""
+
+    def __init__(self) -> None:
+        self.keys: set[str] = set()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.keys |= set(logs or {})
 
 
 def test_pair_tasks_train_beside_a_sentence_task(pair_run, pair_data: Path) -> None:
-    output_dir, results = pair_run
+    output_dir, results, _ = pair_run
     test = results["test"]
     # Each kind learns its toy signal (chance: 0.5 / 0.6 majority for the pair classes, mrr ~0.16 at 24 rows).
     assert test["same_topic"]["accuracy"] >= 0.9 and test["same_topic_cross"]["accuracy"] >= 0.9, test
@@ -319,20 +345,33 @@ def test_pair_tasks_train_beside_a_sentence_task(pair_run, pair_data: Path) -> N
     assert test["topic"]["accuracy"] >= 0.9
     embedding = results["embedding"]["toy_sts"]
     assert embedding["after"] > embedding["before"]  # the similarity task taught the embedding the toy topics
-    # "after" is the score of the model the folder holds (taken from the test evaluation, not recomputed).
+    # "after" is the score of the model the folder holds (taken from the validation evaluation, not recomputed).
     pairs = load_embedding_eval_set(
         "toy_sts", {"data": str(pair_data / "test.jsonl"), "score_column": "relatedness"}, "."
     )
     saved = MultiTaskEncoderModel.from_pretrained(output_dir)
     assert embedding["after"] == pytest.approx(embedding_spearman(saved, pairs), abs=1e-6)
+    # One scale for every Spearman: the set is the relatedness task's test file, so the embedding's number is
+    # that task's test Spearman (-1 to 1, not x 100).
+    assert embedding["after"] == pytest.approx(test["relatedness"]["spearman"], abs=1e-4)
+
     card = (output_dir / "README.md").read_text()
     assert "### The embedding" in card and "`toy_sts`" in card
     header = (output_dir / "predictions_same_topic.csv").read_text().splitlines()[0]
     assert header == "text,text_pair,gold,predicted,score"
 
 
+def test_the_embedding_sets_are_logged_as_validation_scores_only(pair_run) -> None:
+    """The embedding sets are the config's own named sets: scored by the validation evaluation, never logged
+    under the test pass's prefix as if they were test scores."""
+    _, _, logged = pair_run
+    assert "eval_embedding_toy_sts_spearman" in logged
+    assert not [key for key in logged if key.startswith("test_embedding")], sorted(logged)
+    assert "test_relatedness_spearman" in logged
+
+
 def test_pairs_are_predicted_and_single_texts_refused_for_pair_tasks(pair_run, pair_data: Path) -> None:
-    output_dir, results = pair_run
+    output_dir, results, _ = pair_run
     model = AutoModel.from_pretrained(output_dir)
     rows = [json.loads(line) for line in (pair_data / "test.jsonl").read_text().splitlines()]
     pairs = [(row["text"], row["text_pair"]) for row in rows]
@@ -370,7 +409,7 @@ def test_pairs_are_predicted_and_single_texts_refused_for_pair_tasks(pair_run, p
 def test_the_pipeline_and_the_batch_command_take_pairs(pair_run, pair_data: Path, tmp_path: Path) -> None:
     from transformers import pipeline
 
-    output_dir, _ = pair_run
+    output_dir, _, _ = pair_run
     model = AutoModel.from_pretrained(output_dir)
     row = json.loads((pair_data / "test.jsonl").read_text().splitlines()[0])
     classify = pipeline("multitask-text-classification", model=model)
@@ -400,7 +439,7 @@ def test_the_pipeline_and_the_batch_command_take_pairs(pair_run, pair_data: Path
 
 
 def test_pair_folder_serves_pairs_without_the_package(run_without_package, pair_run, pair_data: Path) -> None:
-    output_dir, _ = pair_run
+    output_dir, _, _ = pair_run
     row = json.loads((pair_data / "test.jsonl").read_text().splitlines()[0])
     script = (
         "import json, sys\n"

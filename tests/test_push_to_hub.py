@@ -568,6 +568,36 @@ def test_dry_run_lists_the_model_files_and_sends_nothing(
     _assert_clean(quiet_hub)
 
 
+def test_the_load_check_asks_pair_tasks_a_pair_and_passes_a_model_with_every_kind_of_task(
+    quiet_hub: LocalHub, tiny_backbone: str, tmp_path: Path
+) -> None:
+    """A single-text task, pair classification (bi and cross), similarity and contrastive in one model: the
+    check predicts each on what it reads (a text or a pair) and the dry run passes, sending nothing."""
+    tasks = {
+        "topic": {"type": "sequence_classification", "labels": ["sport", "business"]},
+        "same_topic": {"type": "pair_classification", "labels": ["different", "same"]},
+        "same_topic_cross": {
+            "type": "pair_classification",
+            "labels": ["different", "same"],
+            "pair_encoding": "cross",
+        },
+        "relatedness": {"type": "similarity", "score_range": [0, 5]},
+        "retrieval": {"type": "contrastive"},
+    }
+    torch.manual_seed(0)
+    folder = tmp_path / "pairs-model"
+    MultiTaskEncoderModel.from_backbone(tiny_backbone, tasks=tasks).save_pretrained(folder)
+    proc = run_push(
+        [folder, "alice/pairs", "--dry-run", "--trust-remote-code"],
+        client_env(quiet_hub.url, tmp_path / "home"),
+        tmp_path / "cwd",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"OK: MultiTaskEncoderModel predicts tasks {', '.join(tasks)}." in proc.stdout
+    assert "Dry run: nothing was uploaded" in proc.stdout
+    assert quiet_hub.request_log == []
+
+
 @pytest.mark.slow
 def test_refusals_are_one_line_and_exit_non_zero(
     side_runs: dict[str, Any], hub: LocalHub, trained_dir: Path

@@ -883,6 +883,167 @@ def test_the_command_refuses_in_one_line_without_a_traceback(
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
+@pytest.mark.parametrize(
+    ("in_config", "flags", "option"),
+    [
+        ({"learning_rate": float("nan")}, [], "learning_rate"),  # YAML `.nan`
+        ({}, ["--head_learning_rate", "inf"], "head_learning_rate"),
+        ({"embedding_distillation_weight": float("inf")}, [], "embedding_distillation_weight"),
+        ({}, ["--adam_beta2", "1e999"], "adam_beta2"),  # parses as inf
+        ({"peft": {"r": 4, "alpha": float("inf")}}, [], "peft"),
+    ],
+    ids=[
+        "config-nan-lr",
+        "flag-inf-head-lr",
+        "config-inf-multitask-option",
+        "flag-overflowing-beta",
+        "peft-block",
+    ],
+)
+def test_non_finite_options_are_refused_before_training(
+    in_config: dict, flags: list[str], option: str, toy_data: Path, tiny_backbone: str, tmp_path: Path
+) -> None:
+    argv, output_dir = short_run_argv(toy_data, tiny_backbone, tmp_path, **in_config)
+    with pytest.raises(ValueError, match=rf"option '{option}' must be a finite number"):
+        run_training([*argv, *flags])
+    assert not output_dir.exists()  # refused before anything was read or written
+
+
+def test_a_diverged_run_fails_naming_the_tensor_and_the_options_and_saves_nothing(
+    toy_data: Path, tiny_backbone: str, tmp_path: Path
+) -> None:
+    argv, output_dir = short_run_argv(toy_data, tiny_backbone, tmp_path, learning_rate=1e30)
+    result = run_command(argv)
+    assert result.returncode == 1, result.stderr[-3000:]
+    (line,) = [
+        line for line in result.stderr.splitlines() if line.startswith("multitask-encoder-train: error:")
+    ]
+    assert re.search(
+        r"training diverged: the weight tensor '(encoder|heads)\.[\w.]+' holds NaN or infinite", line
+    )
+    assert "the model was not saved" in line and "learning_rate=1e+30" in line and "fp16=False" in line
+    assert "loss_weight {'topic': 1.0, 'sentiment': 1.0}" in line
+    assert "Traceback" not in result.stderr and "Model saved" not in result.stdout
+    assert not (output_dir / "model.safetensors").exists()
+    assert json.loads((output_dir / RUN_FILE).read_text())["finished"] is False
+
+
+@pytest.mark.parametrize(
+    ("save_flags", "what"),
+    [([], "the checkpoint checkpoint-2"), (["--save_strategy", "no"], "the trained model")],
+    ids=["checkpoint", "final-model"],
+)
+def test_a_full_disk_says_no_space_left_naming_the_folder(
+    save_flags: list[str],
+    what: str,
+    toy_data: Path,
+    tiny_backbone: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import errno
+
+    import transformers.modeling_utils
+
+    from multitask_encoder.checkpoints import NoSpaceLeft
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full)
+    argv, output_dir = short_run_argv(toy_data, tiny_backbone, tmp_path)
+    with pytest.raises(NoSpaceLeft) as refused:
+        run_training([*argv, *save_flags])
+    assert str(refused.value).startswith(
+        f"No space left on the device holding {output_dir} while saving {what}: free some space"
+    )
+    assert refused.value.errno == errno.ENOSPC
+
+
+@pytest.mark.parametrize(
+    ("in_config", "flags", "message"),
+    [
+        (
+            {"max_seq_length": 1024},
+            [],
+            r"max_seq_length 1024 is longer than the backbone .* takes \(512 tokens, its position embeddings\): "
+            r"set max_seq_length to at most 512",
+        ),
+        ({}, ["--gradient_accumulation_steps", "0"], r"gradient_accumulation_steps must be >= 1, got 0"),
+        (
+            {"peft": {"type": "nosuch"}},
+            [],
+            r"peft type 'nosuch' is not a PEFT tuner; the tuners are .*\blora\b",
+        ),
+    ],
+    ids=["max_seq_length-beyond-positions", "zero-accumulation", "unknown-peft-type"],
+)
+def test_options_that_would_fail_mid_run_are_refused_up_front(
+    in_config: dict, flags: list[str], message: str, toy_data: Path, tiny_backbone: str, tmp_path: Path
+) -> None:
+    argv, output_dir = short_run_argv(toy_data, tiny_backbone, tmp_path, **in_config)
+    with pytest.raises(ValueError, match=message):
+        run_training([*argv, *flags])
+    assert not output_dir.exists()
+
+
+# ---------------------------------------------------------------------------------------------- adding tasks
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("freeze_existing_alone", r"freeze_existing keeps the encoder and heads .* without init_from"),
+        (
+            "freeze_existing_with_peft",
+            r"freeze_existing keeps the old tasks' predictions bit-identical.*peft",
+        ),
+        (
+            "model_options",
+            r"init_from .* cannot be applied: pooling='cls' \(the model has 'mean'\); max_seq_length=32 "
+            r"\(the model has 256\)",
+        ),
+    ],
+)
+def test_adding_tasks_refuses_what_would_not_be_additive(
+    case: str, message: str, toy_data: Path, tiny_backbone: str, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """init_from + freeze_existing keeps the old answers bit-identical, or the run is refused: freeze_existing
+    has nothing to keep without init_from, a PEFT adapter would change the frozen encoder, and model options
+    that shape the embedding cannot be applied to a trained model (the config's max_seq_length: 32 included)."""
+    options, flags = {}, []
+    if case == "freeze_existing_alone":
+        flags = ["--freeze_existing", "true"]
+    elif case == "freeze_existing_with_peft":
+        options = {"init_from": str(tiny_checkpoint), "freeze_existing": True, "peft": {"r": 4}}
+    else:
+        options = {"init_from": str(tiny_checkpoint)}
+        flags = ["--pooling", "cls"]
+    argv, output_dir = short_run_argv(toy_data, tiny_backbone, tmp_path, **options)
+    with pytest.raises(ValueError, match=message):
+        run_training([*argv, *flags])
+    assert not output_dir.exists()
+
+
+def test_init_from_and_freeze_existing_are_part_of_the_run_fingerprint(
+    toy_data: Path, tiny_backbone: str, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Resuming a killed init_from run with the other freeze_existing would load an optimizer state of other
+    parameters: it is another run, refused naming the option."""
+    tasks = {"sentiment": toy_tasks(toy_data, ner=False)["sentiment"]}  # a task tiny_checkpoint lacks
+    config = write_config(tmp_path / "config.yaml", tasks, max_seq_length=256, init_from=str(tiny_checkpoint))
+    output_dir = tmp_path / "out"
+    argv = [config, *job_flags(tiny_backbone, output_dir, toy_data / "cache"), *SHORT_RUN]
+    run_training([*argv, "--freeze_existing", "true", "--keep_checkpoints"])
+    assert json.loads((output_dir / RUN_FILE).read_text())["inputs"]["job"] == {
+        "init_from": str(tiny_checkpoint),
+        "freeze_existing": True,
+    }
+    mark_unfinished(output_dir)  # as if killed after checkpoint-4
+    with pytest.raises(
+        ValueError, match=r"checkpoints of another run \(what differs from this one: job\.freeze_existing\)"
+    ):
+        run_training([*argv, "--freeze_existing", "false"])
+
+
 # ---------------------------------------------------------------------------------------------- 9. integrations
 def test_the_run_plots_and_the_card_embeds_them_with_hub_metadata(e2e) -> None:
     from huggingface_hub import ModelCard, ModelCardData

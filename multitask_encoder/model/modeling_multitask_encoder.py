@@ -226,7 +226,7 @@ class MultiTaskEncoderPreTrainedModel(PreTrainedModel):
                 + "; ".join(problems)
                 + ". Was config.json edited (a task's labels changed?), or the weights saved from another model?"
             )
-        broken = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
+        broken = model.non_finite_weights()
         if broken:
             raise ValueError(
                 f"The weights of {source} hold NaN or infinite values in {broken[:5]}"
@@ -240,6 +240,16 @@ class MultiTaskEncoderPreTrainedModel(PreTrainedModel):
                 "save_pretrained."
             )
         return (model, info) if wants_info else model
+
+    @torch.no_grad()
+    def non_finite_weights(self) -> list[str]:
+        """The names of the weight tensors holding a NaN or an infinite value, in state_dict order (empty for a
+        sound model). Loading checks it, and training checks it before saving."""
+        return [
+            name
+            for name, tensor in self.state_dict().items()
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all()
+        ]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

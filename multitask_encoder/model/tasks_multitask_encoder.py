@@ -55,6 +55,12 @@ LEGACY_OPTIONS = {"threshold": 0.5}
 
 
 # ---------------------------------------------------------------------------------------------- entities
+def is_finite_number(value: Any) -> bool:
+    """An int or float that is neither NaN nor infinite (bool is not a number here): what every numeric task
+    option must be, since one NaN or inf in a loss scale or score range turns every weight it reaches into NaN."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _split_tag(tag: str) -> tuple[str, str]:
     """Split an IOB2/IOBES tag into (prefix, entity type), e.g. "B-PER" -> ("B", "PER"), "O" -> ("O", "")."""
     if tag == "O":
@@ -413,13 +419,8 @@ class LabelTextClassification(SequenceClassification):
                 f"Task {task!r}: label_descriptions must map label names to non-empty texts, got {descriptions!r}."
             )
         scale = options["scale"]
-        if (
-            isinstance(scale, bool)
-            or not isinstance(scale, (int, float))
-            or not math.isfinite(scale)
-            or scale <= 0
-        ):
-            raise ValueError(f"Task {task!r}: scale must be a positive number, got {scale!r}.")
+        if not is_finite_number(scale) or scale <= 0:
+            raise ValueError(f"Task {task!r}: scale must be a positive finite number, got {scale!r}.")
         return {"label_descriptions": {str(k): v for k, v in descriptions.items()}, "scale": float(scale)}
 
     def check_label_options(self, task, labels, options):
@@ -466,11 +467,7 @@ class MultiLabelClassification(TaskType):
     def check_options(self, task, options):
         options = super().check_options(task, options)
         threshold = options["threshold"]
-        if (
-            isinstance(threshold, bool)
-            or not isinstance(threshold, (int, float))
-            or not 0.0 < threshold < 1.0
-        ):
+        if not is_finite_number(threshold) or not 0.0 < threshold < 1.0:
             raise ValueError(f"Task {task!r}: threshold must be in (0, 1), got {threshold}.")
         return {"threshold": float(threshold)}
 
@@ -656,11 +653,12 @@ class Similarity(TaskType):
             if (
                 not isinstance(score_range, (list, tuple))
                 or len(score_range) != 2
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in score_range)
+                or not all(is_finite_number(v) for v in score_range)
                 or not score_range[0] < score_range[1]
             ):
                 raise ValueError(
-                    f"Task {task!r}: score_range must be [low, high] with low < high, got {score_range!r}."
+                    f"Task {task!r}: score_range must be [low, high], finite numbers with low < high, got "
+                    f"{score_range!r}."
                 )
             score_range = [float(score_range[0]), float(score_range[1])]
         if options["loss"] not in ("cosent", "cosine_mse"):
@@ -668,8 +666,8 @@ class Similarity(TaskType):
                 f"Task {task!r}: loss must be 'cosent' or 'cosine_mse', got {options['loss']!r}."
             )
         scale = options["cosent_scale"]
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
-            raise ValueError(f"Task {task!r}: cosent_scale must be a positive number, got {scale!r}.")
+        if not is_finite_number(scale) or scale <= 0:
+            raise ValueError(f"Task {task!r}: cosent_scale must be a positive finite number, got {scale!r}.")
         return {"score_range": score_range, "loss": options["loss"], "cosent_scale": float(scale)}
 
     def layer_mix_refusal(self, options):
@@ -744,8 +742,8 @@ class Contrastive(TaskType):
     def check_options(self, task, options):
         options = super().check_options(task, options)
         scale = options["scale"]
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
-            raise ValueError(f"Task {task!r}: scale must be a positive number, got {scale!r}.")
+        if not is_finite_number(scale) or scale <= 0:
+            raise ValueError(f"Task {task!r}: scale must be a positive finite number, got {scale!r}.")
         return {"scale": float(scale)}
 
     def layer_mix_refusal(self, options):
@@ -938,12 +936,8 @@ def parse_task_spec(name: str, spec: TaskSpec | Mapping[str, Any]) -> TaskSpec:
     task_type.check_labels(name, labels)
 
     loss_weight = spec.get("loss_weight", 1.0)
-    if (
-        isinstance(loss_weight, bool)
-        or not isinstance(loss_weight, (int, float))
-        or not math.isfinite(loss_weight)
-    ):
-        raise ValueError(f"Task {name!r}: loss_weight must be a number, got {loss_weight!r}.")
+    if not is_finite_number(loss_weight):
+        raise ValueError(f"Task {name!r}: loss_weight must be a finite number, got {loss_weight!r}.")
     if loss_weight < 0:
         raise ValueError(f"Task {name!r}: loss_weight must be >= 0, got {loss_weight}.")
     options = task_type.check_options(name, options)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, cached_file
 
 from .configuration_multitask_encoder import MultiTaskEncoderConfig
 from .inference_multitask_encoder import (
@@ -293,8 +293,8 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         cls,
         name_or_path: str | None = None,
         tasks: dict[str, Any] | list[dict[str, Any]] | None = None,
-        pooling: str = "mean",
-        normalize: bool = True,
+        pooling: str | None = None,
+        normalize: bool | None = None,
         projection_dim: int | None = None,
         loss_weighting: str = "static",
         max_seq_length: int | None = None,
@@ -304,6 +304,13 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         """A model whose encoder holds the pretrained weights of `name_or_path` (a Hub id or a local folder
         with a BERT-like encoder) and whose heads are freshly initialised. The backbone's tokenizer is
         attached and saved with the model. `hub_kwargs` (revision, token, ...) go to `from_pretrained`.
+
+        A sentence-transformers backbone keeps what makes its embedding its own: `pooling`, `normalize` and
+        `max_seq_length` left at None are read from its modules.json, 1_Pooling/config.json, 2_Normalize and
+        sentence_bert_config.json (`sentence_transformers_settings`), so that `encode` before training is
+        `SentenceTransformer(backbone).encode`; a value given here overrides the backbone's (logged). A plain
+        encoder pools with `mean` and normalises. A backbone with modules this model does not reproduce (a
+        Dense layer, weighted-mean pooling, ...) is refused, naming the module.
 
         With the `multitask_encoder` package imported (it sets `backbone_resolver`), `None` (or the
         all-MiniLM-L6-v2 Hub id) means the packaged all-MiniLM-L6-v2 copy, checked against the official sha256
@@ -324,8 +331,11 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
                 "model.add_task(name, spec), or give `init_from:` in a training config."
             )
         encoder_config._name_or_path = base_model_name or ""  # saved nested in config.json: no local path
+        backbone = sentence_transformers_settings(name_or_path, **hub_kwargs)
+        pooling = _backbone_setting("pooling", pooling, backbone, "mean", base_model_name)
+        normalize = _backbone_setting("normalize", normalize, backbone, True, base_model_name)
         if max_seq_length is None:
-            max_seq_length = _sentence_transformers_max_length(name_or_path)
+            max_seq_length = backbone.get("max_seq_length")
         config = MultiTaskEncoderConfig(
             encoder_config=encoder_config,
             pooling=pooling,
@@ -969,15 +979,133 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         return plan.run_encoder(encoder_inputs, layers)
 
 
-def _sentence_transformers_max_length(name_or_path: str) -> int | None:
-    """The max_seq_length a sentence-transformers checkpoint was trained with (256 for all-MiniLM-L6-v2),
-    read from its sentence_bert_config.json when the backbone is a local folder."""
-    path = os.path.join(str(name_or_path), "sentence_bert_config.json")
-    if not os.path.isfile(path):
+# sentence-transformers modules.json types -> what `from_backbone` makes of them (by the class name, the last part
+# of the type: "sentence_transformers.models.Pooling" and "sentence_transformers.sentence_transformer.modules.Pooling"
+# are both "Pooling"). Any other module (Dense, LayerNorm, WeightedLayerPooling, ...) changes the embedding in a
+# way this model does not reproduce, so such a backbone is refused by the module's name.
+SENTENCE_TRANSFORMERS_MODULES = ("Transformer", "Pooling", "Normalize")
+# 1_Pooling/config.json: the `pooling_mode` names (sentence-transformers >= 5.x), and the legacy boolean keys
+# in the order sentence-transformers concatenates them -> this model's pooling modes (None: not supported).
+SENTENCE_TRANSFORMERS_POOLING = {
+    "cls": "cls",
+    "max": "max",
+    "mean": "mean",
+    "mean_sqrt_len_tokens": "mean_sqrt_len",
+    "weightedmean": None,
+    "lasttoken": None,
+}
+SENTENCE_TRANSFORMERS_LEGACY_POOLING = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+# The `from_pretrained` options that also say where a backbone's side files are (the rest is for the weights).
+HUB_FILE_OPTIONS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies")
+
+
+def _backbone_json(name_or_path: str, filename: str, hub_kwargs: Mapping[str, Any]) -> Any:
+    """The JSON of `filename` in the backbone (a folder or a Hub repo), None when it has no such file."""
+    options = {key: value for key, value in hub_kwargs.items() if key in HUB_FILE_OPTIONS}
+    path = cached_file(
+        name_or_path,
+        filename,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+        **options,
+    )
+    if path is None:
         return None
     with open(path, encoding="utf-8") as f:
-        value = json.load(f).get("max_seq_length")
-    return int(value) if value else None
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"Backbone {name_or_path}: {filename} is not valid JSON ({error}).") from None
+
+
+def sentence_transformers_settings(name_or_path: str, **hub_kwargs: Any) -> dict[str, Any]:
+    """What makes a sentence-transformers backbone's embedding its own, read from its modules.json,
+    1_Pooling/config.json (pooling), 2_Normalize (normalisation) and sentence_bert_config.json (max_seq_length):
+    {"pooling", "normalize", "max_seq_length"} (each only when the backbone says it), {} for a plain encoder.
+
+    `from_backbone` builds the model from these unless told otherwise, so that `encode` before training is
+    `SentenceTransformer(backbone).encode`. A module this model cannot reproduce (a Dense layer after the
+    pooling, a weighted-mean or last-token pooling, several poolings concatenated, an encoder in a subfolder)
+    is refused, naming it: silently dropping it would give other embeddings than the backbone's."""
+    settings: dict[str, Any] = {}
+    sentence_bert_config = _backbone_json(name_or_path, "sentence_bert_config.json", hub_kwargs) or {}
+    if sentence_bert_config.get("max_seq_length"):
+        settings["max_seq_length"] = int(sentence_bert_config["max_seq_length"])
+    modules = _backbone_json(name_or_path, "modules.json", hub_kwargs)
+    if modules is None:
+        return settings
+    if not isinstance(modules, list):
+        raise ValueError(f"Backbone {name_or_path}: modules.json is not a list of modules.")
+    settings["normalize"] = False  # a sentence-transformers model normalises only with a Normalize module
+    for module in modules:
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        path = module.get("path", "")
+        if kind not in SENTENCE_TRANSFORMERS_MODULES:
+            raise ValueError(
+                f"Backbone {name_or_path}: its modules.json has a {kind or module.get('type')!r} module "
+                f"({path or 'no path'}) after the encoder, which this model does not reproduce: its embeddings "
+                f"would not be the backbone's. Supported modules: {list(SENTENCE_TRANSFORMERS_MODULES)}. To use "
+                "the encoder alone, copy its config.json, weights and tokenizer files to a folder without "
+                "modules.json."
+            )
+        if kind == "Transformer" and path:
+            raise ValueError(
+                f"Backbone {name_or_path}: its encoder is in the subfolder {path!r} (modules.json): give that "
+                "subfolder as the backbone."
+            )
+        if kind == "Normalize":
+            settings["normalize"] = True
+        if kind == "Pooling":
+            settings["pooling"] = _sentence_transformers_pooling(name_or_path, path, hub_kwargs)
+    return settings
+
+
+def _sentence_transformers_pooling(name_or_path: str, folder: str, hub_kwargs: Mapping[str, Any]) -> str:
+    """This model's pooling mode for the backbone's Pooling module (its `folder`/config.json)."""
+    filename = f"{folder}/config.json" if folder else "config.json"
+    config = _backbone_json(name_or_path, filename, hub_kwargs)
+    if not isinstance(config, dict):
+        raise ValueError(f"Backbone {name_or_path}: its Pooling module has no readable {filename}.")
+    modes = config.get("pooling_mode")
+    if modes is None:  # the legacy boolean keys; none set means mean, as sentence-transformers reads them
+        modes = [mode for key, mode in SENTENCE_TRANSFORMERS_LEGACY_POOLING.items() if config.get(key)]
+        modes = modes or ["mean"]
+    modes = [modes] if isinstance(modes, str) else list(modes)
+    pooling = SENTENCE_TRANSFORMERS_POOLING.get(modes[0]) if len(modes) == 1 else None
+    if pooling is None:
+        raise ValueError(
+            f"Backbone {name_or_path}: {filename} pools with {modes}, which this model does not reproduce "
+            f"(it pools with one of {sorted(k for k, v in SENTENCE_TRANSFORMERS_POOLING.items() if v)})."
+        )
+    return pooling
+
+
+def _backbone_setting(
+    name: str, given: Any, backbone: Mapping[str, Any], default: Any, backbone_name: Any
+) -> Any:
+    """`from_backbone`'s value of setting `name`: the one given, else the sentence-transformers backbone's, else
+    `default`. A given value that differs from the backbone's is logged: the model then starts from other
+    embeddings than the backbone's."""
+    if name not in backbone:
+        return default if given is None else given
+    if given is None:
+        logger.info(
+            f"{name}={backbone[name]!r}: read from the sentence-transformers backbone {backbone_name}."
+        )
+        return backbone[name]
+    if given != backbone[name]:
+        logger.warning(
+            f"{name}={given!r} (given) overrides the sentence-transformers backbone {backbone_name}'s "
+            f"{name}={backbone[name]!r}: the embeddings before training are not the backbone's."
+        )
+    return given
 
 
 def sentence_transformers_files(max_seq_length: int) -> dict[str, Any]:

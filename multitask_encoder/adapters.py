@@ -92,7 +92,9 @@ def merge_and_save_adapter(model, output_dir: str, base_model_name: str | None) 
     for config in encoder.peft_config.values():
         config.base_model_name_or_path = base_model_name  # not the local path the backbone was read from
     folder = os.path.join(output_dir, ADAPTER_DIR)
-    encoder.save_pretrained(folder)
+    # The embedding layer is never resized here: peft need not look for the base model's config (which a
+    # folder name recorded instead of its local path would not find) to decide whether to save it.
+    encoder.save_pretrained(folder, save_embedding_layers=False)
     readme = os.path.join(folder, "README.md")  # peft's generic template; the model card is the card
     if os.path.isfile(readme):
         os.remove(readme)

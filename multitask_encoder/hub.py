@@ -49,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,6 +276,87 @@ def _link_problems(folder: Path, names: list[str]) -> list[str]:
     return problems
 
 
+# Text files of an upload that are read for paths of this machine (tokenizer.json and vocabularies are data).
+PATH_CHECKED_SUFFIXES = (".json", ".md")
+PATH_CHECK_SKIPPED = ("tokenizer.json",)
+# An absolute path inside a text: POSIX (not the tail of a URL or of another path), or a Windows drive.
+_ABSOLUTE_PATH_IN_TEXT = re.compile(r"(?<![\w.:/~-])(?:/[^\s\"'`<>|()\[\]{},;]+|[A-Za-z]:[\\/][^\s\"'`<>|]+)")
+
+
+def _machine_roots(folder: Path) -> list[str]:
+    """Where paths of this machine start: the home folder, the temp folder, the working directory and the
+    model folder's own ancestors (never the file system's root alone)."""
+    roots = {os.path.expanduser("~"), tempfile.gettempdir(), os.getcwd(), *map(str, folder.parents)}
+    roots |= {os.path.realpath(root) for root in roots}
+    return sorted(root for root in roots if Path(root).parent != Path(root))
+
+
+def _is_machine_path(value: str, roots: list[str]) -> bool:
+    """True for an absolute path of this machine: one that exists here or lies under one of `roots` (a
+    label such as "/m/04" is neither)."""
+    path = os.path.expanduser(value.strip())
+    if not (os.path.isabs(path) or re.match(r"[A-Za-z]:[\\/]", path)) or not path.strip("/\\"):
+        return False
+    return os.path.exists(path) or any(
+        path == root or path.startswith(root.rstrip(os.sep) + os.sep) for root in roots
+    )
+
+
+def _json_paths(value: Any, key: str = "") -> Iterator[tuple[str, str]]:
+    """(key path, string) of every string in a JSON value ("encoder_config._name_or_path", "tasks[0].name")."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            yield from _json_paths(item, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _json_paths(item, f"{key}[{index}]")
+    elif isinstance(value, str):
+        yield key, value
+
+
+def local_path_problems(folder: Path, names: list[str]) -> list[str]:
+    """The places in the text files of `names` (config.json, the card, the adapter's config, ...) that hold an
+    absolute path of this machine, named by file and key (JSON) or line (the card): a push would publish the
+    trainer's user name and file system layout, and the path means nothing on another machine."""
+    roots = _machine_roots(folder)
+    problems = []
+    for name in names:
+        path = folder / name
+        if (
+            not name.endswith(PATH_CHECKED_SUFFIXES)
+            or Path(name).name in PATH_CHECK_SKIPPED
+            or not path.is_file()
+        ):
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue  # unreadable files are refused by their own checks
+        if name.endswith(".json"):
+            try:
+                strings = list(_json_paths(json.loads(text)))
+            except json.JSONDecodeError:
+                continue
+            problems += [
+                f"{name} {key} is {value!r}, a path of this machine"
+                for key, value in strings
+                if _is_machine_path(value, roots)
+            ]
+            continue
+        for number, line in enumerate(text.splitlines(), start=1):
+            problems += [
+                f"{name} line {number} holds {match!r}, a path of this machine"
+                for match in _ABSOLUTE_PATH_IN_TEXT.findall(line)
+                if _is_machine_path(match.rstrip(".:"), roots)
+            ]
+    if problems:
+        problems[-1] += (
+            " (a push would publish it: replace it with the Hub id or folder name, e.g. re-save the model with "
+            "this version of multitask-encoder, which records a local backbone by its folder name)"
+        )
+    return problems
+
+
 def plan_upload(folder: str | os.PathLike[str], repo_id: str | None = None) -> UploadPlan:
     """Check `folder` statically and list what to upload; raises PushError naming every problem found."""
     folder = Path(folder).resolve()
@@ -357,7 +438,10 @@ def plan_upload(folder: str | os.PathLike[str], repo_id: str | None = None) -> U
     ]
     names = list(dict.fromkeys(names))
     # (A card rendered in memory is no file of the folder.)
-    problems += _link_problems(folder, [n for n in names if not (n == CARD_FILENAME and card is not None)])
+    folder_files = [n for n in names if not (n == CARD_FILENAME and card is not None)]
+    problems += _link_problems(folder, folder_files)
+    if not problems:  # (only the folder's own files are read)
+        problems += local_path_problems(folder, folder_files)
     if problems:
         raise PushError(f"{folder} is not ready to share: " + "; ".join(problems))
 

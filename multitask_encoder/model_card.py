@@ -27,7 +27,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from .arguments import MULTITASK_OPTIONS
-from .backbone import DEFAULT_BACKBONE_HUB_ID, PACKAGED_BACKBONE
+from .backbone import DEFAULT_BACKBONE_HUB_ID, PACKAGED_BACKBONE, public_backbone_name
 from .model.configuration_multitask_encoder import MultiTaskEncoderConfig, TaskSpec
 from .task_types import task_type
 
@@ -655,7 +655,14 @@ def training_hyperparameters(training_args: Any, model_args: Any) -> dict[str, A
             )
     if model_args is not None:
         values.update(asdict(model_args) if is_dataclass(model_args) else dict(model_args))
-    return {name: value for name, value in values.items() if value is not None}
+        if values.get("backbone") is not None:
+            values["backbone"] = public_backbone_name(values["backbone"])  # no local path in a public card
+    # Any other path of this machine (an option naming a file) by its name only.
+    return {
+        name: describe_data(value) if isinstance(value, str) and os.path.isabs(value) else value
+        for name, value in values.items()
+        if value is not None
+    }
 
 
 def write_model_card(

@@ -316,7 +316,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         all-MiniLM-L6-v2 Hub id) means the packaged all-MiniLM-L6-v2 copy, checked against the official sha256
         before use.
         """
-        base_model_name = None if name_or_path is None else str(name_or_path)
+        base_model_name = None if name_or_path is None else published_backbone_name(str(name_or_path))
         if cls.backbone_resolver is not None:
             name_or_path, base_model_name = cls.backbone_resolver(name_or_path)
         if name_or_path is None:
@@ -330,7 +330,8 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
                 "and labels and add tasks, load it (MultiTaskEncoderModel.from_pretrained) and call "
                 "model.add_task(name, spec), or give `init_from:` in a training config."
             )
-        encoder_config._name_or_path = base_model_name or ""  # saved nested in config.json: no local path
+        # Saved nested in config.json (and published): the backbone's Hub id or folder name, never a local path.
+        encoder_config._name_or_path = base_model_name or ""
         backbone = sentence_transformers_settings(name_or_path, **hub_kwargs)
         pooling = _backbone_setting("pooling", pooling, backbone, "mean", base_model_name)
         normalize = _backbone_setting("normalize", normalize, backbone, True, base_model_name)
@@ -979,6 +980,21 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         return plan.run_encoder(encoder_inputs, layers)
 
 
+def published_backbone_name(name_or_path: str) -> str:
+    """The name a backbone is recorded by in what a saved model publishes (config.json's `base_model_name` and
+    the encoder's `_name_or_path`, the card, the adapter's config): a Hub id as given; a local folder by the Hub
+    id it was downloaded as (a Hub cache snapshot, `.../models--org--name/snapshots/<commit>`), else by its
+    folder's name as a relative path (`./name`: no Hub id, it loads from the folder's parent), so that no path
+    of the training machine is written into a saved file."""
+    if not os.path.isdir(name_or_path):
+        return name_or_path
+    parts = os.path.abspath(name_or_path).split(os.sep)
+    for index, part in enumerate(parts[:-2]):
+        if part.startswith("models--") and parts[index + 1] == "snapshots":
+            return part[len("models--") :].replace("--", "/")
+    return "./" + os.path.basename(os.path.abspath(name_or_path))
+
+
 # sentence-transformers modules.json types -> what `from_backbone` makes of them (by the class name, the last part
 # of the type: "sentence_transformers.models.Pooling" and "sentence_transformers.sentence_transformer.modules.Pooling"
 # are both "Pooling"). Any other module (Dense, LayerNorm, WeightedLayerPooling, ...) changes the embedding in a
@@ -1145,4 +1161,6 @@ __all__ = [
     "MultiTaskEncoderPreTrainedModel",
     "Pooling",
     "TaskHead",
+    "published_backbone_name",
+    "sentence_transformers_settings",
 ]

@@ -68,6 +68,7 @@ from transformers.dynamic_module_utils import get_relative_imports
 from .cli import OneLineArgumentParser, add_common_options, debug_requested, run_command
 from .errors import MultiTaskEncoderError
 from .model.configuration_multitask_encoder import MultiTaskEncoderConfig
+from .model.modeling_multitask_encoder import ADAPTER_HEADS_FILENAME
 from .model_card import CARD_FILENAME, render_model_card
 
 CONFIG_FILENAME = "config.json"
@@ -107,7 +108,7 @@ SENTENCE_TRANSFORMERS_FILENAMES = (
 )
 PLOTS_DIR = "plots"
 ADAPTER_DIR = "adapter"
-ADAPTER_FILENAMES = ("adapter_config.json", "adapter_model.safetensors")
+ADAPTER_FILENAMES = ("adapter_config.json", "adapter_model.safetensors", ADAPTER_HEADS_FILENAME)
 DEFAULT_COMMIT_MESSAGE = "Upload multi-task encoder"
 CHECK_SENTENCE = "The striker scored twice as United won the cup final in London."
 LOAD_CHECK_TIMEOUT = 1800  # seconds; a large encoder on a slow CPU still loads well within this

@@ -54,6 +54,10 @@ class MultiTaskEncoderConfig(PretrainedConfig):
             encoder and the encoder it started from (`multitask_encoder.interpolate`): `alpha` (1: the trained
             encoder, 0: the original), `original` and `trained` (their names) and `heads` (`"trained"`: kept
             from the trained model, `"refit"`: refit on the interpolated encoder).
+        merged_adapter (`str`, *optional*):
+            Set when the encoder holds a PEFT adapter merged into its weights (training with `peft:`): the folder,
+            relative to the model's, that holds the adapter alone with the heads it was trained with (`adapter`).
+            `load_adapter` refuses such a model (it would apply the adapter twice).
     """
 
     model_type = "multitask_encoder"
@@ -74,6 +78,7 @@ class MultiTaskEncoderConfig(PretrainedConfig):
         sequence_classification_task: str | None = None,
         token_classification_task: str | None = None,
         weight_interpolation: dict[str, Any] | None = None,
+        merged_adapter: str | None = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(encoder_config, dict):
@@ -104,6 +109,7 @@ class MultiTaskEncoderConfig(PretrainedConfig):
                 f"weight_interpolation must be a mapping (alpha, original, trained), got {weight_interpolation!r}."
             )
         self.weight_interpolation = None if weight_interpolation is None else dict(weight_interpolation)
+        self.merged_adapter = merged_adapter
         # `PretrainedConfig()` is built with no arguments by transformers internals (e.g. to diff against
         # defaults when saving), so an empty task dict is allowed here and refused when a model is built.
         self.tasks: dict[str, TaskSpec] = parse_tasks(tasks or {})

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers.modeling_utils import load_state_dict
 from transformers.utils import ModelOutput, cached_file
 
 from .configuration_multitask_encoder import MultiTaskEncoderConfig
@@ -55,6 +56,10 @@ from .predict_multitask_encoder import (
 from .tasks_multitask_encoder import EncoderFeatures, HeadSpec, TaskSpec, parse_task_spec
 
 logger = logging.getLogger(__name__)
+
+# Beside a PEFT adapter of the encoder (`adapter/` of a model trained with `peft:`): every weight of the model
+# outside the encoder (heads, projection, ...), which the adapter of the encoder alone does not hold.
+ADAPTER_HEADS_FILENAME = "multitask_heads.safetensors"
 
 
 @dataclass
@@ -473,6 +478,63 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
                 with open(os.path.join(save_directory, name), "w", encoding="utf-8") as f:
                     json.dump(content, f, indent=2)
                     f.write("\n")
+
+    def load_adapter(
+        self, peft_model_id: str | os.PathLike[str], adapter_name: str | None = None, **kwargs: Any
+    ):
+        """Load a PEFT adapter that training with `peft:` saved (`<model folder>/adapter/`) onto this model: the
+        adapter into the encoder (transformers' PEFT integration: the encoder then runs base weights + adapter)
+        and the heads, projection, ... it was trained with from its `multitask_heads.safetensors`.
+
+        Built from the backbone the adapter was trained on, with the trained model's tasks and options, this
+        gives the trained model back, unmerged (to train the adapter further, or to swap adapters):
+
+            trained = MultiTaskEncoderConfig.from_pretrained(folder)
+            model = MultiTaskEncoderModel.from_backbone(backbone, tasks=trained.tasks, pooling=trained.pooling,
+                normalize=trained.normalize, projection_dim=trained.projection_dim,
+                loss_weighting=trained.loss_weighting, max_seq_length=trained.max_seq_length)
+            model.load_adapter(f"{folder}/adapter")
+
+        Refused on a model whose encoder holds an adapter merged already (the trained folder itself: its
+        weights are base + adapter, and loading the adapter again would apply it twice), on an adapter without
+        the heads file (an adapter of the encoder alone: `model.encoder.load_adapter(path)`), and when the
+        heads do not fit this model's tasks. Other arguments go to transformers' `load_adapter`."""
+        source = str(peft_model_id)
+        if self.config.merged_adapter:
+            raise ValueError(
+                f"This model's encoder holds a PEFT adapter merged into its weights already (config.merged_adapter: "
+                f"{self.config.merged_adapter!r}): it is the trained model as it is, and loading {source} on top "
+                "would apply the adapter twice. For the unmerged model, build it from the backbone the adapter was "
+                "trained on and load the adapter there (see MultiTaskEncoderModel.load_adapter's docstring)."
+            )
+        options = {key: value for key, value in kwargs.items() if key in HUB_FILE_OPTIONS}
+        heads_file = cached_file(
+            source, ADAPTER_HEADS_FILENAME, _raise_exceptions_for_missing_entries=False, **options
+        )
+        if heads_file is None:
+            raise ValueError(
+                f"{source} has no {ADAPTER_HEADS_FILENAME}: it is an adapter of an encoder alone, without the "
+                "heads it was trained with. Load it into the encoder with model.encoder.load_adapter(...); the "
+                "heads stay this model's."
+            )
+        heads = load_state_dict(heads_file)
+        expected = {key: value for key, value in self.state_dict().items() if not key.startswith("encoder.")}
+        missing = sorted(set(expected) - set(heads))
+        unexpected = sorted(set(heads) - set(expected))
+        mismatched = [
+            f"{key} is {list(heads[key].shape)} there but {list(expected[key].shape)} here"
+            for key in sorted(set(heads) & set(expected))
+            if heads[key].shape != expected[key].shape
+        ]
+        if missing or unexpected or mismatched:
+            raise ValueError(
+                f"The heads saved with the adapter {source} do not fit this model (tasks "
+                f"{list(self.config.tasks)}): missing {missing}, unexpected {unexpected}, shapes {mismatched}. Build "
+                "the model with the trained model's tasks and options (its config.json)."
+            )
+        self.encoder.load_adapter(source, adapter_name=adapter_name, **kwargs)
+        self.load_state_dict(heads, strict=False)  # the encoder's weights are the backbone's + the adapter
+        return self
 
     @property
     def max_seq_length(self) -> int:

@@ -69,12 +69,11 @@ from .cli import OneLineArgumentParser, add_common_options, debug_requested, run
 from .errors import MultiTaskEncoderError
 from .model.configuration_multitask_encoder import MultiTaskEncoderConfig
 from .model.modeling_multitask_encoder import ADAPTER_HEADS_FILENAME
-from .model_card import CARD_FILENAME, render_model_card
+from .model_card import CARD_FILENAME, EVAL_RESULTS_FILENAME, PLOTS_DIR, render_model_card
 
 CONFIG_FILENAME = "config.json"
 WEIGHTS_FILENAME = "model.safetensors"
 WEIGHTS_INDEX_FILENAME = "model.safetensors.index.json"
-EVAL_RESULTS_FILENAME = "eval_results.json"
 # Files a saved tokenizer may consist of (transformers 5 writes tokenizer.json + tokenizer_config.json;
 # slow/sentencepiece tokenizers write a vocabulary file instead of, or next to, tokenizer.json).
 TOKENIZER_CONFIG_FILENAME = "tokenizer_config.json"
@@ -106,7 +105,6 @@ SENTENCE_TRANSFORMERS_FILENAMES = (
     "sentence_bert_config.json",
     "config_sentence_transformers.json",
 )
-PLOTS_DIR = "plots"
 ADAPTER_DIR = "adapter"
 ADAPTER_FILENAMES = ("adapter_config.json", "adapter_model.safetensors", ADAPTER_HEADS_FILENAME)
 DEFAULT_COMMIT_MESSAGE = "Upload multi-task encoder"
@@ -358,6 +356,15 @@ def local_path_problems(folder: Path, names: list[str]) -> list[str]:
     return problems
 
 
+def _is_sentence_transformers_card(path: Path) -> bool:
+    """True for the card sentence-transformers writes after training (its front matter's library and tag)."""
+    try:
+        head = path.read_text(encoding="utf-8")[:4000]
+    except (OSError, UnicodeDecodeError):
+        return False
+    return "library_name: sentence-transformers" in head and "generated_from_trainer" in head
+
+
 def plan_upload(folder: str | os.PathLike[str], repo_id: str | None = None) -> UploadPlan:
     """Check `folder` statically and list what to upload; raises PushError naming every problem found."""
     folder = Path(folder).resolve()
@@ -460,6 +467,12 @@ def plan_upload(folder: str | os.PathLike[str], repo_id: str | None = None) -> U
         if p.name not in uploaded and p.name not in uploaded_dirs
     )
     plan = UploadPlan(folder, files, left_out, rendered_card=card is not None)
+    if card is None and _is_sentence_transformers_card(folder / CARD_FILENAME):
+        plan.notes.append(
+            f"{CARD_FILENAME} is the generic card sentence-transformers' trainer writes (no base model, licence, "
+            "language or results; its usage line fails without trust_remote_code): `python -m "
+            f"multitask_encoder.model_card {folder}` writes this package's card instead."
+        )
     if card is not None:
         sources = " and ".join(n for n in (CONFIG_FILENAME, EVAL_RESULTS_FILENAME) if (folder / n).is_file())
         plan.notes.append(

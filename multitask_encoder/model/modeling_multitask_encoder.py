@@ -57,6 +57,13 @@ from .tasks_multitask_encoder import EncoderFeatures, HeadSpec, TaskSpec, parse_
 
 logger = logging.getLogger(__name__)
 
+PROJECTION_ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
+    "identity": nn.Identity,
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+}
+
 # Beside a PEFT adapter of the encoder (`adapter/` of a model trained with `peft:`): every weight of the model
 # outside the encoder (heads, projection, ...), which the adapter of the encoder alone does not hold.
 ADAPTER_HEADS_FILENAME = "multitask_heads.safetensors"
@@ -273,7 +280,13 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             self.encoder.pooler = None
         hidden_size = config.encoder_config.hidden_size
         self.pooling = Pooling(config.pooling)
-        self.projection = nn.Linear(hidden_size, config.projection_dim) if config.projection_dim else None
+        self.projection = (
+            nn.Linear(hidden_size, config.projection_dim, bias=config.projection_bias)
+            if config.projection_dim
+            else None
+        )
+        # No weights: the activation after the projection (a sentence-transformers Dense layer's).
+        self.projection_activation = PROJECTION_ACTIVATION_MODULES[config.projection_activation]()
         # One head per task; similarity and contrastive tasks have none (they score the embeddings themselves).
         self.heads = nn.ModuleDict(
             {
@@ -310,12 +323,13 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         with a BERT-like encoder) and whose heads are freshly initialised. The backbone's tokenizer is
         attached and saved with the model. `hub_kwargs` (revision, token, ...) go to `from_pretrained`.
 
-        A sentence-transformers backbone keeps what makes its embedding its own: `pooling`, `normalize` and
-        `max_seq_length` left at None are read from its modules.json, 1_Pooling/config.json, 2_Normalize and
+        A sentence-transformers backbone keeps what makes its embedding its own: `pooling`, `normalize`,
+        `projection_dim` and `max_seq_length` left at None are read from its modules.json, 1_Pooling/config.json,
+        a Dense module (the projection, with its weights, bias and activation), 2_Normalize and
         sentence_bert_config.json (`sentence_transformers_settings`), so that `encode` before training is
         `SentenceTransformer(backbone).encode`; a value given here overrides the backbone's (logged). A plain
-        encoder pools with `mean` and normalises. A backbone with modules this model does not reproduce (a
-        Dense layer, weighted-mean pooling, ...) is refused, naming the module.
+        encoder pools with `mean` and normalises. A backbone with modules this model does not reproduce
+        (weighted-mean pooling, a LayerNorm module, ...) is refused, naming the module.
 
         With the `multitask_encoder` package imported (it sets `backbone_resolver`), `None` (or the
         all-MiniLM-L6-v2 Hub id) means the packaged all-MiniLM-L6-v2 copy, checked against the official sha256
@@ -340,6 +354,12 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         backbone = sentence_transformers_settings(name_or_path, **hub_kwargs)
         pooling = _backbone_setting("pooling", pooling, backbone, "mean", base_model_name)
         normalize = _backbone_setting("normalize", normalize, backbone, True, base_model_name)
+        dense = backbone.get("projection")
+        if dense is not None:
+            backbone["projection_dim"] = dense["out_features"]
+        projection_dim = _backbone_setting("projection_dim", projection_dim, backbone, None, base_model_name)
+        if projection_dim != (dense or {}).get("out_features"):
+            dense = None  # a projection of another size: new, as for any backbone
         if max_seq_length is None:
             max_seq_length = backbone.get("max_seq_length")
         config = MultiTaskEncoderConfig(
@@ -347,6 +367,8 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             pooling=pooling,
             normalize=normalize,
             projection_dim=projection_dim,
+            projection_activation=dense["activation"] if dense else "identity",
+            projection_bias=dense["bias"] if dense else True,
             tasks=tasks,
             loss_weighting=loss_weighting,
             max_seq_length=max_seq_length,
@@ -364,6 +386,8 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             raise ValueError(
                 f"Backbone {name_or_path!r} does not fit its own config: missing {missing}, unexpected {unexpected}."
             )
+        if dense is not None:
+            _load_dense_weights(model.projection, name_or_path, dense["path"], hub_kwargs)
         model.tokenizer = AutoTokenizer.from_pretrained(name_or_path, **hub_kwargs)
         # The padding id the tokenizer uses; without it the Trainer "aligns" config and tokenizer, noisily.
         model.config.pad_token_id = model.tokenizer.pad_token_id
@@ -880,9 +904,9 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
 
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
         """Pooled vector `[batch, hidden]` -> the sentence embedding `[batch, embedding_size]`
-        (projection, then L2 normalisation, as configured)."""
+        (projection and its activation, then L2 normalisation, as configured)."""
         if self.projection is not None:
-            pooled = self.projection(pooled)
+            pooled = self.projection_activation(self.projection(pooled))
         if self.config.normalize:
             pooled = F.normalize(pooled, p=2, dim=-1)
         return pooled
@@ -1057,11 +1081,13 @@ def published_backbone_name(name_or_path: str) -> str:
     return "./" + os.path.basename(os.path.abspath(name_or_path))
 
 
-# sentence-transformers modules.json types -> what `from_backbone` makes of them (by the class name, the last part
-# of the type: "sentence_transformers.models.Pooling" and "sentence_transformers.sentence_transformer.modules.Pooling"
-# are both "Pooling"). Any other module (Dense, LayerNorm, WeightedLayerPooling, ...) changes the embedding in a
-# way this model does not reproduce, so such a backbone is refused by the module's name.
-SENTENCE_TRANSFORMERS_MODULES = ("Transformer", "Pooling", "Normalize")
+# The sentence-transformers modules.json types `from_backbone` reproduces, in the only order it reproduces them
+# (by the class name, the last part of the type: "sentence_transformers.models.Pooling" and
+# "sentence_transformers.sentence_transformer.modules.Pooling" are both "Pooling"): the encoder, its pooling, a
+# Dense layer (the projection with its activation), the normalisation. Any other module (LayerNorm,
+# WeightedLayerPooling, a second Dense, ...) changes the embedding in a way this model does not reproduce, so such
+# a backbone is refused by the module's name.
+SENTENCE_TRANSFORMERS_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
 # 1_Pooling/config.json: the `pooling_mode` names (sentence-transformers >= 5.x), and the legacy boolean keys
 # in the order sentence-transformers concatenates them -> this model's pooling modes (None: not supported).
 SENTENCE_TRANSFORMERS_POOLING = {
@@ -1105,13 +1131,16 @@ def _backbone_json(name_or_path: str, filename: str, hub_kwargs: Mapping[str, An
 
 def sentence_transformers_settings(name_or_path: str, **hub_kwargs: Any) -> dict[str, Any]:
     """What makes a sentence-transformers backbone's embedding its own, read from its modules.json,
-    1_Pooling/config.json (pooling), 2_Normalize (normalisation) and sentence_bert_config.json (max_seq_length):
-    {"pooling", "normalize", "max_seq_length"} (each only when the backbone says it), {} for a plain encoder.
+    1_Pooling/config.json (pooling), a Dense module (2_Dense: the projection), 2_Normalize (normalisation) and
+    sentence_bert_config.json (max_seq_length): {"pooling", "projection", "normalize", "max_seq_length"} (each
+    only when the backbone says it; "projection" is the Dense layer's {"path", "out_features", "bias",
+    "activation"}), {} for a plain encoder.
 
     `from_backbone` builds the model from these unless told otherwise, so that `encode` before training is
-    `SentenceTransformer(backbone).encode`. A module this model cannot reproduce (a Dense layer after the
-    pooling, a weighted-mean or last-token pooling, several poolings concatenated, an encoder in a subfolder)
-    is refused, naming it: silently dropping it would give other embeddings than the backbone's."""
+    `SentenceTransformer(backbone).encode`. A module this model cannot reproduce (a weighted-mean or last-token
+    pooling, several poolings concatenated, a Dense layer with a residual or on the token states, modules in
+    another order, an encoder in a subfolder) is refused, naming it: silently dropping it would give other
+    embeddings than the backbone's."""
     settings: dict[str, Any] = {}
     sentence_bert_config = _backbone_json(name_or_path, "sentence_bert_config.json", hub_kwargs) or {}
     if sentence_bert_config.get("max_seq_length"):
@@ -1122,8 +1151,16 @@ def sentence_transformers_settings(name_or_path: str, **hub_kwargs: Any) -> dict
     if not isinstance(modules, list):
         raise ValueError(f"Backbone {name_or_path}: modules.json is not a list of modules.")
     settings["normalize"] = False  # a sentence-transformers model normalises only with a Normalize module
-    for module in modules:
-        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+    kinds = [str(module.get("type", "")).rsplit(".", 1)[-1] for module in modules]
+    supported = [kind for kind in kinds if kind in SENTENCE_TRANSFORMERS_MODULES]
+    if supported == kinds and (
+        len(set(kinds)) != len(kinds) or kinds != sorted(kinds, key=SENTENCE_TRANSFORMERS_MODULES.index)
+    ):
+        raise ValueError(
+            f"Backbone {name_or_path}: its modules.json chains {kinds}, which this model does not reproduce (it "
+            f"runs at most one of each, in the order {list(SENTENCE_TRANSFORMERS_MODULES)})."
+        )
+    for module, kind in zip(modules, kinds):
         path = module.get("path", "")
         if kind not in SENTENCE_TRANSFORMERS_MODULES:
             raise ValueError(
@@ -1142,7 +1179,71 @@ def sentence_transformers_settings(name_or_path: str, **hub_kwargs: Any) -> dict
             settings["normalize"] = True
         if kind == "Pooling":
             settings["pooling"] = _sentence_transformers_pooling(name_or_path, path, hub_kwargs)
+        if kind == "Dense":
+            settings["projection"] = _sentence_transformers_dense(name_or_path, path, hub_kwargs)
     return settings
+
+
+def _sentence_transformers_dense(
+    name_or_path: str, folder: str, hub_kwargs: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The projection the backbone's Dense module (its `folder`/config.json) is: {"path", "out_features",
+    "bias", "activation"}; its weights are read by `_load_dense_weights`."""
+    filename = f"{folder}/config.json"
+    config = _backbone_json(name_or_path, filename, hub_kwargs)
+    if not isinstance(config, dict) or "out_features" not in config:
+        raise ValueError(f"Backbone {name_or_path}: its Dense module has no readable {filename}.")
+    # "torch.nn.modules.activation.Tanh" -> "tanh"; sentence-transformers' default is Tanh.
+    activation = str(config.get("activation_function", "torch.nn.modules.activation.Tanh")).rsplit(".", 1)[-1]
+    activation = activation.lower()
+    unsupported = [
+        f"{key}={config[key]!r}"
+        for key, wanted in (("module_input_name", "sentence_embedding"), ("use_residual", False))
+        if config.get(key, wanted) != wanted
+    ]
+    if config.get("module_output_name") not in (None, config.get("module_input_name", "sentence_embedding")):
+        unsupported.append(f"module_output_name={config['module_output_name']!r}")
+    if activation not in PROJECTION_ACTIVATION_MODULES:
+        unsupported.append(f"activation_function={config.get('activation_function')!r}")
+    if unsupported:
+        raise ValueError(
+            f"Backbone {name_or_path}: its Dense module ({filename}) has {', '.join(unsupported)}, which this model "
+            f"does not reproduce (a linear layer on the sentence embedding with one of the activations "
+            f"{list(PROJECTION_ACTIVATION_MODULES)})."
+        )
+    return {
+        "path": folder,
+        "out_features": int(config["out_features"]),
+        "bias": bool(config.get("bias", True)),
+        "activation": activation,
+    }
+
+
+def _load_dense_weights(
+    projection: nn.Linear, name_or_path: str, folder: str, hub_kwargs: Mapping[str, Any]
+) -> None:
+    """The backbone's Dense weights (`folder`/model.safetensors, else its pytorch_model.bin, read with
+    weights_only) into `projection`."""
+    options = {key: value for key, value in hub_kwargs.items() if key in HUB_FILE_OPTIONS}
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        path = cached_file(
+            name_or_path,
+            f"{folder}/{filename}",
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **options,
+        )
+        if path is not None:
+            break
+    else:
+        raise ValueError(f"Backbone {name_or_path}: its Dense module {folder} has no weights file.")
+    state = {key.removeprefix("linear."): value for key, value in load_state_dict(path).items()}
+    missing, unexpected = projection.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"Backbone {name_or_path}: the Dense weights in {folder} do not fit its config: missing {missing}, "
+            f"unexpected {unexpected}."
+        )
 
 
 def _sentence_transformers_pooling(name_or_path: str, folder: str, hub_kwargs: Mapping[str, Any]) -> str:

@@ -10,7 +10,10 @@ Before anything is uploaded the folder must pass two checks:
    tokenizer, and a model card `README.md` (rendered from `config.json` + `eval_results.json` when
    missing; the folder itself is never modified). Every file is uploaded as itself: one whose real path
    (symlinks resolved) is not that file of the folder is refused, so `README.md -> .env` cannot publish
-   the secrets and `config.json -> ../x` nothing outside the folder.
+   the secrets and `config.json -> ../x` nothing outside the folder. No uploaded text file (config.json, the
+   card, the adapter's config, ...) may hold an absolute path of this machine (`local_path_problems`: one that
+   exists here or lies under the home, temp or working folder or the model folder's parents), named by file
+   and key: a push would publish the trainer's file system layout.
 2. Dynamic (`check_loads_with_remote_code`): a fresh Python, with `multitask_encoder` made un-importable
    and the Hub offline, loads the folder with `AutoModel`/`AutoTokenizer(trust_remote_code=True)` and runs
    `predict` on a sentence: exactly what a user of the shared repo will run. That executes the folder's
@@ -19,7 +22,7 @@ Before anything is uploaded the folder must pass two checks:
    nothing.
 
 What is uploaded is an allow-list built from what a saved model holds (`UploadPlan.files`): config.json,
-the weights, the code files, the tokenizer files, README.md and eval_results.json. Everything else in an
+the weights, the code files, the tokenizer files, README.md and eval_results.json (and a PEFT run's `adapter/`). Everything else in an
 output folder (`checkpoint-*/`, `runs/`, `optimizer.pt`, `training_args.bin`, `trainer_state.json`, `.env`,
 ...) stays local. `predictions_<task>.csv` files are left out on purpose: they hold the test set's texts
 and gold labels (data whose licence and privacy the model's licence does not cover), the model does not

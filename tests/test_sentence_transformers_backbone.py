@@ -188,6 +188,12 @@ def test_a_projection_of_another_size_replaces_the_dense_layer(
             {**DENSE, "use_residual": True},
             "use_residual=True",
         ),
+        (
+            {"pooling_mode": "mean"},
+            ("Pooling", "Dense"),
+            {**DENSE, "in_features": 100},
+            "do not fit a projection",
+        ),
     ],
     ids=[
         "layer-norm",
@@ -196,6 +202,7 @@ def test_a_projection_of_another_size_replaces_the_dense_layer(
         "two-dense",
         "dense-after-normalize",
         "residual-dense",
+        "dense-of-another-size",
     ],
 )
 def test_modules_the_model_cannot_reproduce_are_refused_by_name(

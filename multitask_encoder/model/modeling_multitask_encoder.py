@@ -1238,12 +1238,14 @@ def _load_dense_weights(
     else:
         raise ValueError(f"Backbone {name_or_path}: its Dense module {folder} has no weights file.")
     state = {key.removeprefix("linear."): value for key, value in load_state_dict(path).items()}
-    missing, unexpected = projection.load_state_dict(state, strict=False)
-    if missing or unexpected:
+    wanted = projection.state_dict()
+    if state.keys() != wanted.keys() or any(state[key].shape != wanted[key].shape for key in wanted):
+        found = {key: list(value.shape) for key, value in state.items()}
         raise ValueError(
-            f"Backbone {name_or_path}: the Dense weights in {folder} do not fit its config: missing {missing}, "
-            f"unexpected {unexpected}."
+            f"Backbone {name_or_path}: the Dense weights in {folder} ({found}) do not fit a projection of its "
+            f"pooled embedding ({ {key: list(value.shape) for key, value in wanted.items()} })."
         )
+    projection.load_state_dict(state)
 
 
 def _sentence_transformers_pooling(name_or_path: str, folder: str, hub_kwargs: Mapping[str, Any]) -> str:

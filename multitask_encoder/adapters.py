@@ -11,7 +11,8 @@ through the adapter.
 The adapter wraps `model.encoder` only (`get_peft_model(model.encoder, ...)`), so the model stays a
 `MultiTaskEncoderModel`: MultiTaskTrainer, its learning-rate groups and checkpoints work unchanged. At the end
 of a run `merge_and_save_adapter` writes the adapter alone to `adapter/` (a standard PEFT adapter of the plain
-backbone) and merges it into the encoder, so the saved folder is an ordinary model that loads anywhere
+backbone, with the heads it was trained with beside it in `multitask_heads.safetensors`) and merges it into the
+encoder, so the saved folder is an ordinary model that loads anywhere
 (sentence-transformers and the pipelines included), without peft.
 
 peft is optional: `pip install 'multitask-encoder[peft]'`.
@@ -22,6 +23,10 @@ from __future__ import annotations
 import json
 import os
 from typing import Any
+
+from safetensors.torch import save_file
+
+from .model.modeling_multitask_encoder import ADAPTER_HEADS_FILENAME
 
 ADAPTER_DIR = "adapter"
 INSTALL_HINT = "pip install 'multitask-encoder[peft]'"
@@ -90,24 +95,42 @@ def trainable_parameters(model) -> tuple[int, int]:
     return sum(p.numel() for p in parameters if p.requires_grad), sum(p.numel() for p in parameters)
 
 
+def merge_adapter(model) -> None:
+    """Merge the encoder's adapter into its weights in place: the model is an ordinary `MultiTaskEncoderModel`
+    again, whose config records it (`merged_adapter`: its `load_adapter` refuses to apply the adapter twice)."""
+    model.encoder = model.encoder.merge_and_unload()
+    model.config.merged_adapter = ADAPTER_DIR
+
+
 def merge_and_save_adapter(model, output_dir: str, base_model_name: str | None) -> None:
-    """Write the adapter alone to `output_dir/adapter/` (for the backbone `base_model_name`), then merge it into
-    the encoder in place: the model is an ordinary `MultiTaskEncoderModel` again."""
+    """Write the adapter alone to `output_dir/adapter/` (for the backbone `base_model_name`) with every weight
+    outside the encoder (heads, projection, ...) beside it in `multitask_heads.safetensors`, so that
+    `MultiTaskEncoderModel.from_backbone(...).load_adapter(output_dir/adapter)` is the trained model, unmerged;
+    then merge it into the encoder (`merge_adapter`)."""
     encoder = model.encoder
     for config in encoder.peft_config.values():
         config.base_model_name_or_path = base_model_name  # not the local path the backbone was read from
     folder = os.path.join(output_dir, ADAPTER_DIR)
-    encoder.save_pretrained(folder)
+    # The embedding layer is never resized here: peft need not look for the base model's config (which a
+    # folder name recorded instead of its local path would not find) to decide whether to save it.
+    encoder.save_pretrained(folder, save_embedding_layers=False)
     readme = os.path.join(folder, "README.md")  # peft's generic template; the model card is the card
     if os.path.isfile(readme):
         os.remove(readme)
-    model.encoder = encoder.merge_and_unload()
+    heads = {
+        key: tensor.detach().contiguous()
+        for key, tensor in model.state_dict().items()
+        if not key.startswith("encoder.")
+    }
+    save_file(heads, os.path.join(folder, ADAPTER_HEADS_FILENAME))
+    merge_adapter(model)
 
 
 __all__ = [
     "ADAPTER_DIR",
     "apply_adapter",
     "has_adapter",
+    "merge_adapter",
     "merge_and_save_adapter",
     "parse_adapter_block",
     "peft_config",

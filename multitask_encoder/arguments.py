@@ -46,8 +46,20 @@ class ModelArguments:
         default=None,
         metadata={"help": "Encoder to start from (Hub id or folder). Default: packaged all-MiniLM-L6-v2."},
     )
-    pooling: str = field(default="mean", metadata={"help": " | ".join(POOLING_MODES)})
-    normalize: bool = field(default=True, metadata={"help": "L2-normalise the sentence embedding."})
+    pooling: str | None = field(
+        default=None,
+        metadata={
+            "help": " | ".join(POOLING_MODES)
+            + " (default: a sentence-transformers backbone's own, else mean)"
+        },
+    )
+    normalize: bool | None = field(
+        default=None,
+        metadata={
+            "help": "L2-normalise the sentence embedding (default: as a sentence-transformers backbone does, "
+            "else true)."
+        },
+    )
     projection_dim: int | None = field(
         default=None, metadata={"help": "Project the pooled vector to this size."}
     )
@@ -68,7 +80,8 @@ class ModelArguments:
     )
 
     def __post_init__(self) -> None:
-        _choice("pooling", self.pooling, POOLING_MODES)
+        if self.pooling is not None:
+            _choice("pooling", self.pooling, POOLING_MODES)
         _choice("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
         self.peft = parse_adapter_block(self.peft)
         if (

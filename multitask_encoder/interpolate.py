@@ -131,6 +131,23 @@ def load_trained(name_or_path: str) -> MultiTaskEncoderModel:
         raise InterpolationError(f"cannot load TRAINED {name_or_path}: {first_line(error)}") from None
 
 
+def recorded_original(trained_model: MultiTaskEncoderModel, trained_name: str) -> str:
+    """The encoder a trained model started from, as its config records it (`base_model_name`): a Hub id, or a
+    local folder by its name only ("./name": no path of the training machine is saved), found only from
+    that folder's parent; refused, asking for ORIGINAL, when it records none or the folder is not here."""
+    original = trained_model.config.base_model_name
+    if original is None:
+        raise InterpolationError(
+            f"{trained_name} does not record the encoder it started from (base_model_name): give ORIGINAL."
+        )
+    if original.startswith("./") and not os.path.isdir(original):
+        raise InterpolationError(
+            f"{trained_name} started from the local folder {original[2:]!r} (base_model_name records its name, "
+            "not its path): give its path as ORIGINAL."
+        )
+    return original
+
+
 def original_encoder_state(original: str) -> dict[str, torch.Tensor]:
     """The encoder weights of ORIGINAL: a plain encoder (folder or Hub id; the default MiniLM resolves to the
     packaged copy) or, for a model trained further with init_from, a multitask-encoder folder's encoder."""
@@ -215,12 +232,7 @@ def interpolate_encoder(
         trained_name = trained_name or display_name(str(trained_model))
         trained_model = load_trained(str(trained_model))
     if original is None:
-        original = trained_model.config.base_model_name
-        if original is None:
-            raise InterpolationError(
-                "the trained model does not record the encoder it started from (config.base_model_name): "
-                "give ORIGINAL."
-            )
+        original = recorded_original(trained_model, "the trained model")
     if isinstance(original, (str, os.PathLike)):
         original_name = original_name or display_name(str(original))
         original_state = original_encoder_state(str(original))
@@ -544,11 +556,7 @@ def run(args: argparse.Namespace) -> None:
     check_output(args.output, args.overwrite)
     trained = load_trained(args.trained)
     trained_name = display_name(args.trained)
-    original = args.original or trained.config.base_model_name
-    if original is None:
-        raise InterpolationError(
-            f"{args.trained} does not record the encoder it started from (base_model_name): give ORIGINAL."
-        )
+    original = args.original or recorded_original(trained, args.trained)
     original_state = original_encoder_state(original)
     check_encoders_match(trained.encoder.state_dict(), original_state)
     names = {"trained_name": trained_name, "original_name": display_name(original)}

@@ -9,13 +9,22 @@ root (one source of truth). The wheel must ship it as package data (`templates/*
     render_model_card(config, results, training, repo_id, revision, datasets)  -> the card's text
     write_model_card(output_dir, config, results, training_args, model_args, tasks, examples)  -> README.md path
     amend_interpolation_note(card, config)  -> an existing card with the WiSE-FT interpolation line
+
+The command regenerates the card of a saved folder, e.g. after sentence-transformers' trainer continued
+training it and wrote its generic card (no base model, licence, language or results; a usage line that fails
+without trust_remote_code) over this one:
+
+    python -m multitask_encoder.model_card FOLDER [--from-card OLD_README.md] [--language en] [--license L]
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
+import json
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, is_dataclass
 from enum import Enum
@@ -27,7 +36,9 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from .arguments import MULTITASK_OPTIONS
-from .backbone import DEFAULT_BACKBONE_HUB_ID, PACKAGED_BACKBONE
+from .backbone import DEFAULT_BACKBONE_HUB_ID, PACKAGED_BACKBONE, public_backbone_name
+from .cli import OneLineArgumentParser, add_common_options, debug_requested, run_command
+from .errors import MultiTaskEncoderError
 from .model.configuration_multitask_encoder import MultiTaskEncoderConfig, TaskSpec
 from .task_types import task_type
 
@@ -655,7 +666,14 @@ def training_hyperparameters(training_args: Any, model_args: Any) -> dict[str, A
             )
     if model_args is not None:
         values.update(asdict(model_args) if is_dataclass(model_args) else dict(model_args))
-    return {name: value for name, value in values.items() if value is not None}
+        if values.get("backbone") is not None:
+            values["backbone"] = public_backbone_name(values["backbone"])  # no local path in a public card
+    # Any other path of this machine (an option naming a file) by its name only.
+    return {
+        name: describe_data(value) if isinstance(value, str) and os.path.isabs(value) else value
+        for name, value in values.items()
+        if value is not None
+    }
 
 
 def write_model_card(
@@ -693,3 +711,110 @@ def write_model_card(
     with open(path, "w", encoding="utf-8") as f:
         f.write(content)
     return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The command: regenerate a folder's card
+# ----------------------------------------------------------------------------------------------------------
+EVAL_RESULTS_FILENAME = "eval_results.json"
+PLOTS_DIR = "plots"
+
+
+class CardError(MultiTaskEncoderError):
+    """A folder whose card cannot be regenerated, explained in one line."""
+
+
+def regenerate_model_card(
+    folder: str | os.PathLike[str],
+    from_card: str | os.PathLike[str] | None = None,
+    language: list[str] | None = None,
+    license: str | None = None,
+    repo_id: str | None = None,
+) -> str:
+    """Write this package's card for the model in `folder` into `folder/README.md` (replacing what is there),
+    rendered from its config.json, its eval_results.json when present (scores of this model: the scores of
+    the model it was trained from do not describe it) and its plots/. `from_card` (a README.md, e.g. the card
+    that was replaced) gives the language, licence and data when not given here. Returns the card's path."""
+    folder = os.fspath(folder)
+    config_path = os.path.join(folder, "config.json")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            is_ours = json.load(f).get("model_type") == MultiTaskEncoderConfig.model_type
+        config = MultiTaskEncoderConfig.from_pretrained(folder) if is_ours else None
+    except Exception as error:  # missing, not JSON, not a config: one line
+        raise CardError(f"{config_path} is no readable config: {type(error).__name__}: {error}") from None
+    if config is None or not config.tasks:
+        raise CardError(f"{config_path} is not a multitask-encoder model's config.")
+    datasets = None
+    if from_card is not None:
+        if not os.path.isfile(from_card):
+            raise CardError(f"--from-card {from_card}: no such file.")
+        old = ModelCard.load(from_card, ignore_metadata_errors=True).data
+        language = language or ([old.language] if isinstance(old.language, str) else old.language)
+        license = license or old.license
+        datasets = [old.datasets] if isinstance(old.datasets, str) else old.datasets
+    results = None
+    results_path = os.path.join(folder, EVAL_RESULTS_FILENAME)
+    if os.path.isfile(results_path):
+        try:
+            with open(results_path, encoding="utf-8") as f:
+                results = json.load(f)
+        except (OSError, json.JSONDecodeError) as error:
+            raise CardError(f"{results_path} is not readable JSON: {error}") from None
+    plots_dir = os.path.join(folder, PLOTS_DIR)
+    plots = (
+        sorted(f"{PLOTS_DIR}/{name}" for name in os.listdir(plots_dir) if name.endswith(".png"))
+        if os.path.isdir(plots_dir)
+        else None
+    )
+    content = render_model_card(
+        config,
+        results=results,
+        repo_id=repo_id,
+        datasets=datasets,
+        license=license or "apache-2.0",
+        language=language,
+        plots=plots,
+    )
+    path = os.path.join(folder, CARD_FILENAME)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(content)
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(
+        prog="python -m multitask_encoder.model_card",
+        description="Write this package's model card (README.md) for a saved multi-task encoder folder, replacing "
+        "the card there (e.g. the generic one sentence-transformers' trainer writes).",
+    )
+    parser.add_argument("folder", metavar="FOLDER", help="a folder saved by train.py / save_pretrained")
+    parser.add_argument(
+        "--from-card",
+        metavar="README",
+        help="a card (e.g. the replaced one) to take language, license, data from",
+    )
+    parser.add_argument("--language", nargs="+", metavar="CODE", help="language codes (e.g. en)")
+    parser.add_argument("--license", metavar="ID", help="a Hub licence id (default: apache-2.0)")
+    parser.add_argument("--repo-id", metavar="ORG/NAME", help="the Hub repo the card is for (usage lines)")
+    add_common_options(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def write() -> None:
+        path = regenerate_model_card(args.folder, args.from_card, args.language, args.license, args.repo_id)
+        print(f"Wrote {path}", flush=True)
+
+    return run_command(
+        write,
+        prefix=f"{build_parser().prog}: error:",
+        refusals=(MultiTaskEncoderError,),
+        debug=debug_requested(args.debug),
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

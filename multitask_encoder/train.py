@@ -33,7 +33,14 @@ from transformers import (
 )
 from transformers.integrations import INTEGRATION_TO_CALLBACK, get_reporting_integration_callbacks
 
-from .adapters import apply_adapter, has_adapter, merge_and_save_adapter, peft_config, trainable_parameters
+from .adapters import (
+    apply_adapter,
+    has_adapter,
+    merge_adapter,
+    merge_and_save_adapter,
+    peft_config,
+    trainable_parameters,
+)
 from .arguments import (
     ARGUMENT_CLASSES,
     MULTITASK_OPTIONS,
@@ -513,7 +520,7 @@ def train_and_save(run: TrainingRun) -> dict[str, Any]:
             with saving_into(output_dir, "the PEFT adapter"):
                 merge_and_save_adapter(model, output_dir, model.config.base_model_name)
         else:
-            model.encoder = model.encoder.merge_and_unload()
+            merge_adapter(model)
     # Saved before anything else can fail. Saving and evaluating are collective in a distributed run (all
     # processes take part; evaluation gathers every process's share); only the main process writes.
     with saving_into(output_dir, "the trained model"):

@@ -123,11 +123,17 @@ def test_resolve_backbone(minilm_path: str, tiny_backbone: str) -> None:
     assert resolve_backbone(Path(tiny_backbone)) == tiny_backbone
 
 
-def test_public_backbone_name_hides_the_packaged_path(minilm_path: str, tiny_backbone: str) -> None:
+def test_public_backbone_name_hides_local_paths(minilm_path: str, tiny_backbone: str, tmp_path: Path) -> None:
     assert backbone.public_backbone_name(None) == DEFAULT_BACKBONE_HUB_ID
     assert backbone.public_backbone_name(minilm_path) == DEFAULT_BACKBONE_HUB_ID
     assert backbone.public_backbone_name(minilm_path + "/") == DEFAULT_BACKBONE_HUB_ID
-    assert backbone.public_backbone_name(tiny_backbone) == tiny_backbone  # another folder: as given
+    # Another folder: its name only (no path of this machine is published); a Hub cache snapshot: its Hub id.
+    assert backbone.public_backbone_name(tiny_backbone) == "./" + os.path.basename(tiny_backbone)
+    snapshot = (
+        tmp_path / "hub" / "models--BAAI--bge-small-en-v1.5" / "snapshots" / "5c38ec7c405ec4b44b94cc5a9bb"
+    )
+    snapshot.mkdir(parents=True)
+    assert backbone.public_backbone_name(str(snapshot)) == "BAAI/bge-small-en-v1.5"
     assert backbone.public_backbone_name("bert-base-uncased") == "bert-base-uncased"
 
 

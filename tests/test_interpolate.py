@@ -95,7 +95,12 @@ def test_alpha_one_is_the_trained_model_zero_the_original_half_the_midpoint(trai
     assert np.array_equal(one.encode(TEXTS), model.encode(TEXTS))
     assert one.predict(TEXTS) == model.predict(TEXTS)
 
-    zero = interpolate_encoder(model, None, 0.0)  # None: the trained model's base_model_name
+    # None: the trained model's base_model_name, the backbone's folder name ("./tiny_minilm0": no local path
+    # is saved), which loads from the folder's parent.
+    assert model.config.base_model_name == "./" + Path(tiny_backbone).name
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(Path(tiny_backbone).parent)
+        zero = interpolate_encoder(model, None, 0.0)
     state = zero.encoder.state_dict()
     assert state.keys() == original.keys()
     assert all(torch.equal(state[k], original[k]) for k in state)
@@ -130,6 +135,7 @@ def test_the_command_writes_a_folder_that_records_alpha_and_reloads_in_a_fresh_p
             "-m",
             "multitask_encoder.interpolate",
             str(folder),
+            tiny_backbone,  # (the recorded base_model_name is the folder's name, not its path)
             "--alpha",
             "0.5",
             "-o",
@@ -205,6 +211,7 @@ def test_refit_heads_changes_the_heads_and_keeps_the_interpolated_encoder(
     out = tmp_path / "refit"
     argv = [
         str(folder),
+        tiny_backbone,
         "--alpha",
         "0.5",
         "--config",

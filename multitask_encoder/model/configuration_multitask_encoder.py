@@ -16,6 +16,8 @@ from transformers import AutoConfig, PretrainedConfig
 from .tasks_multitask_encoder import TASK_TYPES, HeadSpec, TaskSpec, parse_task_spec, parse_tasks
 
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
+# What follows the projection (a sentence-transformers Dense layer's activation: its Tanh by default).
+PROJECTION_ACTIVATIONS = ("identity", "tanh", "relu", "gelu")
 LOSS_WEIGHTINGS = ("static", "uncertainty")
 
 
@@ -34,6 +36,9 @@ class MultiTaskEncoderConfig(PretrainedConfig):
             L2-normalise the sentence embedding (the heads read the normalised vector).
         projection_dim (`int`, *optional*):
             If set, a linear projection of the pooled vector to this size (before normalisation).
+        projection_activation (`str`, defaults to `"identity"`), projection_bias (`bool`, defaults to `True`):
+            The projection's activation (one of `PROJECTION_ACTIVATIONS`) and whether it has a bias: a
+            sentence-transformers backbone's Dense layer becomes the projection with its own.
         tasks (`dict[str, dict]` or `list[dict]`):
             Ordered mapping task name -> spec (`type`, `labels`, `head`, `loss_weight` and the type's own
             options); see [`TaskSpec`] and the task types in `tasks_multitask_encoder.py`. The order fixes the order of the per-task logits in the model output. It is saved
@@ -54,6 +59,10 @@ class MultiTaskEncoderConfig(PretrainedConfig):
             encoder and the encoder it started from (`multitask_encoder.interpolate`): `alpha` (1: the trained
             encoder, 0: the original), `original` and `trained` (their names) and `heads` (`"trained"`: kept
             from the trained model, `"refit"`: refit on the interpolated encoder).
+        merged_adapter (`str`, *optional*):
+            Set when the encoder holds a PEFT adapter merged into its weights (training with `peft:`): the folder,
+            relative to the model's, that holds the adapter alone with the heads it was trained with (`adapter`).
+            `load_adapter` refuses such a model (it would apply the adapter twice).
     """
 
     model_type = "multitask_encoder"
@@ -67,6 +76,8 @@ class MultiTaskEncoderConfig(PretrainedConfig):
         pooling: str = "mean",
         normalize: bool = True,
         projection_dim: int | None = None,
+        projection_activation: str = "identity",
+        projection_bias: bool = True,
         tasks: dict[str, Any] | list[dict[str, Any]] | None = None,
         loss_weighting: str = "static",
         max_seq_length: int | None = None,
@@ -74,6 +85,7 @@ class MultiTaskEncoderConfig(PretrainedConfig):
         sequence_classification_task: str | None = None,
         token_classification_task: str | None = None,
         weight_interpolation: dict[str, Any] | None = None,
+        merged_adapter: str | None = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(encoder_config, dict):
@@ -89,6 +101,13 @@ class MultiTaskEncoderConfig(PretrainedConfig):
         if projection_dim is not None and int(projection_dim) < 1:
             raise ValueError(f"projection_dim must be a positive integer, got {projection_dim}.")
         self.projection_dim = None if projection_dim is None else int(projection_dim)
+        if projection_activation not in PROJECTION_ACTIVATIONS:
+            raise ValueError(
+                f"Unknown projection_activation {projection_activation!r}; expected one of "
+                f"{list(PROJECTION_ACTIVATIONS)}."
+            )
+        self.projection_activation = projection_activation
+        self.projection_bias = bool(projection_bias)
         if loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(
                 f"Unknown loss_weighting {loss_weighting!r}; expected one of {list(LOSS_WEIGHTINGS)}."
@@ -104,6 +123,7 @@ class MultiTaskEncoderConfig(PretrainedConfig):
                 f"weight_interpolation must be a mapping (alpha, original, trained), got {weight_interpolation!r}."
             )
         self.weight_interpolation = None if weight_interpolation is None else dict(weight_interpolation)
+        self.merged_adapter = merged_adapter
         # `PretrainedConfig()` is built with no arguments by transformers internals (e.g. to diff against
         # defaults when saving), so an empty task dict is allowed here and refused when a model is built.
         self.tasks: dict[str, TaskSpec] = parse_tasks(tasks or {})

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers.modeling_utils import load_state_dict
+from transformers.utils import ModelOutput, cached_file
 
 from .configuration_multitask_encoder import MultiTaskEncoderConfig
 from .inference_multitask_encoder import (
@@ -58,6 +59,17 @@ from .predict_multitask_encoder import (
 from .tasks_multitask_encoder import EncoderFeatures, HeadSpec, TaskSpec, parse_task_spec
 
 logger = logging.getLogger(__name__)
+
+PROJECTION_ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
+    "identity": nn.Identity,
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+}
+
+# Beside a PEFT adapter of the encoder (`adapter/` of a model trained with `peft:`): every weight of the model
+# outside the encoder (heads, projection, ...), which the adapter of the encoder alone does not hold.
+ADAPTER_HEADS_FILENAME = "multitask_heads.safetensors"
 
 
 @dataclass
@@ -289,7 +301,13 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             self.encoder.pooler = None
         hidden_size = config.encoder_config.hidden_size
         self.pooling = Pooling(config.pooling)
-        self.projection = nn.Linear(hidden_size, config.projection_dim) if config.projection_dim else None
+        self.projection = (
+            nn.Linear(hidden_size, config.projection_dim, bias=config.projection_bias)
+            if config.projection_dim
+            else None
+        )
+        # No weights: the activation after the projection (a sentence-transformers Dense layer's).
+        self.projection_activation = PROJECTION_ACTIVATION_MODULES[config.projection_activation]()
         # One head per task; similarity and contrastive tasks have none (they score the embeddings themselves).
         self.heads = nn.ModuleDict(
             {
@@ -314,8 +332,8 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         cls,
         name_or_path: str | None = None,
         tasks: dict[str, Any] | list[dict[str, Any]] | None = None,
-        pooling: str = "mean",
-        normalize: bool = True,
+        pooling: str | None = None,
+        normalize: bool | None = None,
         projection_dim: int | None = None,
         loss_weighting: str = "static",
         max_seq_length: int | None = None,
@@ -326,11 +344,19 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         with a BERT-like encoder) and whose heads are freshly initialised. The backbone's tokenizer is
         attached and saved with the model. `hub_kwargs` (revision, token, ...) go to `from_pretrained`.
 
+        A sentence-transformers backbone keeps what makes its embedding its own: `pooling`, `normalize`,
+        `projection_dim` and `max_seq_length` left at None are read from its modules.json, 1_Pooling/config.json,
+        a Dense module (the projection, with its weights, bias and activation), 2_Normalize and
+        sentence_bert_config.json (`sentence_transformers_settings`), so that `encode` before training is
+        `SentenceTransformer(backbone).encode`; a value given here overrides the backbone's (logged). A plain
+        encoder pools with `mean` and normalises. A backbone with modules this model does not reproduce
+        (weighted-mean pooling, a LayerNorm module, ...) is refused, naming the module.
+
         With the `multitask_encoder` package imported (it sets `backbone_resolver`), `None` (or the
         all-MiniLM-L6-v2 Hub id) means the packaged all-MiniLM-L6-v2 copy, checked against the official sha256
         before use.
         """
-        base_model_name = None if name_or_path is None else str(name_or_path)
+        base_model_name = None if name_or_path is None else published_backbone_name(str(name_or_path))
         if cls.backbone_resolver is not None:
             name_or_path, base_model_name = cls.backbone_resolver(name_or_path)
         if name_or_path is None:
@@ -344,14 +370,26 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
                 "and labels and add tasks, load it (MultiTaskEncoderModel.from_pretrained) and call "
                 "model.add_task(name, spec), or give `init_from:` in a training config."
             )
-        encoder_config._name_or_path = base_model_name or ""  # saved nested in config.json: no local path
+        # Saved nested in config.json (and published): the backbone's Hub id or folder name, never a local path.
+        encoder_config._name_or_path = base_model_name or ""
+        backbone = sentence_transformers_settings(name_or_path, **hub_kwargs)
+        pooling = _backbone_setting("pooling", pooling, backbone, "mean", base_model_name)
+        normalize = _backbone_setting("normalize", normalize, backbone, True, base_model_name)
+        dense = backbone.get("projection")
+        if dense is not None:
+            backbone["projection_dim"] = dense["out_features"]
+        projection_dim = _backbone_setting("projection_dim", projection_dim, backbone, None, base_model_name)
+        if projection_dim != (dense or {}).get("out_features"):
+            dense = None  # a projection of another size: new, as for any backbone
         if max_seq_length is None:
-            max_seq_length = _sentence_transformers_max_length(name_or_path)
+            max_seq_length = backbone.get("max_seq_length")
         config = MultiTaskEncoderConfig(
             encoder_config=encoder_config,
             pooling=pooling,
             normalize=normalize,
             projection_dim=projection_dim,
+            projection_activation=dense["activation"] if dense else "identity",
+            projection_bias=dense["bias"] if dense else True,
             tasks=tasks,
             loss_weighting=loss_weighting,
             max_seq_length=max_seq_length,
@@ -369,6 +407,8 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             raise ValueError(
                 f"Backbone {name_or_path!r} does not fit its own config: missing {missing}, unexpected {unexpected}."
             )
+        if dense is not None:
+            _load_dense_weights(model.projection, name_or_path, dense["path"], hub_kwargs)
         model.tokenizer = AutoTokenizer.from_pretrained(name_or_path, **hub_kwargs)
         # The padding id the tokenizer uses; without it the Trainer "aligns" config and tokenizer, noisily.
         model.config.pad_token_id = model.tokenizer.pad_token_id
@@ -485,6 +525,63 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
                 with open(os.path.join(save_directory, name), "w", encoding="utf-8") as f:
                     json.dump(content, f, indent=2)
                     f.write("\n")
+
+    def load_adapter(
+        self, peft_model_id: str | os.PathLike[str], adapter_name: str | None = None, **kwargs: Any
+    ):
+        """Load a PEFT adapter that training with `peft:` saved (`<model folder>/adapter/`) onto this model: the
+        adapter into the encoder (transformers' PEFT integration: the encoder then runs base weights + adapter)
+        and the heads, projection, ... it was trained with from its `multitask_heads.safetensors`.
+
+        Built from the backbone the adapter was trained on, with the trained model's tasks and options, this
+        gives the trained model back, unmerged (to train the adapter further, or to swap adapters):
+
+            trained = MultiTaskEncoderConfig.from_pretrained(folder)
+            model = MultiTaskEncoderModel.from_backbone(backbone, tasks=trained.tasks, pooling=trained.pooling,
+                normalize=trained.normalize, projection_dim=trained.projection_dim,
+                loss_weighting=trained.loss_weighting, max_seq_length=trained.max_seq_length)
+            model.load_adapter(f"{folder}/adapter")
+
+        Refused on a model whose encoder holds an adapter merged already (the trained folder itself: its
+        weights are base + adapter, and loading the adapter again would apply it twice), on an adapter without
+        the heads file (an adapter of the encoder alone: `model.encoder.load_adapter(path)`), and when the
+        heads do not fit this model's tasks. Other arguments go to transformers' `load_adapter`."""
+        source = str(peft_model_id)
+        if self.config.merged_adapter:
+            raise ValueError(
+                f"This model's encoder holds a PEFT adapter merged into its weights already (config.merged_adapter: "
+                f"{self.config.merged_adapter!r}): it is the trained model as it is, and loading {source} on top "
+                "would apply the adapter twice. For the unmerged model, build it from the backbone the adapter was "
+                "trained on and load the adapter there (see MultiTaskEncoderModel.load_adapter's docstring)."
+            )
+        options = {key: value for key, value in kwargs.items() if key in HUB_FILE_OPTIONS}
+        heads_file = cached_file(
+            source, ADAPTER_HEADS_FILENAME, _raise_exceptions_for_missing_entries=False, **options
+        )
+        if heads_file is None:
+            raise ValueError(
+                f"{source} has no {ADAPTER_HEADS_FILENAME}: it is an adapter of an encoder alone, without the "
+                "heads it was trained with. Load it into the encoder with model.encoder.load_adapter(...); the "
+                "heads stay this model's."
+            )
+        heads = load_state_dict(heads_file)
+        expected = {key: value for key, value in self.state_dict().items() if not key.startswith("encoder.")}
+        missing = sorted(set(expected) - set(heads))
+        unexpected = sorted(set(heads) - set(expected))
+        mismatched = [
+            f"{key} is {list(heads[key].shape)} there but {list(expected[key].shape)} here"
+            for key in sorted(set(heads) & set(expected))
+            if heads[key].shape != expected[key].shape
+        ]
+        if missing or unexpected or mismatched:
+            raise ValueError(
+                f"The heads saved with the adapter {source} do not fit this model (tasks "
+                f"{list(self.config.tasks)}): missing {missing}, unexpected {unexpected}, shapes {mismatched}. Build "
+                "the model with the trained model's tasks and options (its config.json)."
+            )
+        self.encoder.load_adapter(source, adapter_name=adapter_name, **kwargs)
+        self.load_state_dict(heads, strict=False)  # the encoder's weights are the backbone's + the adapter
+        return self
 
     @property
     def max_seq_length(self) -> int:
@@ -832,9 +929,9 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
 
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
         """Pooled vector `[batch, hidden]` -> the sentence embedding `[batch, embedding_size]`
-        (projection, then L2 normalisation, as configured)."""
+        (projection and its activation, then L2 normalisation, as configured)."""
         if self.projection is not None:
-            pooled = self.projection(pooled)
+            pooled = self.projection_activation(self.projection(pooled))
         if self.config.normalize:
             pooled = F.normalize(pooled, p=2, dim=-1)
         return pooled
@@ -998,15 +1095,227 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         return plan.run_encoder(encoder_inputs, layers)
 
 
-def _sentence_transformers_max_length(name_or_path: str) -> int | None:
-    """The max_seq_length a sentence-transformers checkpoint was trained with (256 for all-MiniLM-L6-v2),
-    read from its sentence_bert_config.json when the backbone is a local folder."""
-    path = os.path.join(str(name_or_path), "sentence_bert_config.json")
-    if not os.path.isfile(path):
+def published_backbone_name(name_or_path: str) -> str:
+    """The name a backbone is recorded by in what a saved model publishes (config.json's `base_model_name` and
+    the encoder's `_name_or_path`, the card, the adapter's config): a Hub id as given; a local folder by the Hub
+    id it was downloaded as (a Hub cache snapshot, `.../models--org--name/snapshots/<commit>`), else by its
+    folder's name as a relative path (`./name`: no Hub id, it loads from the folder's parent), so that no path
+    of the training machine is written into a saved file."""
+    if not os.path.isdir(name_or_path):
+        return name_or_path
+    parts = os.path.abspath(name_or_path).split(os.sep)
+    for index, part in enumerate(parts[:-2]):
+        if part.startswith("models--") and parts[index + 1] == "snapshots":
+            return part[len("models--") :].replace("--", "/")
+    return "./" + os.path.basename(os.path.abspath(name_or_path))
+
+
+# The sentence-transformers modules.json types `from_backbone` reproduces, in the only order it reproduces them
+# (by the class name, the last part of the type: "sentence_transformers.models.Pooling" and
+# "sentence_transformers.sentence_transformer.modules.Pooling" are both "Pooling"): the encoder, its pooling, a
+# Dense layer (the projection with its activation), the normalisation. Any other module (LayerNorm,
+# WeightedLayerPooling, a second Dense, ...) changes the embedding in a way this model does not reproduce, so such
+# a backbone is refused by the module's name.
+SENTENCE_TRANSFORMERS_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
+# 1_Pooling/config.json: the `pooling_mode` names (sentence-transformers >= 5.x), and the legacy boolean keys
+# in the order sentence-transformers concatenates them -> this model's pooling modes (None: not supported).
+SENTENCE_TRANSFORMERS_POOLING = {
+    "cls": "cls",
+    "max": "max",
+    "mean": "mean",
+    "mean_sqrt_len_tokens": "mean_sqrt_len",
+    "weightedmean": None,
+    "lasttoken": None,
+}
+SENTENCE_TRANSFORMERS_LEGACY_POOLING = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+# The `from_pretrained` options that also say where a backbone's side files are (the rest is for the weights).
+HUB_FILE_OPTIONS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "proxies")
+
+
+def _backbone_json(name_or_path: str, filename: str, hub_kwargs: Mapping[str, Any]) -> Any:
+    """The JSON of `filename` in the backbone (a folder or a Hub repo), None when it has no such file."""
+    options = {key: value for key, value in hub_kwargs.items() if key in HUB_FILE_OPTIONS}
+    path = cached_file(
+        name_or_path,
+        filename,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+        **options,
+    )
+    if path is None:
         return None
     with open(path, encoding="utf-8") as f:
-        value = json.load(f).get("max_seq_length")
-    return int(value) if value else None
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"Backbone {name_or_path}: {filename} is not valid JSON ({error}).") from None
+
+
+def sentence_transformers_settings(name_or_path: str, **hub_kwargs: Any) -> dict[str, Any]:
+    """What makes a sentence-transformers backbone's embedding its own, read from its modules.json,
+    1_Pooling/config.json (pooling), a Dense module (2_Dense: the projection), 2_Normalize (normalisation) and
+    sentence_bert_config.json (max_seq_length): {"pooling", "projection", "normalize", "max_seq_length"} (each
+    only when the backbone says it; "projection" is the Dense layer's {"path", "out_features", "bias",
+    "activation"}), {} for a plain encoder.
+
+    `from_backbone` builds the model from these unless told otherwise, so that `encode` before training is
+    `SentenceTransformer(backbone).encode`. A module this model cannot reproduce (a weighted-mean or last-token
+    pooling, several poolings concatenated, a Dense layer with a residual or on the token states, modules in
+    another order, an encoder in a subfolder) is refused, naming it: silently dropping it would give other
+    embeddings than the backbone's."""
+    settings: dict[str, Any] = {}
+    sentence_bert_config = _backbone_json(name_or_path, "sentence_bert_config.json", hub_kwargs) or {}
+    if sentence_bert_config.get("max_seq_length"):
+        settings["max_seq_length"] = int(sentence_bert_config["max_seq_length"])
+    modules = _backbone_json(name_or_path, "modules.json", hub_kwargs)
+    if modules is None:
+        return settings
+    if not isinstance(modules, list):
+        raise ValueError(f"Backbone {name_or_path}: modules.json is not a list of modules.")
+    settings["normalize"] = False  # a sentence-transformers model normalises only with a Normalize module
+    kinds = [str(module.get("type", "")).rsplit(".", 1)[-1] for module in modules]
+    supported = [kind for kind in kinds if kind in SENTENCE_TRANSFORMERS_MODULES]
+    if supported == kinds and (
+        len(set(kinds)) != len(kinds) or kinds != sorted(kinds, key=SENTENCE_TRANSFORMERS_MODULES.index)
+    ):
+        raise ValueError(
+            f"Backbone {name_or_path}: its modules.json chains {kinds}, which this model does not reproduce (it "
+            f"runs at most one of each, in the order {list(SENTENCE_TRANSFORMERS_MODULES)})."
+        )
+    for module, kind in zip(modules, kinds):
+        path = module.get("path", "")
+        if kind not in SENTENCE_TRANSFORMERS_MODULES:
+            raise ValueError(
+                f"Backbone {name_or_path}: its modules.json has a {kind or module.get('type')!r} module "
+                f"({path or 'no path'}) after the encoder, which this model does not reproduce: its embeddings "
+                f"would not be the backbone's. Supported modules: {list(SENTENCE_TRANSFORMERS_MODULES)}. To use "
+                "the encoder alone, copy its config.json, weights and tokenizer files to a folder without "
+                "modules.json."
+            )
+        if kind == "Transformer" and path:
+            raise ValueError(
+                f"Backbone {name_or_path}: its encoder is in the subfolder {path!r} (modules.json): give that "
+                "subfolder as the backbone."
+            )
+        if kind == "Normalize":
+            settings["normalize"] = True
+        if kind == "Pooling":
+            settings["pooling"] = _sentence_transformers_pooling(name_or_path, path, hub_kwargs)
+        if kind == "Dense":
+            settings["projection"] = _sentence_transformers_dense(name_or_path, path, hub_kwargs)
+    return settings
+
+
+def _sentence_transformers_dense(
+    name_or_path: str, folder: str, hub_kwargs: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The projection the backbone's Dense module (its `folder`/config.json) is: {"path", "out_features",
+    "bias", "activation"}; its weights are read by `_load_dense_weights`."""
+    filename = f"{folder}/config.json"
+    config = _backbone_json(name_or_path, filename, hub_kwargs)
+    if not isinstance(config, dict) or "out_features" not in config:
+        raise ValueError(f"Backbone {name_or_path}: its Dense module has no readable {filename}.")
+    # "torch.nn.modules.activation.Tanh" -> "tanh"; sentence-transformers' default is Tanh.
+    activation = str(config.get("activation_function", "torch.nn.modules.activation.Tanh")).rsplit(".", 1)[-1]
+    activation = activation.lower()
+    unsupported = [
+        f"{key}={config[key]!r}"
+        for key, wanted in (("module_input_name", "sentence_embedding"), ("use_residual", False))
+        if config.get(key, wanted) != wanted
+    ]
+    if config.get("module_output_name") not in (None, config.get("module_input_name", "sentence_embedding")):
+        unsupported.append(f"module_output_name={config['module_output_name']!r}")
+    if activation not in PROJECTION_ACTIVATION_MODULES:
+        unsupported.append(f"activation_function={config.get('activation_function')!r}")
+    if unsupported:
+        raise ValueError(
+            f"Backbone {name_or_path}: its Dense module ({filename}) has {', '.join(unsupported)}, which this model "
+            f"does not reproduce (a linear layer on the sentence embedding with one of the activations "
+            f"{list(PROJECTION_ACTIVATION_MODULES)})."
+        )
+    return {
+        "path": folder,
+        "out_features": int(config["out_features"]),
+        "bias": bool(config.get("bias", True)),
+        "activation": activation,
+    }
+
+
+def _load_dense_weights(
+    projection: nn.Linear, name_or_path: str, folder: str, hub_kwargs: Mapping[str, Any]
+) -> None:
+    """The backbone's Dense weights (`folder`/model.safetensors, else its pytorch_model.bin, read with
+    weights_only) into `projection`."""
+    options = {key: value for key, value in hub_kwargs.items() if key in HUB_FILE_OPTIONS}
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        path = cached_file(
+            name_or_path,
+            f"{folder}/{filename}",
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **options,
+        )
+        if path is not None:
+            break
+    else:
+        raise ValueError(f"Backbone {name_or_path}: its Dense module {folder} has no weights file.")
+    state = {key.removeprefix("linear."): value for key, value in load_state_dict(path).items()}
+    wanted = projection.state_dict()
+    if state.keys() != wanted.keys() or any(state[key].shape != wanted[key].shape for key in wanted):
+        found = {key: list(value.shape) for key, value in state.items()}
+        raise ValueError(
+            f"Backbone {name_or_path}: the Dense weights in {folder} ({found}) do not fit a projection of its "
+            f"pooled embedding ({ {key: list(value.shape) for key, value in wanted.items()} })."
+        )
+    projection.load_state_dict(state)
+
+
+def _sentence_transformers_pooling(name_or_path: str, folder: str, hub_kwargs: Mapping[str, Any]) -> str:
+    """This model's pooling mode for the backbone's Pooling module (its `folder`/config.json)."""
+    filename = f"{folder}/config.json" if folder else "config.json"
+    config = _backbone_json(name_or_path, filename, hub_kwargs)
+    if not isinstance(config, dict):
+        raise ValueError(f"Backbone {name_or_path}: its Pooling module has no readable {filename}.")
+    modes = config.get("pooling_mode")
+    if modes is None:  # the legacy boolean keys; none set means mean, as sentence-transformers reads them
+        modes = [mode for key, mode in SENTENCE_TRANSFORMERS_LEGACY_POOLING.items() if config.get(key)]
+        modes = modes or ["mean"]
+    modes = [modes] if isinstance(modes, str) else list(modes)
+    pooling = SENTENCE_TRANSFORMERS_POOLING.get(modes[0]) if len(modes) == 1 else None
+    if pooling is None:
+        raise ValueError(
+            f"Backbone {name_or_path}: {filename} pools with {modes}, which this model does not reproduce "
+            f"(it pools with one of {sorted(k for k, v in SENTENCE_TRANSFORMERS_POOLING.items() if v)})."
+        )
+    return pooling
+
+
+def _backbone_setting(
+    name: str, given: Any, backbone: Mapping[str, Any], default: Any, backbone_name: Any
+) -> Any:
+    """`from_backbone`'s value of setting `name`: the one given, else the sentence-transformers backbone's, else
+    `default`. A given value that differs from the backbone's is logged: the model then starts from other
+    embeddings than the backbone's."""
+    if name not in backbone:
+        return default if given is None else given
+    if given is None:
+        logger.info(
+            f"{name}={backbone[name]!r}: read from the sentence-transformers backbone {backbone_name}."
+        )
+        return backbone[name]
+    if given != backbone[name]:
+        logger.warning(
+            f"{name}={given!r} (given) overrides the sentence-transformers backbone {backbone_name}'s "
+            f"{name}={backbone[name]!r}: the embeddings before training are not the backbone's."
+        )
+    return given
 
 
 def sentence_transformers_files(max_seq_length: int) -> dict[str, Any]:
@@ -1046,4 +1355,6 @@ __all__ = [
     "MultiTaskEncoderPreTrainedModel",
     "Pooling",
     "TaskHead",
+    "published_backbone_name",
+    "sentence_transformers_settings",
 ]

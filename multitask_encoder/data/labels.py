@@ -217,25 +217,32 @@ def labelled_rows(table: Table, tasks: list[TaskDataSpec], specs: dict[str, Task
     return rows
 
 
+def label_batches(rows: Dataset, name: str) -> Iterator[list]:
+    """The `labels_<name>` values of `rows`, a batch at a time (memory bounded by a batch)."""
+    column = rows.select_columns([f"labels_{name}"])
+    for start in range(0, rows.num_rows, BATCH_ROWS):
+        yield column[start : start + BATCH_ROWS][f"labels_{name}"]
+
+
 def labelled_count(rows: Dataset, name: str, spec: TaskSpec) -> int:
     """Rows of `rows` that carry a label of task `name`."""
-    column = rows.select_columns([f"labels_{name}"])
-    return sum(
-        task_type(spec).has_label(value)
-        for start in range(0, rows.num_rows, BATCH_ROWS)
-        for value in column[start : start + BATCH_ROWS][f"labels_{name}"]
-    )
+    return sum(task_type(spec).has_label(value) for batch in label_batches(rows, name) for value in batch)
 
 
 def count_labels(spec: TaskSpec, rows: Dataset, name: str) -> dict[str, int]:
     """Label counts of one task in one set, read a batch at a time."""
     counts: Counter = Counter()
-    column = rows.select_columns([f"labels_{name}"])
-    for start in range(0, rows.num_rows, BATCH_ROWS):
-        counts.update(
-            task_type(spec).count_labels(spec, column[start : start + BATCH_ROWS][f"labels_{name}"])
-        )
+    for batch in label_batches(rows, name):
+        counts.update(task_type(spec).count_labels(spec, batch))
     return {label: counts[label] for label in spec.labels}
 
 
-__all__ = ["count_labels", "label_feature", "labelled_count", "labelled_rows", "raw_labels", "row_features"]
+__all__ = [
+    "count_labels",
+    "label_batches",
+    "label_feature",
+    "labelled_count",
+    "labelled_rows",
+    "raw_labels",
+    "row_features",
+]

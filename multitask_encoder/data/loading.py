@@ -15,7 +15,14 @@ from datasets import Dataset
 from ..model.tasks_multitask_encoder import TaskSpec, parse_task_spec
 from ..task_types import task_type
 from ..task_types.types import LabelError, to_float
-from .labels import count_labels, labelled_count, labelled_rows, raw_labels, read_content
+from .labels import (
+    count_labels,
+    label_batches,
+    labelled_count,
+    labelled_rows,
+    raw_labels,
+    read_content,
+)
 from .sources import Source, expand_paths, file_format, group_train_sources, resolve_sources
 from .spec import EVAL_SPLITS, DataError, TaskDataSpec, parse_task_entries, tasks_label
 from .splits import (
@@ -172,6 +179,17 @@ def load_multitask_data(
                 for name in names:
                     held_out[split][name] = task_eval_rows(split_rows, name, specs)
         train_rows[group] = cap_rows(rows, entries[names[0]].max_train_examples, seed)
+    # Options a type learns from its train labels (regression: the targets' mean and std), unless declared.
+    for group, names in groups.items():
+        for name in names:
+            fitted = task_type(specs[name]).fitted_options(
+                specs[name], label_batches(train_rows[group], name)
+            )
+            fitted = {key: value for key, value in fitted.items() if entries[name].model.get(key) is None}
+            if fitted:
+                task_specs[name] = parse_task_spec(name, {**task_specs[name], **fitted}).to_dict()
+                specs[name] = parse_task_spec(name, task_specs[name])
+                logger.info(f"Task {name!r}: from the train labels, {fitted}.")
     eval_rows: dict[str, dict[str, Dataset]] = {split: {} for split in EVAL_SPLITS}
     for split, by_task in eval_rows.items():
         for name, entry in entries.items():

@@ -197,6 +197,11 @@ class TaskType(model_tasks.TaskType):
         """How `labels_<task>` is stored: (dtype, is a list per row)."""
         raise NotImplementedError
 
+    def fitted_options(self, spec: TaskSpec, batches: Iterable[list]) -> dict[str, Any]:
+        """Options the type learns from its train labels (batches of `labels_<task>` values), read once at
+        the start of training and saved with the model; {} for most types."""
+        return {}
+
     # -------------------------------------------------------------- batches
     def collate_labels(self, spec: TaskSpec, values: list[Any], batch: LabelBatch) -> torch.Tensor:
         """Rows' `labels_<task>` (None where a row has no such key) -> the tensor `forward` takes."""
@@ -484,6 +489,38 @@ class Regression(TaskType, model_tasks.Regression):
 
     def label_feature(self, spec):
         return ("float32", spec.num_outputs != 1)
+
+    def fitted_options(self, spec, batches):
+        """The train targets' mean and standard deviation per output (`target_mean`, `target_std`): the head
+        predicts standardised values, which the model maps back to the data's scale. Read a batch at a
+        time; sums are shifted by each output's first value so large values keep their precision."""
+        shift = total = squares = count = None
+        for batch in batches:
+            values = np.asarray(
+                [as_list(v) if isinstance(v, (list, tuple)) else [v] for v in batch], np.float64
+            )
+            values = values.reshape(len(batch), spec.num_outputs)
+            labelled = values != IGNORE_INDEX
+            if shift is None:
+                shift, total, squares = (np.zeros(spec.num_outputs) for _ in range(3))
+                count = np.zeros(spec.num_outputs, dtype=np.int64)
+            unset = (count == 0) & labelled.any(axis=0)
+            shift[unset] = values[labelled[:, unset].argmax(axis=0), np.flatnonzero(unset)]
+            deviations = np.where(labelled, values - shift, 0.0)
+            total += deviations.sum(axis=0)
+            squares += (deviations**2).sum(axis=0)
+            count += labelled.sum(axis=0)
+        if count is None or not count.any():
+            return {}
+        seen = np.maximum(count, 1)
+        mean = shift + total / seen
+        std = np.sqrt(np.maximum(squares / seen - (total / seen) ** 2, 0.0))
+        # A constant (or absent) output has nothing to standardise: its std stays 1.
+        std = np.where((count > 0) & (std > 0), std, 1.0)
+        mean = np.where(count > 0, mean, 0.0)
+        if spec.num_outputs == 1:
+            return {"target_mean": float(mean[0]), "target_std": float(std[0])}
+        return {"target_mean": mean.tolist(), "target_std": std.tolist()}
 
     def collate_labels(self, spec, values, batch):
         if spec.num_outputs == 1:

@@ -143,6 +143,43 @@ def as_list(value: Any) -> list:
     return value.tolist() if hasattr(value, "tolist") else list(value)
 
 
+# A head whose predictions spread less than this share of the gold values' spread (or, for cosines, less than
+# COSINE_COLLAPSE in absolute terms) predicts about the same for every row: its evaluation warns.
+SPREAD_COLLAPSE = 0.05
+COSINE_COLLAPSE = 0.01
+COLLAPSE_CAUSES = (
+    "too few steps, a learning rate too high or too low, or features that do not carry the signal"
+)
+
+
+def value_spread(predicted: np.ndarray, gold: np.ndarray) -> dict[str, list[float]]:
+    """Per output (column): the mean and standard deviation of the predictions and the gold values over the
+    labelled entries (gold -100 is missing), for `collapse_note`."""
+    predicted = np.asarray(predicted, dtype=np.float64).reshape(len(predicted), -1)
+    gold = np.asarray(gold, dtype=np.float64).reshape(predicted.shape)
+    spread: dict[str, list[float]] = {"predicted_mean": [], "predicted_std": [], "gold_std": []}
+    for column in range(predicted.shape[1]):
+        labelled = gold[:, column] != IGNORE_INDEX
+        values, references = predicted[labelled, column], gold[labelled, column]
+        spread["predicted_mean"].append(float(values.mean()) if values.size else 0.0)
+        spread["predicted_std"].append(float(values.std()) if values.size else 0.0)
+        spread["gold_std"].append(float(references.std()) if references.size else 0.0)
+    return spread
+
+
+def label_set_spread(predicted_sets: Sequence[Any], gold_sets: Sequence[Any]) -> dict[str, Any]:
+    """How many distinct predictions (class ids, tags, label sets) and gold values an evaluation has, and the
+    most predicted one, for `collapse_note`."""
+    counts = Counter(predicted_sets)
+    most, most_count = counts.most_common(1)[0] if counts else (None, 0)
+    return {
+        "distinct_predicted": len(counts),
+        "distinct_gold": len(set(gold_sets)),
+        "most_predicted": list(most) if isinstance(most, tuple) else most,
+        "most_predicted_rows": most_count,
+    }
+
+
 class TaskType(model_tasks.TaskType):
     """The package side of `TaskType`."""
 
@@ -413,7 +450,27 @@ class MultiLabelClassification(TaskType, model_tasks.MultiLabelClassification):
 
     def metrics(self, spec, logits, labels):
         predicted = (1.0 / (1.0 + np.exp(-logits)) >= spec.threshold).astype(np.int64)
-        return multi_label_metrics(predicted, labels, spec.labels)
+        metrics = multi_label_metrics(predicted, labels, spec.labels)
+        labelled = ~(np.asarray(labels) == IGNORE_INDEX).all(axis=-1)
+
+        def label_set(row):
+            return tuple(label for label, hot in zip(spec.labels, row) if hot == 1)
+
+        metrics["spread"] = label_set_spread(
+            [label_set(row) for row in predicted[labelled]],
+            [label_set(row) for row in np.asarray(labels)[labelled]],
+        )
+        return metrics
+
+    def collapse_note(self, spec, metrics):
+        spread = metrics.get("spread") or {}
+        if spread.get("distinct_predicted") == 1 and spread.get("distinct_gold", 0) > 1:
+            labels = ", ".join(f"`{label}`" for label in spread["most_predicted"]) or "no label"
+            return (
+                f"the head predicts the same label set ({labels}) for every one of the "
+                f"{spread['most_predicted_rows']} rows (collapsed to one answer: {COLLAPSE_CAUSES})."
+            )
+        return None
 
     def prediction_row(self, spec, logits, labels):
         probabilities = 1.0 / (1.0 + np.exp(-logits))
@@ -540,7 +597,27 @@ class Regression(TaskType, model_tasks.Regression):
         return str(prediction.get("value", prediction.get("values")))
 
     def metrics(self, spec, logits, labels):
-        return regression_metrics(logits.reshape(labels.shape), labels)
+        predicted = logits.reshape(labels.shape)
+        return {**regression_metrics(predicted, labels), "spread": value_spread(predicted, labels)}
+
+    def collapse_note(self, spec, metrics):
+        spread = metrics.get("spread") or {}
+        notes = [
+            f"`{label}` about {mean:.4g} (spread {predicted:.3g} against the gold values' {gold:.3g})"
+            for label, mean, predicted, gold in zip(
+                spec.labels,
+                spread.get("predicted_mean", []),
+                spread.get("predicted_std", []),
+                spread.get("gold_std", []),
+            )
+            if gold > 0 and predicted < SPREAD_COLLAPSE * gold
+        ]
+        if notes:
+            return (
+                f"the head predicts nearly the same value for every row: {'; '.join(notes)} (collapsed to a "
+                f"constant: {COLLAPSE_CAUSES})."
+            )
+        return None
 
     def prediction_row(self, spec, logits, labels):
         gold, predicted = np.ravel(labels), np.ravel(logits)
@@ -663,7 +740,20 @@ class TokenClassification(_SingleLabel, model_tasks.TokenClassification):
                 continue
             predicted_tags.append([spec.labels[i] for i in row_predictions[scored]])
             gold_tags.append([spec.labels[i] for i in row_labels[scored]])
-        return entity_metrics(predicted_tags, gold_tags)
+        metrics = entity_metrics(predicted_tags, gold_tags)
+        metrics["spread"] = label_set_spread(
+            [tag for tags in predicted_tags for tag in tags], [tag for tags in gold_tags for tag in tags]
+        )
+        return metrics
+
+    def collapse_note(self, spec, metrics):
+        spread = metrics.get("spread") or {}
+        if spread.get("distinct_predicted") == 1 and spread.get("distinct_gold", 0) > 1:
+            return (
+                f"the head tags every one of the {spread['most_predicted_rows']} words `{spread['most_predicted']}` "
+                f"(collapsed to one tag: {COLLAPSE_CAUSES})."
+            )
+        return None
 
     def prediction_row(self, spec, logits, labels):
         scored = labels != IGNORE_INDEX
@@ -766,8 +856,22 @@ class Similarity(TaskType, model_tasks.Similarity):
         return f"cosine {prediction['similarity']:.3f}"
 
     def metrics(self, spec, logits, labels):
-        metrics = regression_metrics(logits.reshape(labels.shape), labels)
-        return {key: metrics[key] for key in ("pearson", "spearman", "support")}
+        predicted = logits.reshape(labels.shape)
+        metrics = regression_metrics(predicted, labels)
+        return {
+            **{key: metrics[key] for key in ("pearson", "spearman", "support")},
+            "spread": value_spread(predicted, labels),
+        }
+
+    def collapse_note(self, spec, metrics):
+        spread = metrics.get("spread") or {}
+        predicted, gold = spread.get("predicted_std", [None])[0], spread.get("gold_std", [0.0])[0]
+        if predicted is not None and gold > 0 and predicted < COSINE_COLLAPSE:
+            return (
+                f"the cosine of every pair is about {spread['predicted_mean'][0]:.3f} (spread {predicted:.2g}): "
+                f"the embedding no longer tells the pairs apart (collapsed: {COLLAPSE_CAUSES})."
+            )
+        return None
 
     def prediction_row(self, spec, logits, labels):
         return float(np.ravel(labels)[0]), float(np.ravel(logits)[0]), ""
@@ -852,7 +956,19 @@ class Contrastive(TaskType, model_tasks.Contrastive):
             "accuracy": float((ranks == 1).float().mean()),
             "mrr": float(reciprocal.mean()),
             "support": len(rows),
+            # Every anchor against every positive: a collapsed embedding scores them all alike.
+            "spread": {"score_mean": float(scores.mean()), "score_std": float(scores.std(unbiased=False))},
         }
+
+    def collapse_note(self, spec, metrics):
+        spread = metrics.get("spread") or {}
+        if metrics.get("support", 0) > 1 and spread.get("score_std", 1.0) < COSINE_COLLAPSE:
+            return (
+                f"every anchor scores about {spread['score_mean']:.3f} against every positive (spread "
+                f"{spread['score_std']:.2g}): the embedding no longer tells the texts apart (collapsed: "
+                f"{COLLAPSE_CAUSES})."
+            )
+        return None
 
     def prediction_row(self, spec, logits, labels):
         size = logits.shape[-1] // 2

@@ -18,6 +18,7 @@ from ..task_types.types import LabelError, to_float
 from .labels import (
     count_labels,
     label_batches,
+    label_column,
     labelled_count,
     labelled_rows,
     raw_labels,
@@ -116,6 +117,11 @@ def _inferred_labels(task: TaskDataSpec, tables: list, source: Source) -> list[s
             break
     if not present:
         raise DataError(f"Task {task.name!r}: no labels in the train data ({source.describe()}).")
+    # A `datasets` ClassLabel column names its classes in id order: the label ids stay the dataset's.
+    for table in tables:
+        class_names = dict(table.layout.class_names).get(label_column(table.layout, task))
+        if class_names:
+            return task.task_type.class_label_order(labels, class_names, task.options)
     return labels
 
 

@@ -102,13 +102,39 @@ def label_sort_key(label: str) -> tuple:
     return (1, 0.0, label) if math.isnan(number) else (0, number, label)
 
 
+# Cells that hold several values: never one label (its repr would become a label name).
+CONTAINERS = (list, tuple, set, frozenset, dict, np.ndarray)
+
+
 def map_label(value: Any, label_map: Mapping[str, str] | None, where: str) -> str:
+    """One label (a cell, or an item of a label list) -> its name, through `label_map` when given."""
+    if isinstance(value, CONTAINERS):
+        raise LabelError(
+            f"{where}: the label {value!r} is a {type(value).__name__}, not a label name (a string or an integer)."
+        )
     key = cell_str(value)
     if label_map is None:
         return key
     if key not in label_map:
         raise LabelError(f"{where}: value {key!r} is not a key of label_map {dict(label_map)}.")
     return label_map[key]
+
+
+def label_list(
+    value: Any, separator: str | None, label_map: Mapping[str, str] | None, where: str
+) -> list[str]:
+    """A cell of several labels (a list, tuple or array, a JSON list, or a separated string) -> their names.
+    Every item must be a label name: a string, or an integer (a class id, as declared labels may be); any
+    other item (a nested list, a dict, None, a float, a bool) is refused rather than named after its repr."""
+    items = cell_list(value, separator)
+    for position, item in enumerate(items, start=1):
+        integral = isinstance(item, (float, np.floating)) and math.isfinite(item) and float(item).is_integer()
+        if isinstance(item, (bool, np.bool_)) or not (isinstance(item, (str, int, np.integer)) or integral):
+            raise LabelError(
+                f"{where}: item {position} of the label list {value!r} is {item!r} ({type(item).__name__}), not "
+                "a label name: the items must be strings (or integer class ids)."
+            )
+    return [map_label(item, label_map, where) for item in items]
 
 
 def to_float(value: Any, where: str) -> float:
@@ -213,6 +239,22 @@ class TaskType(model_tasks.TaskType):
         in one pass (the train data may not fit in memory)."""
         raise NotImplementedError
 
+    # The type's labels are the names its label cells hold (so a `datasets` ClassLabel column's class names,
+    # in their id order, are its label set when the spec declares none).
+    labels_are_cell_names: ClassVar[bool] = False
+
+    def class_label_order(
+        self, inferred: list[str], class_names: Sequence[str], data_options: Mapping[str, Any]
+    ) -> list[str]:
+        """The label set of a task whose train label column is a ClassLabel: its class names in the dataset's
+        id order (through `label_map` when given), then any other inferred label; `inferred` otherwise."""
+        if not self.labels_are_cell_names:
+            return inferred
+        label_map = data_options.get("label_map")
+        if label_map is not None:
+            class_names = [label_map[name] for name in class_names if name in label_map]
+        return list(dict.fromkeys([*class_names, *inferred]))
+
     def encode_label(self, spec: TaskSpec, raw: Any, where: str) -> Any:
         """A raw label -> the value stored in `labels_<task>` (raises LabelError when it is not valid)."""
         raise NotImplementedError
@@ -315,6 +357,7 @@ class SequenceClassification(_SingleLabel, model_tasks.SequenceClassification):
     card_tags = ("text-classification",)
     data_options: ClassVar[dict[str, Any]] = {"text_column": "text", "label_column": None, "label_map": None}
     stratify = True
+    labels_are_cell_names = True
     main_metric = "accuracy"
     model_index_metrics = (
         IndexedMetric("accuracy", "accuracy", "Accuracy"),
@@ -399,6 +442,7 @@ class MultiLabelClassification(TaskType, model_tasks.MultiLabelClassification):
         "label_separator": ",",
     }
     main_metric = "micro_f1"
+    labels_are_cell_names = True
     model_index_metrics = (
         IndexedMetric("micro_f1", "f1", "Micro F1", {"average": "micro"}),
         IndexedMetric("macro_f1", "f1", "Macro F1", {"average": "macro"}),
@@ -410,7 +454,7 @@ class MultiLabelClassification(TaskType, model_tasks.MultiLabelClassification):
 
     def read_label(self, value, data_options, where):
         separator = data_options.get("label_separator", ",")
-        names = [map_label(v, data_options.get("label_map"), where) for v in cell_list(value, separator)]
+        names = label_list(value, separator, data_options.get("label_map"), where)
         return list(dict.fromkeys(names))
 
     def infer_labels(self, raw):
@@ -650,6 +694,7 @@ class TokenClassification(_SingleLabel, model_tasks.TokenClassification):
         "label_map": None,
     }
     main_metric = "f1"
+    labels_are_cell_names = True
     model_index_metrics = (
         IndexedMetric("precision", "precision", "Entity precision"),
         IndexedMetric("recall", "recall", "Entity recall"),
@@ -668,7 +713,7 @@ class TokenClassification(_SingleLabel, model_tasks.TokenClassification):
         return data_options.get("tags_column") or "ner_tags"
 
     def read_label(self, value, data_options, where):
-        return [map_label(v, data_options.get("label_map"), where) for v in cell_list(value, None)]
+        return label_list(value, None, data_options.get("label_map"), where)
 
     def infer_labels(self, raw):
         names = {tag for tags in raw if tags is not None for tag in tags}

@@ -115,6 +115,25 @@ def read_content(
     return value
 
 
+def identical_pairs(table: Table, task: TaskDataSpec) -> tuple[int, str | None]:
+    """Rows of `table` whose first and second text (anchor and positive) are the same text, whitespace
+    collapsed: (how many, where the first one is)."""
+    roles = {role: column for role, column, _ in content_columns(table, task)}
+    columns = [roles["text"], roles["text_pair"]]
+    layout = table.layout
+    wanted = [*dict.fromkeys(columns), *([LOCATION] if layout.located else [])]
+    count, first = 0, None
+    for start in range(0, table.rows.num_rows, BATCH_ROWS):
+        batch = table.rows.select_columns(wanted)[start : start + BATCH_ROWS]
+        for offset, (text, text_pair) in enumerate(zip(batch[columns[0]], batch[columns[1]])):
+            text, text_pair = layout.cell(columns[0], text), layout.cell(columns[1], text_pair)
+            if isinstance(text, str) and isinstance(text_pair, str) and text.split() == text_pair.split():
+                count += 1
+                if first is None:
+                    first = layout.where(start + offset, batch[LOCATION][offset] if layout.located else None)
+    return count, first
+
+
 def label_feature(spec: TaskSpec):
     dtype, is_list = task_type(spec).label_feature(spec)
     return Sequence(Value(dtype)) if is_list else Value(dtype)
@@ -239,6 +258,7 @@ def count_labels(spec: TaskSpec, rows: Dataset, name: str) -> dict[str, int]:
 
 __all__ = [
     "count_labels",
+    "identical_pairs",
     "label_batches",
     "label_feature",
     "labelled_count",

@@ -17,6 +17,7 @@ from ..task_types import task_type
 from ..task_types.types import LabelError, to_float
 from .labels import (
     count_labels,
+    identical_pairs,
     label_batches,
     label_column,
     labelled_count,
@@ -185,6 +186,20 @@ def load_multitask_data(
                 for name in names:
                     held_out[split][name] = task_eval_rows(split_rows, name, specs)
         train_rows[group] = cap_rows(rows, entries[names[0]].max_train_examples, seed)
+    # Rows whose anchor is their positive teach a contrastive task nothing: counted, the first one named.
+    for group, names in groups.items():
+        for name in names:
+            note = task_type(specs[name]).identical_pair_note
+            if note is None:
+                continue
+            found = [identical_pairs(table, entries[name]) for table in train_tables[group]]
+            count = sum(n for n, _ in found)
+            if count:
+                first = next(where for n, where in found if n)
+                logger.warning(
+                    f"Task {name!r}: {count} train row(s) have the same text as anchor and positive (the first: "
+                    f"{first}): {note}. Remove them or give them another positive."
+                )
     # Options a type learns from its train labels (regression: the targets' mean and std), unless declared.
     for group, names in groups.items():
         for name in names:

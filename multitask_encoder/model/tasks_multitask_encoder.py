@@ -726,8 +726,9 @@ class Similarity(TaskType):
 class Contrastive(TaskType):
     """Retrieval embeddings from (anchor, positive[, negative]) rows: each anchor must score its own positive
     above every other positive and negative of the batch (in-batch negatives, the Multiple Negatives Ranking
-    loss of SBERT; `scale` multiplies the cosines). No head: the embedding is what trains. The batches of a
-    contrastive group never hold the same text twice (a repeated text would be a false negative)."""
+    loss of SBERT; `scale` multiplies the cosines). No head: the embedding is what trains. The training batches
+    of a contrastive group hold each text once where the rows allow it (a repeated text would be a false
+    negative; the sampler swaps rows between batches and warns about those it could not separate)."""
 
     name = "contrastive"
     options: ClassVar[dict[str, Any]] = {"scale": 20.0}

@@ -218,6 +218,8 @@ class TaskType(model_tasks.TaskType):
     distinct_batch_texts: ClassVar[bool] = (
         False  # a batch must not hold the same text twice (in-batch negatives)
     )
+    # Why a row whose two texts are the same teaches the type nothing (the loader warns, counting them), or None.
+    identical_pair_note: ClassVar[str | None] = None
     main_metric: ClassVar[str]
     model_index_metrics: ClassVar[tuple[IndexedMetric, ...]] = ()
     body_metrics: ClassVar[tuple[str, ...]] = ()
@@ -935,6 +937,10 @@ class Contrastive(TaskType, model_tasks.Contrastive):
     hub_task = "sentence-similarity"
     card_tags = ("sentence-similarity", "retrieval")
     distinct_batch_texts = True
+    identical_pair_note = (
+        "an anchor always scores its own text highest, so the row adds no signal, only a loss that is already "
+        "at its minimum"
+    )
     data_options: ClassVar[dict[str, Any]] = {
         "text_column": "text",
         "text_pair_column": "text_pair",

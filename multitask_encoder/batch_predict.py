@@ -61,7 +61,7 @@ empty texts: an empty or whitespace-only text (blank line, empty cell, "" in JSO
   tokenizer keeps nothing of (zero-width or control characters only, which it drops: the model would
   read no word of it), with a warning of its own. The "line" field of each output row maps it back to
   the input. Anything else that is wrong (missing column or key, bad JSON, a text that is not a string,
-  a csv/tsv row without the text column) stops the run with an error naming the line, exit status 1.
+  a csv/tsv row with more or fewer fields than the header, as training refuses it) stops the run with an error naming the line, exit status 1.
 
 model code: without --trust-remote-code no Python file of the model's folder or repo runs. The installed
   multitask_encoder package's own classes serve a multitask-encoder model; a model whose model_type, or a
@@ -124,19 +124,14 @@ def read_delimited(
                 f"{path} has no column {column!r} (pass {flag}); its columns are: "
                 + ", ".join(repr(name) for name in reader.header)
             )
-    return _delimited_texts(reader, [reader.header.index(column) for column in columns], columns)
+    return _delimited_texts(reader, [reader.header.index(column) for column in columns])
 
 
-def _delimited_texts(
-    reader: DelimitedReader, positions: list[int], columns: list[str]
-) -> Iterator[tuple[int, tuple[str, ...]]]:
-    for line, row in reader.rows():
+def _delimited_texts(reader: DelimitedReader, positions: list[int]) -> Iterator[tuple[int, tuple[str, ...]]]:
+    for line, row in reader.rows():  # a row of another width than the header is refused there
         if not row:  # a blank line
             yield line, ("",) * len(positions)
             continue
-        for position, column in zip(positions, columns):
-            if position >= len(row):
-                raise reader.short_row(line, row, column)
         yield line, tuple(row[position] for position in positions)
 
 

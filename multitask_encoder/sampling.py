@@ -43,6 +43,7 @@ in a ``BatchSamplerShard`` (single process).
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Literal
@@ -53,6 +54,7 @@ from torch.utils.data import Sampler
 Composition = Literal["mixed", "per_task"]
 SamplingStrategy = Literal["proportional", "uniform", "temperature"]
 COMPOSITIONS: tuple[str, ...] = ("mixed", "per_task")
+logger = logging.getLogger(__name__)
 SAMPLING_STRATEGIES: tuple[str, ...] = ("proportional", "uniform", "temperature")
 
 
@@ -196,7 +198,14 @@ class MultiTaskBatchSampler(Sampler[list[int]]):
         return full_batches + int(leftover_rows > 0 and not self.drop_last)
 
     def __iter__(self) -> Iterator[list[int]]:
-        for batch in self._batches_for_epoch(self.epoch):
+        batches = self._batches_for_epoch(self.epoch)
+        if self.unseparated_rows:
+            logger.warning(
+                f"Epoch {self.epoch}: {self.unseparated_rows} row(s) of {', '.join(map(repr, self.distinct_keys))} "
+                "share a text with another row of their batch and could not be swapped into another batch (too "
+                "few distinct texts for the batches): in-batch, that text is a false negative of the other row."
+            )
+        for batch in batches:
             yield batch.tolist()
 
     def realised_group_counts(self, epoch: int | None = None) -> dict[str, int]:

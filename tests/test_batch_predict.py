@@ -256,7 +256,9 @@ def run_main(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
             "{path} has no column 'text' (pass --text-column); its columns are: 'id', 'body'",
         ),
         ("in.csv", "", [], "{path} is empty: expected a header row"),
-        ("in.csv", "id,text\n1\n", [], "{path} line 2 has 1 field(s) but the header has 2: no 'text' value"),
+        ("in.csv", "id,text\n1\n", [], "{path} line 2 has 1 field(s) but the header has 2."),
+        ("in.csv", "id,text\n2,a,b\n1,hi\n", [], "{path} line 2 has 3 field(s) but the header has 2."),
+        ("in.tsv", "id\ttext\n1\thi\textra\n", [], "{path} line 2 has 3 field(s) but the header has 2."),
         ("in.tsv", "id\tcontent\n1\thi\n", ["--text-column", "text"], "{path} has no column 'text'"),
         (
             "in.jsonl",
@@ -289,6 +291,8 @@ def run_main(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
         "missing-column",
         "empty-csv",
         "short-row",
+        "long-row",
+        "long-tsv-row",
         "tsv-missing-column",
         "bad-json",
         "json-not-object",
@@ -341,6 +345,26 @@ def test_output_and_model_errors(tiny_checkpoint: Path, tmp_path: Path, capsys) 
         code, err = run_main(args, capsys)
         assert code == 1 and len(err.splitlines()) == 1 and message in err, (args, err)
     assert sorted(os.listdir(tmp_path)) == ["in.txt"]  # no output, no partial file left behind
+
+
+def test_a_ragged_csv_row_deep_in_the_file_stops_the_run_as_training_does(
+    tiny_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    """A row with more fields than the header (an unquoted comma in the text) is refused by the same reader
+    rule as training's, after earlier windows were predicted: nothing of the output is left behind."""
+    source = tmp_path / "in.csv"
+    with open(source, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["id", "text"])
+        writer.writerows(enumerate(SENTENCES * 3))
+    lines = source.read_text(encoding="utf-8").splitlines()
+    lines.insert(31, "99,Hello, world")  # line 32
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code, err = run_main([str(tiny_checkpoint), str(source), "-o", str(tmp_path / "out.csv")], capsys)
+    errors = [line for line in err.splitlines() if f"{PROG}: error: " in line]
+    assert code == 1 and len(errors) == 1, err
+    assert errors[0].endswith(f"{PROG}: error: {source} line 32 has 3 field(s) but the header has 2."), err
+    assert sorted(os.listdir(tmp_path)) == ["in.csv"]
 
 
 def test_help_documents_formats_and_empty_text_policy(capsys) -> None:

@@ -59,6 +59,12 @@ def make_config(encoder_config, tasks, **kwargs) -> MultiTaskEncoderConfig:
         ({"type": "multi_label_classification", "labels": ["a"], "threshold": 1.0}, "threshold must be in"),
         ({"type": "multi_label_classification", "labels": ["a"], "threshold": 0.0}, "threshold must be in"),
         ({"type": "regression", "lables": ["typo"]}, r"unknown spec keys \['lables'\]"),
+        ({"type": "regression", "target_std": 0.0}, "target_std must be a positive finite number"),
+        ({"type": "regression", "target_mean": "3"}, "target_mean must be a finite number"),
+        (
+            {"type": "regression", "labels": ["a", "b"], "target_mean": [1.0, 2.0, 3.0]},
+            r"target_mean has 3 value\(s\), but the task has 2 output\(s\)",
+        ),
     ],
 )
 def test_invalid_task_spec_is_refused(spec: dict, message: str) -> None:
@@ -224,3 +230,33 @@ def test_nested_encoder_config_rebuilds_without_the_backbone_folder(
     assert len(rebuilt.encoder.encoder.layer) == 2
     reloaded = MultiTaskEncoderModel.from_pretrained(saved)
     np.testing.assert_allclose(reloaded.encode(texts), before, atol=1e-6)
+
+
+def test_regression_output_is_the_standardised_head_output_on_the_data_scale() -> None:
+    """The head predicts z; `<task>_logits` is z * target_std + target_mean, and the loss is the MSE of the
+    standardised values; a spec without the stats (a model saved before them) keeps mean 0 and std 1."""
+    import torch
+
+    from multitask_encoder.model.tasks_multitask_encoder import EncoderFeatures, parse_task_spec
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(4, 2)
+    features = EncoderFeatures(None, None, torch.randn(5, 4))
+    z = head(features.embeddings)
+    old = parse_task_spec("r", {"type": "regression", "labels": ["a", "b"]})
+    assert old.options == {"target_mean": None, "target_std": None}
+    assert torch.equal(old.task_type.logits(head, old, features), z)
+
+    spec = parse_task_spec(
+        "r", {"type": "regression", "labels": ["a", "b"], "target_mean": [3, -1], "target_std": [2, 100]}
+    )
+    logits = spec.task_type.logits(head, spec, features)
+    mean, std = torch.tensor([3.0, -1.0]), torch.tensor([2.0, 100.0])
+    assert torch.allclose(logits, z * std + mean)
+    gold = torch.randn(5, 2) * std + mean
+    gold[0, 1] = -100.0  # missing
+    labelled = gold != -100
+    expected = torch.nn.functional.mse_loss(
+        ((logits - mean) / std)[labelled], ((gold - mean) / std)[labelled]
+    )
+    assert torch.allclose(spec.task_type.loss(spec, logits, gold), expected)

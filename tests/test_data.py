@@ -9,9 +9,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+import numpy as np
 import pandas as pd
 import pytest
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
 from transformers import AutoTokenizer
 
 from multitask_encoder.backbone import default_backbone
@@ -133,10 +134,50 @@ def test_datasets_saved_to_disk(load, tmp_path):
     train = Dataset.from_list([{"text": r["text"], "topic": r["topic"]} for r in ROWS], features=features)
     DatasetDict({"train": train, "validation": train.select([0, 1])}).save_to_disk(str(tmp_path / "saved"))
     data = load({"topic": {"type": "sequence_classification", "dataset": "saved"}})
-    assert data.task_specs["topic"]["labels"] == ["business", "sport"]  # ClassLabel ids became names
-    assert data.train["labels_topic"] == [1, 0, 1, 0]
+    # ClassLabel ids became names, in the dataset's id order (not sorted): label id i is the dataset's class i.
+    assert data.task_specs["topic"]["labels"] == ["sport", "business"]
+    assert data.train["labels_topic"] == [0, 1, 0, 1]
     assert list(data.validation) == ["topic"] and data.test == {}  # present splits are taken by default
     assert data.validation["topic"]["text"] == [ROWS[0]["text"], ROWS[1]["text"]]
+
+
+def test_class_label_lists_keep_the_dataset_ids_and_a_label_map_keeps_their_order(load, tmp_path):
+    """Multi-label and token tasks over Sequence(ClassLabel) columns: the label set is the class names in the
+    dataset's id order, unseen classes included; a label_map maps them in that order."""
+    tags = ClassLabel(names=["zeta", "alpha", "mid"])
+    ner = ClassLabel(names=["O", "B-PER", "I-PER", "B-LOC", "I-LOC"])
+    features = Features(
+        {
+            "text": Value("string"),
+            "tokens": Sequence(Value("string")),
+            "genres": Sequence(tags),
+            "ner_tags": Sequence(ner),
+            "topic": ClassLabel(names=["sport", "business", "world"]),
+        }
+    )
+    rows = [
+        {"text": "a b", "tokens": ["Ann", "left"], "genres": [1], "ner_tags": [1, 0], "topic": 1},
+        {"text": "c d", "tokens": ["to", "Rome"], "genres": [0, 1], "ner_tags": [0, 3], "topic": 0},
+    ]
+    DatasetDict({"train": Dataset.from_list(rows, features=features)}).save_to_disk(str(tmp_path / "saved"))
+    data = load(
+        {
+            "genres": {"type": "multi_label_classification", "dataset": "saved"},
+            "ner": {"type": "token_classification", "dataset": "saved"},
+            "topic": {
+                "type": "sequence_classification",
+                "dataset": "saved",
+                "label_map": {"sport": "games", "business": "money", "world": "news"},
+            },
+        }
+    )
+    assert data.task_specs["genres"]["labels"] == ["zeta", "alpha", "mid"]
+    assert data.task_specs["ner"]["labels"] == ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    assert data.task_specs["topic"]["labels"] == ["games", "money", "news"]
+    genres = data.train.filter(lambda row: row["group"] == 0)["labels_genres"]
+    assert genres == [[0.0, 1.0, 0.0], [1.0, 1.0, 0.0]]
+    assert data.train.filter(lambda row: row["group"] == 0)["labels_topic"] == [1, 0]
+    assert data.train.filter(lambda row: row["group"] == 1)["labels_ner"] == [[1, 0], [0, 3]]
 
 
 def test_dataset_json_builder(load, tmp_path):
@@ -495,6 +536,50 @@ def test_regression_values_that_would_be_silently_wrong_are_refused(load, tmp_pa
     write(tmp_path / "train.csv", f"text,score\nfirst text,{cell}\nsecond text,0.5\n")
     with pytest.raises(DataError, match=rf"Task 'score': .*train\.csv, {message}"):
         load({"score": {"type": "regression", "train": "train.csv"}})
+
+
+@pytest.mark.parametrize(
+    ("cell", "shown"),
+    [
+        (["drama", ["comedy", "horror"]], r"item 2 of the label list .* is \['comedy', 'horror'\] \(list\)"),
+        (["drama", {"name": "comedy"}], r"item 2 of the label list .* is \{'name': 'comedy'\} \(dict\)"),
+        (["drama", None], r"item 2 of the label list .* is None \(NoneType\)"),
+        ([1.5], r"item 1 of the label list .* is 1.5 \(float\)"),
+        ([True], r"item 1 of the label list .* is True \(bool\)"),
+    ],
+)
+def test_label_list_items_that_are_not_label_names_are_refused(load, tmp_path, cell, shown):
+    write_jsonl(tmp_path / "train.jsonl", [{"text": "a", "genres": ["drama"]}, {"text": "b", "genres": cell}])
+    with pytest.raises(DataError, match=rf"Task 'genres': .*train\.jsonl, line 2, column 'genres': {shown}"):
+        load({"genres": {"type": "multi_label_classification", "train": "train.jsonl"}})
+
+
+def test_label_cells_of_every_container_shape_are_checked_item_by_item(load, tmp_path):
+    """Lists, tuples and arrays (also nested ones, as parquet list columns give), and token tags too: a
+    non-name item is refused; a list in a single-label cell is no label name either."""
+    from multitask_encoder.task_types.types import LabelError, label_list, map_label
+
+    assert label_list(("a", 2, np.int64(3), np.str_("b")), ",", None, "here") == ["a", "2", "3", "b"]
+    for cell in (np.array([["a", "b"], ["c", "d"]]), ("a", ("b",)), [np.array(["a"])], np.array([0.5])):
+        with pytest.raises(LabelError, match=r"here: item \d of the label list"):
+            label_list(cell, ",", None, "here")
+    with pytest.raises(LabelError, match=r"here: the label \['a'\] is a list, not a label name"):
+        map_label(["a"], None, "here")
+
+    pd.DataFrame({"text": ["x", "y"], "genres": [[["a"]], [["a"], ["b"]]]}).to_parquet(
+        tmp_path / "nested.parquet"
+    )
+    with pytest.raises(DataError, match=r"Task 'genres': .*nested\.parquet, row 1, column 'genres': item 1"):
+        load({"genres": {"type": "multi_label_classification", "train": "nested.parquet"}})
+    write_jsonl(
+        tmp_path / "ner.jsonl",
+        [{"tokens": ["Ann", "left"], "ner_tags": ["B-PER", {"tag": "O"}]}],
+    )
+    with pytest.raises(DataError, match=r"Task 'ner': .*ner\.jsonl, line 1, column 'ner_tags': item 2"):
+        load({"ner": {"type": "token_classification", "train": "ner.jsonl"}})
+    write_jsonl(tmp_path / "topic.jsonl", [{"text": "a", "topic": ["sport"]}])
+    with pytest.raises(DataError, match=r"Task 'topic': .*topic\.jsonl, line 1, column 'topic': the label"):
+        load({"topic": {"type": "sequence_classification", "train": "topic.jsonl"}})
 
 
 def test_json_booleans_are_not_regression_values(load, tmp_path):

@@ -342,3 +342,69 @@ def test_one_template_shipped_inside_the_package() -> None:
     assert not (repo_root / "model_card.md").exists()
     # The template is readable markdown: no Python-side formatting leaks into it.
     assert re.search(r"^## Limitations$", template.read_text(encoding="utf-8"), re.MULTILINE)
+
+
+def test_collapsed_heads_of_every_kind_are_warned_about_in_the_summary_and_the_card() -> None:
+    """Near-constant predictions (regression, similarity, contrastive) and one answer for every row
+    (multi-label, token tags) are each named by the run's warnings, which the card prints; spread-out
+    predictions are not."""
+    from types import SimpleNamespace
+
+    from multitask_encoder.task_types import task_type
+    from multitask_encoder.train import run_warnings
+
+    tasks = {
+        "rating": {"type": "regression"},
+        "tags": {"type": "multi_label_classification", "labels": ["a", "b", "c"]},
+        "sts": {"type": "similarity"},
+        "retrieval": {"type": "contrastive"},
+        "ner": {"type": "token_classification", "labels": NER_LABELS},
+    }
+    config = tiny_config(tasks)
+    rng = np.random.default_rng(0)
+    size = 30
+    gold = {
+        "rating": rng.uniform(1, 5, size),
+        "tags": rng.integers(0, 2, (size, 3)).astype(float),
+        "sts": rng.uniform(0, 5, size),
+        "retrieval": np.ones(size, dtype=np.int64),
+        "ner": rng.integers(0, 5, (size, 7)),
+    }
+    embeddings = rng.normal(size=(size, 8))
+    collapsed = {
+        "rating": np.full((size, 1), 1.46) + rng.normal(scale=1e-3, size=(size, 1)),
+        "tags": np.tile([3.0, -3.0, -3.0], (size, 1)),  # always `a`
+        "sts": np.full(size, 0.97) + rng.normal(scale=1e-4, size=size),
+        "retrieval": np.tile(np.concatenate([embeddings[0], embeddings[0]]), (size, 1)),
+        "ner": np.tile([5.0, 0, 0, 0, 0], (size, 7, 1)),  # always `O`
+    }
+    healthy = {
+        "rating": gold["rating"][:, None] + rng.normal(scale=0.5, size=(size, 1)),
+        "tags": np.where(gold["tags"] == 1, 3.0, -3.0),
+        "sts": gold["sts"] / 5 + rng.normal(scale=0.05, size=size),
+        "retrieval": np.concatenate([embeddings, embeddings + rng.normal(scale=0.1, size=(size, 8))], axis=1),
+        "ner": np.eye(5)[gold["ner"]] * 5.0,
+    }
+    model = SimpleNamespace(config=config)
+
+    def test_metrics(logits: dict) -> dict:
+        return {
+            name: task_type(config.tasks[name]).metrics(config.tasks[name], logits[name], gold[name])
+            for name in tasks
+        }
+
+    assert run_warnings(model, {"test": test_metrics(healthy)}) == []
+    results = {"test": test_metrics(collapsed)}
+    warnings = run_warnings(model, results)
+    for name in tasks:
+        assert any(
+            warning.startswith(f"`{name}` (test)") and "collapsed" in warning for warning in warnings
+        ), (
+            name,
+            warnings,
+        )
+    assert any("about 1.46" in warning for warning in warnings)
+    assert any("(`a`)" in warning for warning in warnings)
+    card = render_model_card(config, {**results, "warnings": warnings})
+    for warning in warnings:
+        assert warning in card

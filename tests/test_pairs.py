@@ -276,6 +276,50 @@ def test_contrastive_batches_never_hold_a_text_twice() -> None:
     )
 
 
+def test_rows_that_cannot_be_separated_are_counted_and_the_run_says_so(caplog) -> None:
+    # 16 rows over 2 anchors in batches of 8: at most 2 distinct anchors per batch, most rows must repeat one.
+    keys = np.array([[1 + i % 2, 100 + i] for i in range(16)], dtype=np.uint64)
+    sampler = MultiTaskBatchSampler(
+        {"retrieval": 16}, batch_size=8, seed=0, distinct_keys={"retrieval": keys}
+    )
+    with caplog.at_level("WARNING", logger="multitask_encoder.sampling"):
+        batches = list(sampler)
+    anchors = [[int(keys[row][0]) for row in batch] for batch in batches]
+    repeated = sum(1 for batch in anchors for anchor in batch if batch.count(anchor) > 1)
+    assert sampler.unseparated_rows == repeated > 0
+    assert (
+        f"Epoch 0: {repeated} row(s) of 'retrieval' share a text with another row of their batch"
+        in caplog.text
+    )
+
+
+def test_contrastive_rows_whose_anchor_is_their_positive_are_counted_with_the_first_named(
+    tmp_path: Path, tokenizer, caplog
+) -> None:
+    rows = [{"text": f"anchor {i}", "text_pair": f"positive {i}"} for i in range(6)]
+    rows[2]["text_pair"] = "anchor  2"  # the same text, whitespace aside
+    rows[4]["text_pair"] = rows[4]["text"]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    task = {"retrieval": {"type": "contrastive", "train": str(tmp_path / "train.jsonl")}}
+    with caplog.at_level("WARNING", logger="multitask_encoder.data.loading"):
+        load_multitask_data(task, tokenizer, 32, str(tmp_path), cache_dir=str(tmp_path / "cache"))
+    assert (
+        "Task 'retrieval': 2 train row(s) have the same text as anchor and positive (the first: "
+        f"{tmp_path / 'train.jsonl'}, line 3)"
+    ) in caplog.text
+    # A similarity pair of one text twice is a legitimate (top-score) example: no warning.
+    caplog.clear()
+    for row in rows:
+        row["score"] = 1.0
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    similarity = {
+        "sts": {"type": "similarity", "train": str(tmp_path / "train.jsonl"), "label_column": "score"}
+    }
+    with caplog.at_level("WARNING", logger="multitask_encoder.data.loading"):
+        load_multitask_data(similarity, tokenizer, 32, str(tmp_path), cache_dir=str(tmp_path / "cache"))
+    assert "same text as anchor" not in caplog.text
+
+
 # ---------------------------------------------------------------------------------------------- training
 def write_config(path: Path, tasks: dict, **options) -> str:
     values = {

@@ -1192,3 +1192,74 @@ def test_lora_trains_the_adapter_and_saves_a_merged_model_and_the_adapter(
         ]
     card = (output_dir / "README.md").read_text()
     assert "LORA adapter on the encoder" in card and "- peft" in card
+
+
+# ---------------------------------------------------------------------------------------------- 6. regression
+RATING_WORDS = {1: "awful", 2: "poor", 3: "average", 4: "good", 5: "superb"}
+
+
+def rating_rows(count: int, rng: random.Random, scale: float) -> list[dict[str, object]]:
+    """Review texts whose adjective gives the rating (1-5, times `scale`)."""
+    rows = []
+    for _ in range(count):
+        rating = rng.choice(list(RATING_WORDS))
+        noun = rng.choice(["film", "meal", "hotel", "book", "show", "trip"])
+        person = rng.choice(PEOPLE)
+        day = rng.choice(["today", "yesterday", "on Monday", "this week", "last night"])
+        text = f"{person} said the {noun} was {RATING_WORDS[rating]} {day}"
+        rows.append({"text": text, "rating": rating * scale})
+    return rows
+
+
+def test_regression_learns_the_scale_of_its_targets(tiny_backbone: str, tmp_path: Path) -> None:
+    """Targets 1-5 (and the same times 100): the head predicts standardised values, the model maps them back
+    with the train targets' mean and std saved in config.json, and the loss does not depend on the units, so
+    the two runs predict the same up to the factor 100, better than the targets' mean."""
+    runs = {}
+    for scale in (1.0, 100.0):
+        folder = tmp_path / f"scale_{scale:g}"
+        folder.mkdir()
+        for split, size in (("train", 96), ("test", 40)):
+            with open(folder / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, ["text", "rating"])
+                writer.writeheader()
+                writer.writerows(rating_rows(size, random.Random(split), scale))
+        tasks = {
+            "rating": {
+                "type": "regression",
+                "train": str(folder / "train.csv"),
+                "test": str(folder / "test.csv"),
+            }
+        }
+        config = write_config(folder / "config.yaml", tasks, learning_rate=1e-2)
+        flags = ["--freeze_encoder", "--precompute_embeddings", "--precompute_mode", "exact"]
+        flags += ["--max_steps", "200", "--eval_strategy", "no", "--save_strategy", "no"]
+        output_dir = folder / "out"
+        results = run_training([config, *job_flags(tiny_backbone, output_dir, folder / "cache"), *flags])
+        runs[scale] = (output_dir, results)
+
+    gold = [float(row["rating"]) for row in read_csv(tmp_path / "scale_1" / "test.csv")]
+    variance = float(torch.tensor(gold).var(unbiased=False))
+    output_dir, results = runs[1.0]
+    spec = MultiTaskEncoderModel.from_pretrained(output_dir).config.tasks["rating"].options
+    train_gold = [float(row["rating"]) for row in read_csv(tmp_path / "scale_1" / "train.csv")]
+    assert spec["target_mean"] == pytest.approx(sum(train_gold) / len(train_gold))
+    assert spec["target_std"] == pytest.approx(float(torch.tensor(train_gold).std(unbiased=False)))
+    assert results["test"]["rating"]["mse"] < 0.75 * variance, (results["test"]["rating"], variance)
+    model = AutoModel.from_pretrained(output_dir)
+    predicted = [
+        p["rating"]["value"]
+        for p in model.predict([r["text"] for r in read_csv(tmp_path / "scale_1" / "test.csv")])
+    ]
+    assert float(torch.tensor(predicted).std()) > 0.5 * variance**0.5  # not near-constant
+    assert not [warning for warning in results.get("warnings") or [] if "collapsed" in warning]
+
+    scaled_dir, scaled = runs[100.0]
+    assert scaled["test"]["rating"]["mse"] == pytest.approx(1e4 * results["test"]["rating"]["mse"], rel=1e-3)
+    scaled_predicted = [
+        p["rating"]["value"]
+        for p in AutoModel.from_pretrained(scaled_dir).predict(
+            [r["text"] for r in read_csv(tmp_path / "scale_1" / "test.csv")]
+        )
+    ]
+    assert scaled_predicted == pytest.approx([100 * value for value in predicted], rel=1e-3)

@@ -115,6 +115,25 @@ def read_content(
     return value
 
 
+def identical_pairs(table: Table, task: TaskDataSpec) -> tuple[int, str | None]:
+    """Rows of `table` whose first and second text (anchor and positive) are the same text, whitespace
+    collapsed: (how many, where the first one is)."""
+    roles = {role: column for role, column, _ in content_columns(table, task)}
+    columns = [roles["text"], roles["text_pair"]]
+    layout = table.layout
+    wanted = [*dict.fromkeys(columns), *([LOCATION] if layout.located else [])]
+    count, first = 0, None
+    for start in range(0, table.rows.num_rows, BATCH_ROWS):
+        batch = table.rows.select_columns(wanted)[start : start + BATCH_ROWS]
+        for offset, (text, text_pair) in enumerate(zip(batch[columns[0]], batch[columns[1]])):
+            text, text_pair = layout.cell(columns[0], text), layout.cell(columns[1], text_pair)
+            if isinstance(text, str) and isinstance(text_pair, str) and text.split() == text_pair.split():
+                count += 1
+                if first is None:
+                    first = layout.where(start + offset, batch[LOCATION][offset] if layout.located else None)
+    return count, first
+
+
 def label_feature(spec: TaskSpec):
     dtype, is_list = task_type(spec).label_feature(spec)
     return Sequence(Value(dtype)) if is_list else Value(dtype)
@@ -217,25 +236,33 @@ def labelled_rows(table: Table, tasks: list[TaskDataSpec], specs: dict[str, Task
     return rows
 
 
+def label_batches(rows: Dataset, name: str) -> Iterator[list]:
+    """The `labels_<name>` values of `rows`, a batch at a time (memory bounded by a batch)."""
+    column = rows.select_columns([f"labels_{name}"])
+    for start in range(0, rows.num_rows, BATCH_ROWS):
+        yield column[start : start + BATCH_ROWS][f"labels_{name}"]
+
+
 def labelled_count(rows: Dataset, name: str, spec: TaskSpec) -> int:
     """Rows of `rows` that carry a label of task `name`."""
-    column = rows.select_columns([f"labels_{name}"])
-    return sum(
-        task_type(spec).has_label(value)
-        for start in range(0, rows.num_rows, BATCH_ROWS)
-        for value in column[start : start + BATCH_ROWS][f"labels_{name}"]
-    )
+    return sum(task_type(spec).has_label(value) for batch in label_batches(rows, name) for value in batch)
 
 
 def count_labels(spec: TaskSpec, rows: Dataset, name: str) -> dict[str, int]:
     """Label counts of one task in one set, read a batch at a time."""
     counts: Counter = Counter()
-    column = rows.select_columns([f"labels_{name}"])
-    for start in range(0, rows.num_rows, BATCH_ROWS):
-        counts.update(
-            task_type(spec).count_labels(spec, column[start : start + BATCH_ROWS][f"labels_{name}"])
-        )
+    for batch in label_batches(rows, name):
+        counts.update(task_type(spec).count_labels(spec, batch))
     return {label: counts[label] for label in spec.labels}
 
 
-__all__ = ["count_labels", "label_feature", "labelled_count", "labelled_rows", "raw_labels", "row_features"]
+__all__ = [
+    "count_labels",
+    "identical_pairs",
+    "label_batches",
+    "label_feature",
+    "labelled_count",
+    "labelled_rows",
+    "raw_labels",
+    "row_features",
+]

@@ -15,7 +15,16 @@ from datasets import Dataset
 from ..model.tasks_multitask_encoder import TaskSpec, parse_task_spec
 from ..task_types import task_type
 from ..task_types.types import LabelError, to_float
-from .labels import count_labels, labelled_count, labelled_rows, raw_labels, read_content
+from .labels import (
+    count_labels,
+    identical_pairs,
+    label_batches,
+    label_column,
+    labelled_count,
+    labelled_rows,
+    raw_labels,
+    read_content,
+)
 from .sources import Source, expand_paths, file_format, group_train_sources, resolve_sources
 from .spec import EVAL_SPLITS, DataError, TaskDataSpec, parse_task_entries, tasks_label
 from .splits import (
@@ -109,6 +118,11 @@ def _inferred_labels(task: TaskDataSpec, tables: list, source: Source) -> list[s
             break
     if not present:
         raise DataError(f"Task {task.name!r}: no labels in the train data ({source.describe()}).")
+    # A `datasets` ClassLabel column names its classes in id order: the label ids stay the dataset's.
+    for table in tables:
+        class_names = dict(table.layout.class_names).get(label_column(table.layout, task))
+        if class_names:
+            return task.task_type.class_label_order(labels, class_names, task.options)
     return labels
 
 
@@ -172,6 +186,31 @@ def load_multitask_data(
                 for name in names:
                     held_out[split][name] = task_eval_rows(split_rows, name, specs)
         train_rows[group] = cap_rows(rows, entries[names[0]].max_train_examples, seed)
+    # Rows whose anchor is their positive teach a contrastive task nothing: counted, the first one named.
+    for group, names in groups.items():
+        for name in names:
+            note = task_type(specs[name]).identical_pair_note
+            if note is None:
+                continue
+            found = [identical_pairs(table, entries[name]) for table in train_tables[group]]
+            count = sum(n for n, _ in found)
+            if count:
+                first = next(where for n, where in found if n)
+                logger.warning(
+                    f"Task {name!r}: {count} train row(s) have the same text as anchor and positive (the first: "
+                    f"{first}): {note}. Remove them or give them another positive."
+                )
+    # Options a type learns from its train labels (regression: the targets' mean and std), unless declared.
+    for group, names in groups.items():
+        for name in names:
+            fitted = task_type(specs[name]).fitted_options(
+                specs[name], label_batches(train_rows[group], name)
+            )
+            fitted = {key: value for key, value in fitted.items() if entries[name].model.get(key) is None}
+            if fitted:
+                task_specs[name] = parse_task_spec(name, {**task_specs[name], **fitted}).to_dict()
+                specs[name] = parse_task_spec(name, task_specs[name])
+                logger.info(f"Task {name!r}: from the train labels, {fitted}.")
     eval_rows: dict[str, dict[str, Dataset]] = {split: {} for split in EVAL_SPLITS}
     for split, by_task in eval_rows.items():
         for name, entry in entries.items():

@@ -85,6 +85,9 @@ class DelimitedReader:
             raise ReadError(f"{path} line 1: {error}") from None
 
     def rows(self) -> Iterator[tuple[int, list[str]]]:
+        """`(line where the record starts, fields)` of every record; a blank line gives `[]`. A record with
+        more or fewer fields than the header is refused (training and the batch command alike): which
+        field belongs to which column would be a guess, and extra fields would be dropped unseen."""
         while True:
             start_line = self._reader.line_num + 1
             try:
@@ -93,14 +96,12 @@ class DelimitedReader:
                 return
             except csv.Error as error:
                 raise ReadError(f"{self.path} line {self._reader.line_num}: {error}") from None
+            if row and len(row) != len(self.header):
+                raise ReadError(
+                    f"{self.path} line {start_line} has {len(row)} field(s) but the header has "
+                    f"{len(self.header)}."
+                )
             yield start_line, row
-
-    def short_row(self, line: int, row: list[str], column: str) -> ReadError:
-        """The error for a record with no field in `column`'s position."""
-        return ReadError(
-            f"{self.path} line {line} has {len(row)} field(s) but the header has {len(self.header)}: "
-            f"no {column!r} value"
-        )
 
 
 def read_jsonl(lines: Iterable[str], path: str) -> Iterator[tuple[int, Any]]:

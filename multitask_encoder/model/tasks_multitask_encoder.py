@@ -505,13 +505,71 @@ class MultiLabelClassification(TaskType):
 
 class Regression(TaskType):
     """One or more real values per text (`labels` name the outputs; default one, "value"): linear head on
-    the sentence embedding, mean squared error over the labelled values."""
+    the sentence embedding, mean squared error over the labelled values.
+
+    The head predicts standardised values z; `<task>_logits` is z * `target_std` + `target_mean` (the train
+    targets' mean and standard deviation per output, set by training and saved in config.json), so every
+    consumer of the logits sees the data's scale. The loss is the MSE of the standardised values, whatever
+    the data's units. Without the stats (models saved before them) the mean is 0 and the std 1."""
 
     name = "regression"
     hf_problem_type = "regression"
+    options: ClassVar[dict[str, Any]] = {"target_mean": None, "target_std": None}
 
     def default_labels(self):
         return ["value"]
+
+    def check_options(self, task, options):
+        options = super().check_options(task, options)
+        for key, positive in (("target_mean", False), ("target_std", True)):
+            value = options[key]
+            if value is None:
+                continue
+            values = list(value) if isinstance(value, (list, tuple)) else [value]
+            if (
+                not values
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values)
+                or any(not math.isfinite(v) or (positive and v <= 0) for v in values)
+            ):
+                kind = "positive finite number" if positive else "finite number"
+                raise ValueError(
+                    f"Task {task!r}: {key} must be a {kind}, or a list of them (one per output), got {value!r}."
+                )
+            options[key] = float(values[0]) if len(values) == 1 else [float(v) for v in values]
+        return options
+
+    def check_label_options(self, task, labels, options):
+        for key in ("target_mean", "target_std"):
+            value = options[key]
+            count = 1 if not isinstance(value, list) else len(value)
+            if value is not None and count != len(labels):
+                raise ValueError(
+                    f"Task {task!r}: {key} has {count} value(s), but the task has {len(labels)} output(s) "
+                    f"{labels}."
+                )
+
+    def target_scale(self, spec: TaskSpec, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) of the task's targets `[num_outputs]` on `like`'s device (0 and 1 without stats)."""
+
+        def per_output(value, default):
+            values = [default] * spec.num_outputs if value is None else value
+            values = values if isinstance(values, (list, tuple)) else [values]
+            return torch.tensor(values, dtype=torch.float32, device=like.device)
+
+        return per_output(spec.options.get("target_mean"), 0.0), per_output(
+            spec.options.get("target_std"), 1.0
+        )
+
+    def logits(self, head, spec, features):
+        standardised = head(self.head_input(head, spec, features))
+        mean, std = self.target_scale(spec, standardised)
+        return standardised * std.to(standardised.dtype) + mean.to(standardised.dtype)
+
+    def standardised_mse(self, spec, logits, targets, present):
+        """MSE of (value - mean) / std between `logits` and `targets` (the data's scale) where `present`."""
+        mean, std = self.target_scale(spec, logits)
+        mean, std = mean.expand_as(logits)[present], std.expand_as(logits)[present]
+        return F.mse_loss((logits[present] - mean) / std, (targets[present] - mean) / std)
 
     def loss(self, spec, logits, labels, features=None):
         logits = logits.float()
@@ -519,7 +577,7 @@ class Regression(TaskType):
         labelled = labels != IGNORE_INDEX
         if not labelled.any():
             return None
-        return F.mse_loss(logits[labelled], labels[labelled])
+        return self.standardised_mse(spec, logits, labels, labelled)
 
     def distillation_loss(self, spec, logits, targets, features):
         logits = logits.float()
@@ -527,7 +585,7 @@ class Regression(TaskType):
         present = torch.isfinite(targets)
         if not present.any():
             return None
-        return F.mse_loss(logits[present], targets[present])
+        return self.standardised_mse(spec, logits, targets, present)
 
     def decode(self, spec, logits, texts, encodings, top_k):
         rows = logits.tolist()
@@ -722,8 +780,9 @@ class Similarity(TaskType):
 class Contrastive(TaskType):
     """Retrieval embeddings from (anchor, positive[, negative]) rows: each anchor must score its own positive
     above every other positive and negative of the batch (in-batch negatives, the Multiple Negatives Ranking
-    loss of SBERT; `scale` multiplies the cosines). No head: the embedding is what trains. The batches of a
-    contrastive group never hold the same text twice (a repeated text would be a false negative)."""
+    loss of SBERT; `scale` multiplies the cosines). No head: the embedding is what trains. The training batches
+    of a contrastive group hold each text once where the rows allow it (a repeated text would be a false
+    negative; the sampler swaps rows between batches and warns about those it could not separate)."""
 
     name = "contrastive"
     hf_problem_type = "regression"  # its view's score is the cosine itself, as `decode`'s "similarity"

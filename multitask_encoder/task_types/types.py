@@ -102,13 +102,39 @@ def label_sort_key(label: str) -> tuple:
     return (1, 0.0, label) if math.isnan(number) else (0, number, label)
 
 
+# Cells that hold several values: never one label (its repr would become a label name).
+CONTAINERS = (list, tuple, set, frozenset, dict, np.ndarray)
+
+
 def map_label(value: Any, label_map: Mapping[str, str] | None, where: str) -> str:
+    """One label (a cell, or an item of a label list) -> its name, through `label_map` when given."""
+    if isinstance(value, CONTAINERS):
+        raise LabelError(
+            f"{where}: the label {value!r} is a {type(value).__name__}, not a label name (a string or an integer)."
+        )
     key = cell_str(value)
     if label_map is None:
         return key
     if key not in label_map:
         raise LabelError(f"{where}: value {key!r} is not a key of label_map {dict(label_map)}.")
     return label_map[key]
+
+
+def label_list(
+    value: Any, separator: str | None, label_map: Mapping[str, str] | None, where: str
+) -> list[str]:
+    """A cell of several labels (a list, tuple or array, a JSON list, or a separated string) -> their names.
+    Every item must be a label name: a string, or an integer (a class id, as declared labels may be); any
+    other item (a nested list, a dict, None, a float, a bool) is refused rather than named after its repr."""
+    items = cell_list(value, separator)
+    for position, item in enumerate(items, start=1):
+        integral = isinstance(item, (float, np.floating)) and math.isfinite(item) and float(item).is_integer()
+        if isinstance(item, (bool, np.bool_)) or not (isinstance(item, (str, int, np.integer)) or integral):
+            raise LabelError(
+                f"{where}: item {position} of the label list {value!r} is {item!r} ({type(item).__name__}), not "
+                "a label name: the items must be strings (or integer class ids)."
+            )
+    return [map_label(item, label_map, where) for item in items]
 
 
 def to_float(value: Any, where: str) -> float:
@@ -143,6 +169,43 @@ def as_list(value: Any) -> list:
     return value.tolist() if hasattr(value, "tolist") else list(value)
 
 
+# A head whose predictions spread less than this share of the gold values' spread (or, for cosines, less than
+# COSINE_COLLAPSE in absolute terms) predicts about the same for every row: its evaluation warns.
+SPREAD_COLLAPSE = 0.05
+COSINE_COLLAPSE = 0.01
+COLLAPSE_CAUSES = (
+    "too few steps, a learning rate too high or too low, or features that do not carry the signal"
+)
+
+
+def value_spread(predicted: np.ndarray, gold: np.ndarray) -> dict[str, list[float]]:
+    """Per output (column): the mean and standard deviation of the predictions and the gold values over the
+    labelled entries (gold -100 is missing), for `collapse_note`."""
+    predicted = np.asarray(predicted, dtype=np.float64).reshape(len(predicted), -1)
+    gold = np.asarray(gold, dtype=np.float64).reshape(predicted.shape)
+    spread: dict[str, list[float]] = {"predicted_mean": [], "predicted_std": [], "gold_std": []}
+    for column in range(predicted.shape[1]):
+        labelled = gold[:, column] != IGNORE_INDEX
+        values, references = predicted[labelled, column], gold[labelled, column]
+        spread["predicted_mean"].append(float(values.mean()) if values.size else 0.0)
+        spread["predicted_std"].append(float(values.std()) if values.size else 0.0)
+        spread["gold_std"].append(float(references.std()) if references.size else 0.0)
+    return spread
+
+
+def label_set_spread(predicted_sets: Sequence[Any], gold_sets: Sequence[Any]) -> dict[str, Any]:
+    """How many distinct predictions (class ids, tags, label sets) and gold values an evaluation has, and the
+    most predicted one, for `collapse_note`."""
+    counts = Counter(predicted_sets)
+    most, most_count = counts.most_common(1)[0] if counts else (None, 0)
+    return {
+        "distinct_predicted": len(counts),
+        "distinct_gold": len(set(gold_sets)),
+        "most_predicted": list(most) if isinstance(most, tuple) else most,
+        "most_predicted_rows": most_count,
+    }
+
+
 class TaskType(model_tasks.TaskType):
     """The package side of `TaskType`."""
 
@@ -155,6 +218,8 @@ class TaskType(model_tasks.TaskType):
     distinct_batch_texts: ClassVar[bool] = (
         False  # a batch must not hold the same text twice (in-batch negatives)
     )
+    # Why a row whose two texts are the same teaches the type nothing (the loader warns, counting them), or None.
+    identical_pair_note: ClassVar[str | None] = None
     main_metric: ClassVar[str]
     model_index_metrics: ClassVar[tuple[IndexedMetric, ...]] = ()
     body_metrics: ClassVar[tuple[str, ...]] = ()
@@ -176,6 +241,22 @@ class TaskType(model_tasks.TaskType):
         in one pass (the train data may not fit in memory)."""
         raise NotImplementedError
 
+    # The type's labels are the names its label cells hold (so a `datasets` ClassLabel column's class names,
+    # in their id order, are its label set when the spec declares none).
+    labels_are_cell_names: ClassVar[bool] = False
+
+    def class_label_order(
+        self, inferred: list[str], class_names: Sequence[str], data_options: Mapping[str, Any]
+    ) -> list[str]:
+        """The label set of a task whose train label column is a ClassLabel: its class names in the dataset's
+        id order (through `label_map` when given), then any other inferred label; `inferred` otherwise."""
+        if not self.labels_are_cell_names:
+            return inferred
+        label_map = data_options.get("label_map")
+        if label_map is not None:
+            class_names = [label_map[name] for name in class_names if name in label_map]
+        return list(dict.fromkeys([*class_names, *inferred]))
+
     def encode_label(self, spec: TaskSpec, raw: Any, where: str) -> Any:
         """A raw label -> the value stored in `labels_<task>` (raises LabelError when it is not valid)."""
         raise NotImplementedError
@@ -196,6 +277,11 @@ class TaskType(model_tasks.TaskType):
     def label_feature(self, spec: TaskSpec) -> tuple[str, bool]:
         """How `labels_<task>` is stored: (dtype, is a list per row)."""
         raise NotImplementedError
+
+    def fitted_options(self, spec: TaskSpec, batches: Iterable[list]) -> dict[str, Any]:
+        """Options the type learns from its train labels (batches of `labels_<task>` values), read once at
+        the start of training and saved with the model; {} for most types."""
+        return {}
 
     # -------------------------------------------------------------- batches
     def collate_labels(self, spec: TaskSpec, values: list[Any], batch: LabelBatch) -> torch.Tensor:
@@ -273,6 +359,7 @@ class SequenceClassification(_SingleLabel, model_tasks.SequenceClassification):
     card_tags = ("text-classification",)
     data_options: ClassVar[dict[str, Any]] = {"text_column": "text", "label_column": None, "label_map": None}
     stratify = True
+    labels_are_cell_names = True
     main_metric = "accuracy"
     model_index_metrics = (
         IndexedMetric("accuracy", "accuracy", "Accuracy"),
@@ -357,6 +444,7 @@ class MultiLabelClassification(TaskType, model_tasks.MultiLabelClassification):
         "label_separator": ",",
     }
     main_metric = "micro_f1"
+    labels_are_cell_names = True
     model_index_metrics = (
         IndexedMetric("micro_f1", "f1", "Micro F1", {"average": "micro"}),
         IndexedMetric("macro_f1", "f1", "Macro F1", {"average": "macro"}),
@@ -368,7 +456,7 @@ class MultiLabelClassification(TaskType, model_tasks.MultiLabelClassification):
 
     def read_label(self, value, data_options, where):
         separator = data_options.get("label_separator", ",")
-        names = [map_label(v, data_options.get("label_map"), where) for v in cell_list(value, separator)]
+        names = label_list(value, separator, data_options.get("label_map"), where)
         return list(dict.fromkeys(names))
 
     def infer_labels(self, raw):
@@ -408,7 +496,27 @@ class MultiLabelClassification(TaskType, model_tasks.MultiLabelClassification):
 
     def metrics(self, spec, logits, labels):
         predicted = (1.0 / (1.0 + np.exp(-logits)) >= spec.threshold).astype(np.int64)
-        return multi_label_metrics(predicted, labels, spec.labels)
+        metrics = multi_label_metrics(predicted, labels, spec.labels)
+        labelled = ~(np.asarray(labels) == IGNORE_INDEX).all(axis=-1)
+
+        def label_set(row):
+            return tuple(label for label, hot in zip(spec.labels, row) if hot == 1)
+
+        metrics["spread"] = label_set_spread(
+            [label_set(row) for row in predicted[labelled]],
+            [label_set(row) for row in np.asarray(labels)[labelled]],
+        )
+        return metrics
+
+    def collapse_note(self, spec, metrics):
+        spread = metrics.get("spread") or {}
+        if spread.get("distinct_predicted") == 1 and spread.get("distinct_gold", 0) > 1:
+            labels = ", ".join(f"`{label}`" for label in spread["most_predicted"]) or "no label"
+            return (
+                f"the head predicts the same label set ({labels}) for every one of the "
+                f"{spread['most_predicted_rows']} rows (collapsed to one answer: {COLLAPSE_CAUSES})."
+            )
+        return None
 
     def prediction_row(self, spec, logits, labels):
         probabilities = 1.0 / (1.0 + np.exp(-logits))
@@ -485,6 +593,38 @@ class Regression(TaskType, model_tasks.Regression):
     def label_feature(self, spec):
         return ("float32", spec.num_outputs != 1)
 
+    def fitted_options(self, spec, batches):
+        """The train targets' mean and standard deviation per output (`target_mean`, `target_std`): the head
+        predicts standardised values, which the model maps back to the data's scale. Read a batch at a
+        time; sums are shifted by each output's first value so large values keep their precision."""
+        shift = total = squares = count = None
+        for batch in batches:
+            values = np.asarray(
+                [as_list(v) if isinstance(v, (list, tuple)) else [v] for v in batch], np.float64
+            )
+            values = values.reshape(len(batch), spec.num_outputs)
+            labelled = values != IGNORE_INDEX
+            if shift is None:
+                shift, total, squares = (np.zeros(spec.num_outputs) for _ in range(3))
+                count = np.zeros(spec.num_outputs, dtype=np.int64)
+            unset = (count == 0) & labelled.any(axis=0)
+            shift[unset] = values[labelled[:, unset].argmax(axis=0), np.flatnonzero(unset)]
+            deviations = np.where(labelled, values - shift, 0.0)
+            total += deviations.sum(axis=0)
+            squares += (deviations**2).sum(axis=0)
+            count += labelled.sum(axis=0)
+        if count is None or not count.any():
+            return {}
+        seen = np.maximum(count, 1)
+        mean = shift + total / seen
+        std = np.sqrt(np.maximum(squares / seen - (total / seen) ** 2, 0.0))
+        # A constant (or absent) output has nothing to standardise: its std stays 1.
+        std = np.where((count > 0) & (std > 0), std, 1.0)
+        mean = np.where(count > 0, mean, 0.0)
+        if spec.num_outputs == 1:
+            return {"target_mean": float(mean[0]), "target_std": float(std[0])}
+        return {"target_mean": mean.tolist(), "target_std": std.tolist()}
+
     def collate_labels(self, spec, values, batch):
         if spec.num_outputs == 1:
             return torch.tensor(
@@ -503,7 +643,27 @@ class Regression(TaskType, model_tasks.Regression):
         return str(prediction.get("value", prediction.get("values")))
 
     def metrics(self, spec, logits, labels):
-        return regression_metrics(logits.reshape(labels.shape), labels)
+        predicted = logits.reshape(labels.shape)
+        return {**regression_metrics(predicted, labels), "spread": value_spread(predicted, labels)}
+
+    def collapse_note(self, spec, metrics):
+        spread = metrics.get("spread") or {}
+        notes = [
+            f"`{label}` about {mean:.4g} (spread {predicted:.3g} against the gold values' {gold:.3g})"
+            for label, mean, predicted, gold in zip(
+                spec.labels,
+                spread.get("predicted_mean", []),
+                spread.get("predicted_std", []),
+                spread.get("gold_std", []),
+            )
+            if gold > 0 and predicted < SPREAD_COLLAPSE * gold
+        ]
+        if notes:
+            return (
+                f"the head predicts nearly the same value for every row: {'; '.join(notes)} (collapsed to a "
+                f"constant: {COLLAPSE_CAUSES})."
+            )
+        return None
 
     def prediction_row(self, spec, logits, labels):
         gold, predicted = np.ravel(labels), np.ravel(logits)
@@ -536,6 +696,7 @@ class TokenClassification(_SingleLabel, model_tasks.TokenClassification):
         "label_map": None,
     }
     main_metric = "f1"
+    labels_are_cell_names = True
     model_index_metrics = (
         IndexedMetric("precision", "precision", "Entity precision"),
         IndexedMetric("recall", "recall", "Entity recall"),
@@ -554,7 +715,7 @@ class TokenClassification(_SingleLabel, model_tasks.TokenClassification):
         return data_options.get("tags_column") or "ner_tags"
 
     def read_label(self, value, data_options, where):
-        return [map_label(v, data_options.get("label_map"), where) for v in cell_list(value, None)]
+        return label_list(value, None, data_options.get("label_map"), where)
 
     def infer_labels(self, raw):
         names = {tag for tags in raw if tags is not None for tag in tags}
@@ -626,7 +787,20 @@ class TokenClassification(_SingleLabel, model_tasks.TokenClassification):
                 continue
             predicted_tags.append([spec.labels[i] for i in row_predictions[scored]])
             gold_tags.append([spec.labels[i] for i in row_labels[scored]])
-        return entity_metrics(predicted_tags, gold_tags)
+        metrics = entity_metrics(predicted_tags, gold_tags)
+        metrics["spread"] = label_set_spread(
+            [tag for tags in predicted_tags for tag in tags], [tag for tags in gold_tags for tag in tags]
+        )
+        return metrics
+
+    def collapse_note(self, spec, metrics):
+        spread = metrics.get("spread") or {}
+        if spread.get("distinct_predicted") == 1 and spread.get("distinct_gold", 0) > 1:
+            return (
+                f"the head tags every one of the {spread['most_predicted_rows']} words `{spread['most_predicted']}` "
+                f"(collapsed to one tag: {COLLAPSE_CAUSES})."
+            )
+        return None
 
     def prediction_row(self, spec, logits, labels):
         scored = labels != IGNORE_INDEX
@@ -729,8 +903,22 @@ class Similarity(TaskType, model_tasks.Similarity):
         return f"cosine {prediction['similarity']:.3f}"
 
     def metrics(self, spec, logits, labels):
-        metrics = regression_metrics(logits.reshape(labels.shape), labels)
-        return {key: metrics[key] for key in ("pearson", "spearman", "support")}
+        predicted = logits.reshape(labels.shape)
+        metrics = regression_metrics(predicted, labels)
+        return {
+            **{key: metrics[key] for key in ("pearson", "spearman", "support")},
+            "spread": value_spread(predicted, labels),
+        }
+
+    def collapse_note(self, spec, metrics):
+        spread = metrics.get("spread") or {}
+        predicted, gold = spread.get("predicted_std", [None])[0], spread.get("gold_std", [0.0])[0]
+        if predicted is not None and gold > 0 and predicted < COSINE_COLLAPSE:
+            return (
+                f"the cosine of every pair is about {spread['predicted_mean'][0]:.3f} (spread {predicted:.2g}): "
+                f"the embedding no longer tells the pairs apart (collapsed: {COLLAPSE_CAUSES})."
+            )
+        return None
 
     def prediction_row(self, spec, logits, labels):
         return float(np.ravel(labels)[0]), float(np.ravel(logits)[0]), ""
@@ -749,6 +937,10 @@ class Contrastive(TaskType, model_tasks.Contrastive):
     hub_task = "sentence-similarity"
     card_tags = ("sentence-similarity", "retrieval")
     distinct_batch_texts = True
+    identical_pair_note = (
+        "an anchor always scores its own text highest, so the row adds no signal, only a loss that is already "
+        "at its minimum"
+    )
     data_options: ClassVar[dict[str, Any]] = {
         "text_column": "text",
         "text_pair_column": "text_pair",
@@ -815,7 +1007,19 @@ class Contrastive(TaskType, model_tasks.Contrastive):
             "accuracy": float((ranks == 1).float().mean()),
             "mrr": float(reciprocal.mean()),
             "support": len(rows),
+            # Every anchor against every positive: a collapsed embedding scores them all alike.
+            "spread": {"score_mean": float(scores.mean()), "score_std": float(scores.std(unbiased=False))},
         }
+
+    def collapse_note(self, spec, metrics):
+        spread = metrics.get("spread") or {}
+        if metrics.get("support", 0) > 1 and spread.get("score_std", 1.0) < COSINE_COLLAPSE:
+            return (
+                f"every anchor scores about {spread['score_mean']:.3f} against every positive (spread "
+                f"{spread['score_std']:.2g}): the embedding no longer tells the texts apart (collapsed: "
+                f"{COLLAPSE_CAUSES})."
+            )
+        return None
 
     def prediction_row(self, spec, logits, labels):
         size = logits.shape[-1] // 2

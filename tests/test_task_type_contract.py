@@ -824,6 +824,8 @@ def test_metrics_on_gathered_logits_are_finite_and_hold_the_main_metric(
         assert len(line) == 3
         assert all(isinstance(v, str) or (isinstance(v, float) and math.isfinite(v)) for v in line), line
         assert str(line[1]).strip(), f"an empty prediction: {line}"
+        # A score exactly for the types that declare one (the file has no empty `score` column).
+        assert (line[2] != "") == kind.has_prediction_score, line
     # The predicted column shows the whole prediction: each output of a row's logits alone (set far above or
     # far below the others) can change it.
     row_logits, row_labels = logits[0], labels[0]

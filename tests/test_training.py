@@ -312,6 +312,7 @@ def test_e2e_test_predictions_and_reload(e2e, toy_data: Path) -> None:
             assert float(row["score"]) == pytest.approx(prediction[task]["score"], abs=2e-4)
 
     rows = read_csv(output_dir / "predictions_ner.csv")
+    assert list(rows[0]) == ["text", "gold", "predicted"]  # a tag sequence has no score of its own
     sentences = read_conll(toy_data / "ner_test.conll")
     assert [r["text"] for r in rows] == [" ".join(words) for words, _ in sentences]
     assert [r["gold"].split() for r in rows] == [tags for _, tags in sentences]
@@ -1253,6 +1254,9 @@ def test_regression_learns_the_scale_of_its_targets(tiny_backbone: str, tmp_path
     ]
     assert float(torch.tensor(predicted).std()) > 0.5 * variance**0.5  # not near-constant
     assert not [warning for warning in results.get("warnings") or [] if "collapsed" in warning]
+    rows = read_csv(output_dir / "predictions_rating.csv")  # the value, and no empty score column
+    assert list(rows[0]) == ["text", "gold", "predicted"]
+    assert [float(r["predicted"]) for r in rows] == pytest.approx(predicted, abs=1e-4)
 
     scaled_dir, scaled = runs[100.0]
     assert scaled["test"]["rating"]["mse"] == pytest.approx(1e4 * results["test"]["rating"]["mse"], rel=1e-3)

@@ -327,8 +327,13 @@ class TaskType(model_tasks.TaskType):
         """Metrics of one task from its gathered logits and labels."""
         raise NotImplementedError
 
+    # Whether a prediction has a confidence of its own (a class probability): the prediction file of a type
+    # without one (a value, a tag sequence, a cosine) has no `score` column.
+    has_prediction_score: ClassVar[bool] = True
+
     def prediction_row(self, spec: TaskSpec, logits: np.ndarray, labels: np.ndarray) -> tuple[Any, Any, Any]:
-        """One test row's (gold, predicted, score) for the prediction file (score "" when it has none)."""
+        """One test row's (gold, predicted, score) for the prediction file (score "" for a type without
+        `has_prediction_score`)."""
         raise NotImplementedError
 
     def collapse_note(self, spec: TaskSpec, metrics: Mapping[str, Any]) -> str | None:
@@ -531,6 +536,8 @@ class MultiLabelClassification(TaskType, model_tasks.MultiLabelClassification):
 class Regression(TaskType, model_tasks.Regression):
     """The package side of `Regression`."""
 
+    has_prediction_score = False
+
     display_name = "Text Regression"
     # The Hub has no regression task id: regression heads are reported as text-classification, as the Hub
     # does for STS-B-style models (AutoModelForSequenceClassification with 1 output).
@@ -687,6 +694,7 @@ class TokenClassification(_SingleLabel, model_tasks.TokenClassification):
     """The package side of `TokenClassification`."""
 
     display_name = "Named Entity Recognition"
+    has_prediction_score = False
     hub_task = "token-classification"
     card_tags = ("token-classification", "ner")
     content_option = "tokens_column"
@@ -845,6 +853,7 @@ class Similarity(TaskType, model_tasks.Similarity):
     """The package side of `Similarity`."""
 
     display_name = "Semantic Textual Similarity"
+    has_prediction_score = False
     hub_task = "sentence-similarity"
     card_tags = ("sentence-similarity",)
     data_options: ClassVar[dict[str, Any]] = {
@@ -932,6 +941,8 @@ class Similarity(TaskType, model_tasks.Similarity):
 
 class Contrastive(TaskType, model_tasks.Contrastive):
     """The package side of `Contrastive`."""
+
+    has_prediction_score = False
 
     display_name = "Contrastive Embedding (retrieval)"
     hub_task = "sentence-similarity"

@@ -102,11 +102,37 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
 
 
+# The strings the argument parser reads as a bool (transformers' string_to_bool).
+BOOL_STRINGS = {"yes", "true", "t", "y", "1", "no", "false", "f", "n", "0"}
+
+
+def _check_string(value: str, hint: Any) -> str | None:
+    """Why the argument parser would refuse the string `value` for an option of type `hint` (it converts
+    strings as it converts command-line flags: YAML reads `1e-3` as a string), so that the refusal names the
+    file and line rather than coming from argparse without them."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    if not all(a in (bool, int, float) for a in args):
+        return None  # a type that takes strings (str, a choice, a JSON mapping): the parser decides
+    for kind in args:
+        try:
+            if kind is bool:
+                if value.strip().lower() in BOOL_STRINGS:
+                    return None
+            else:
+                kind(value)
+                return None
+        except ValueError:
+            pass
+    expected = {bool: "true or false", int: "an integer", float: "a number"}
+    return " or ".join(expected[a] for a in args) + f", got {value!r}"
+
+
 def _check_value(name: str, value: Any, hint: Any) -> str | None:
-    """Why `value` cannot be the option `name` of type `hint` (None when it can). Strings are left to the
-    argument parser, which converts them as it converts command-line flags."""
-    if isinstance(value, str) or value is None:
+    """Why `value` cannot be the option `name` of type `hint` (None when it can)."""
+    if value is None:
         return None
+    if isinstance(value, str):
+        return _check_string(value, hint)
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]

@@ -841,8 +841,29 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_previous_one(
             "learning_rate: true\ntasks: {t: {type: regression, train: x.csv}}\n",
             r"option 'learning_rate' must be a number",
         ),
+        (  # a string the argument parser cannot convert: named with the file and line, not by argparse
+            "tasks: {t: {type: regression, train: x.csv}}\nlearning_rate: abc\n",
+            r"config\.yaml, line 2: option 'learning_rate' must be a number, got 'abc'",
+        ),
+        (
+            "tasks: {t: {type: regression, train: x.csv}}\nmax_steps: ten\n",
+            r"config\.yaml, line 2: option 'max_steps' must be an integer, got 'ten'",
+        ),
+        (
+            "tasks: {t: {type: regression, train: x.csv}}\nfreeze_encoder: maybe\n",
+            r"config\.yaml, line 2: option 'freeze_encoder' must be true or false, got 'maybe'",
+        ),
     ],
-    ids=["duplicate-task", "duplicate-option", "unparsable", "list-for-int", "bool-for-float"],
+    ids=[
+        "duplicate-task",
+        "duplicate-option",
+        "unparsable",
+        "list-for-int",
+        "bool-for-float",
+        "text-for-float",
+        "text-for-int",
+        "text-for-bool",
+    ],
 )
 def test_config_file_problems_name_the_file_line_and_column(
     config_text: str, message: str, tmp_path: Path
@@ -851,6 +872,18 @@ def test_config_file_problems_name_the_file_line_and_column(
     config.write_text(config_text, encoding="utf-8")
     with pytest.raises(ValueError, match=message):
         run_training([str(config), "--output_dir", str(tmp_path / "out")])
+
+
+def test_strings_the_parser_converts_are_accepted(tmp_path: Path) -> None:
+    """YAML reads `1e-3` as a string: a number the parser converts is not refused by the type check."""
+    from multitask_encoder.arguments import ARGUMENT_CLASSES
+    from multitask_encoder.config_file import check_options
+
+    check_options(
+        "c.yaml",
+        {"learning_rate": "1e-3", "max_steps": "10", "freeze_encoder": "True", "eval_strategy": "steps"},
+        ARGUMENT_CLASSES,
+    )
 
 
 def test_json_config_errors_name_line_and_column(tmp_path: Path) -> None:

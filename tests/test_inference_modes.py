@@ -406,3 +406,27 @@ def test_compiled_mode_in_saved_folder_matches_exact(
     assert cosine(np.array(compiled["embeddings"]), exact).min() >= 0.999
     np.testing.assert_allclose(np.array(compiled["embeddings"]), exact, atol=1e-4)
     assert_same_predictions(compiled["predictions"], results["exact"]["predictions"], atol=1e-4)
+
+
+def test_compiling_shows_the_user_none_of_torchs_own_deprecation_notes(tiny_backbone: str) -> None:
+    """The first torch.compile imports inductor, whose modules use deprecated torch.jit decorators; a fresh
+    process (nothing imported yet) where any DeprecationWarning is an error must still compile."""
+    import subprocess
+    import sys
+
+    script = textwrap.dedent(
+        f"""
+        from transformers import AutoModel
+        from multitask_encoder.model.inference_multitask_encoder import compile_encoder
+        compile_encoder(AutoModel.from_pretrained({tiny_backbone!r}))
+        print("compiled")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]

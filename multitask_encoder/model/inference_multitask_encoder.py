@@ -374,9 +374,14 @@ def compile_encoder(encoder: nn.Module, recompile_limit: int = COMPILE_RECOMPILE
         options["recompile_limit"] = recompile_limit
         if "isolate_recompiles" in parameters:
             options["isolate_recompiles"] = True
-        return torch.compile(EncoderStates(encoder), **options)
+    with warnings.catch_warnings():
+        # The first torch.compile imports inductor, whose modules use deprecated torch.jit decorators: torch's
+        # own deprecation notes, not the user's to act on.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit")
+        compiled = torch.compile(EncoderStates(encoder), **options)
+    if "recompile_limit" in parameters:
+        return compiled
     # Older torch: the cap is a process-wide dynamo setting, raised for these calls only.
-    compiled = torch.compile(EncoderStates(encoder), **options)
 
     def run_compiled(
         encoder_inputs: dict[str, torch.Tensor], layers: tuple[int, ...] | None = None

@@ -63,10 +63,10 @@ def configure_logging() -> None:
     """The commands' log lines (`INFO name: message` on stderr). Only a command's `main` calls this: the library
     never configures logging for the program that imports it."""
     # In a distributed run every process reads the data and would repeat each warning: the others say only
-    # errors (RANK is set by torchrun / accelerate launch).
-    main_process = os.environ.get("RANK", "0") == "0"
+    # errors (RANK is set by torchrun / accelerate launch), unless MULTITASK_ENCODER_DEBUG asks for everything.
+    every_line = os.environ.get("RANK", "0") == "0" or debug_requested(False)
     logging.basicConfig(
-        format="%(levelname)s %(name)s: %(message)s", level=logging.INFO if main_process else logging.ERROR
+        format="%(levelname)s %(name)s: %(message)s", level=logging.INFO if every_line else logging.ERROR
     )
     # transformers draws a bar for every model load and save ("Loading weights", "Writing model shards"):
     # noise in a command's log. Downloads from the Hub keep theirs.

@@ -489,7 +489,7 @@ def test_two_process_ddp_run_of_the_demo_tasks(tiny_backbone: str, tmp_path: Pat
     result = subprocess.run(
         [*launch, str(entry), config, *job_flags(tiny_backbone, output_dir, tmp_path / "cache"), *flags],
         cwd=REPO,
-        env=subprocess_env(),
+        env={**subprocess_env(), "MULTITASK_ENCODER_DEBUG": "1"},  # every process logs: both are checked
         capture_output=True,
         text=True,
         timeout=600,

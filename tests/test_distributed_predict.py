@@ -9,6 +9,7 @@ import json
 import math
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -334,3 +335,49 @@ def test_ray_engine_command_predicts_a_folder_in_order_and_names_a_bad_file(
     assert "Traceback" not in failed.stderr
     assert not (tmp_path / "again.parquet").exists()
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".partial")]
+
+
+# ---------------------------------------------------------------------------------------------- Spark
+@pytest.fixture(scope="module")
+def spark_session():
+    pytest.importorskip("pyspark", reason='pyspark is not installed (pip install "multitask-encoder[spark]")')
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        pytest.skip("Spark needs a Java runtime: none is installed here")
+    from pyspark.sql import SparkSession
+
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "2")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    yield spark
+    spark.stop()
+
+
+def test_spark_predict_udf_equals_predict_row_for_row_for_every_task_type(
+    spark_session, all_types_model: str, loaded_model
+) -> None:
+    from multitask_encoder.spark import predict_udf
+
+    texts = [sentence(i) if i % 5 else "" for i in range(24)]
+    df = spark_session.createDataFrame(list(enumerate(texts)), "id long, body string").repartition(2)
+    predict = predict_udf(all_types_model, embeddings=True)
+    rows = [row.asDict(recursive=True) for row in df.select("id", predict("body").alias("p")).collect()]
+    rows.sort(key=lambda row: row["id"])
+    assert [row["id"] for row in rows] == list(range(24))
+    schema = BatchPredictor(all_types_model, embeddings=True).output_schema()
+    assert all(list(row["p"]) == schema.names for row in rows)  # the struct's fields: the declared columns
+    assert_rows_equal_predict([row["p"] for row in rows], loaded_model, texts, TEXT_TASKS, "spark")
+    np.testing.assert_allclose(rows[1]["p"]["embedding"], loaded_model.encode(texts[1]), atol=TOLERANCE)
+
+    pairs = [(sentence(i), sentence(i + 50)) for i in range(8)]
+    df = spark_session.createDataFrame(
+        [(i, a, b) for i, (a, b) in enumerate(pairs)], "id long, q string, d string"
+    )
+    predict_pairs = predict_udf(all_types_model, pairs=True)
+    rows = sorted(df.select("id", predict_pairs("q", "d").alias("p")).collect(), key=lambda row: row["id"])
+    assert_rows_equal_predict(
+        [row["p"].asDict(recursive=True) for row in rows], loaded_model, pairs, PAIR_TASKS, "spark pairs"
+    )

@@ -68,6 +68,11 @@ model code: without --trust-remote-code no Python file of the model's folder or 
   tokenizer whose classes, only the folder's code provides (auto_map in config.json or
   tokenizer_config.json) is refused, naming it. --trust-remote-code runs that code on this machine.
 
+--engine ray: the same tasks and options on Ray Data workers (pip install "multitask-encoder[ray]"). INPUT is a
+  file or a folder of files (txt, csv, tsv, jsonl, parquet), OUTPUT a new folder of parquet files (or jsonl /
+  csv from its name or --format). Rows carry path and line (parquet: row, and --id-column); an empty text
+  keeps its row with null predictions (counted in a warning); --top-k is not taken (every label's score).
+
 exit status: 0 done; 1 refused or failed, with one line on stderr naming the file, line, column or
   option; 2 a usage error; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Only a complete run
   writes OUTPUT, and no temporary file is left behind. --debug (or MULTITASK_ENCODER_DEBUG=1) adds the
@@ -414,9 +419,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OUTPUT",
         help="output file (.csv or .jsonl), or - for stdout",
     )
-    parser.add_argument("--format", choices=("csv", "jsonl"), help="output format (default: from OUTPUT)")
     parser.add_argument(
-        "--input-format", choices=("txt", "csv", "tsv", "jsonl"), help="input format (default: from INPUT)"
+        "--format",
+        choices=("csv", "jsonl", "parquet"),
+        help="output format (default: from OUTPUT; parquet: ray)",
+    )
+    parser.add_argument(
+        "--input-format",
+        choices=("txt", "csv", "tsv", "jsonl", "parquet"),
+        help="input format (default: from INPUT; parquet: --engine ray)",
     )
     parser.add_argument(
         "--text-column",
@@ -465,9 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--address", help='Ray cluster to join ("auto": the running one; default: start one here)'
     )
     engine.add_argument("--workers", type=int, help="model workers (default: the cluster's CPUs / --threads)")
-    engine.add_argument(
-        "--threads", type=int, default=1, help="CPUs and torch threads per worker (default: 1)"
-    )
+    engine.add_argument("--threads", type=int, help="CPUs and torch threads per worker (default: 1)")
     engine.add_argument(
         "--mode", default="exact", help="serving mode of each worker's model (default: exact)"
     )
@@ -518,12 +527,14 @@ def run(args: argparse.Namespace) -> None:
     if args.engine == "ray":
         run_on_ray(args)
         return
-    engine_options = ("--address", "--workers", "--mode", "--embeddings", "--id-column")
+    engine_options = ("--address", "--workers", "--threads", "--mode", "--embeddings", "--id-column")
     given = [
         flag
         for flag in engine_options
         if getattr(args, flag[2:].replace("-", "_")) not in (None, False, "exact")
     ]
+    if args.format == "parquet" or args.input_format == "parquet":
+        given.append("parquet files")
     if given:
         raise BatchPredictError(f"{', '.join(given)} apply to --engine ray")
     input_format = input_format_of(args.input, args.input_format)
@@ -608,6 +619,7 @@ def run_on_ray(args: argparse.Namespace) -> None:
         raise BatchPredictError("--engine ray writes a folder: name it with -o")
     if args.workers is not None and args.workers < 1:
         raise BatchPredictError(f"--workers must be >= 1, got {args.workers}")
+    args.threads = 1 if args.threads is None else args.threads
     if args.threads < 1:
         raise BatchPredictError(f"--threads must be >= 1, got {args.threads}")
     requested_tasks = parse_tasks(args.tasks)

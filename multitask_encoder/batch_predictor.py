@@ -159,16 +159,19 @@ class BatchPredictor:
         only (no weights), so a driver can declare it before any worker starts."""
         if self._schema is None:
             specs = self._task_specs()
-            self._columns = [
-                (name, field)
-                for name, spec in specs.items()
-                for field in task_type(spec).prediction_fields(spec)
-            ]
-            fields = [
-                pa.field(prediction_column(name, field), arrow_type)
-                for name, spec in specs.items()
-                for field, arrow_type in task_type(spec).prediction_schema(spec)
-            ]
+            fields, self._columns = [], []
+            for name, spec in specs.items():
+                try:
+                    schema = task_type(spec).prediction_schema(spec)
+                except NotImplementedError:
+                    raise BatchPredictError(
+                        f"task {name!r} is a {spec.type} task, whose predictions have no declared Arrow type "
+                        "(prediction_schema): BatchPredictor cannot serve it; pass tasks= without it"
+                    ) from None
+                fields += [
+                    pa.field(prediction_column(name, field), arrow_type) for field, arrow_type in schema
+                ]
+                self._columns += [(name, field) for field, _ in schema]
             if self.embeddings:
                 size = self._config().embedding_size
                 fields.append(pa.field(EMBEDDING_COLUMN, pa.list_(pa.float32(), size)))

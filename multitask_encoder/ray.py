@@ -30,7 +30,7 @@ from .errors import MultiTaskEncoderError
 
 RAY_INPUT_FORMATS = {**INPUT_FORMATS, ".parquet": "parquet", ".pq": "parquet"}
 RAY_OUTPUT_FORMATS = ("parquet", "jsonl", "csv")
-READ_CHUNK_ROWS = 4096  # rows per block a reader yields: blocks stay small however large a file is
+READ_CHUNK_ROWS = 1024  # rows per block a reader yields: small blocks stream and spread over the workers
 
 
 def import_ray():
@@ -187,7 +187,9 @@ def read_files(
             yield from file_rows(str(path), input_format, text_column, pair_column, id_column)
 
     paths = ray.data.from_items([{"file": file} for file in files], override_num_blocks=len(files))
-    return paths.map_batches(read, batch_size=1, batch_format="numpy")
+    # No CPU reserved: reading is light next to the encoder, the workers hold the CPUs, and remote args that
+    # differ from the workers' keep Ray from fusing the read into them (one file would then feed one worker).
+    return paths.map_batches(read, batch_size=1, batch_format="numpy", num_cpus=0)
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -224,7 +226,9 @@ def write_dataset(ds, output: str, output_format: str, nested_columns: Sequence[
         if output_format == "parquet":
             ds.write_parquet(temporary)
         elif output_format == "jsonl":
-            ds.write_json(temporary)
+            ds.write_json(
+                temporary, double_precision=15, force_ascii=False
+            )  # pandas' default keeps 10 digits
         else:
             ds.map_batches(json_cells, fn_args=(list(nested_columns),), batch_format="pyarrow").write_csv(
                 temporary
@@ -253,10 +257,16 @@ def count_null_rows(
     output: str, output_format: str, column: str, id_columns: Sequence[str]
 ) -> tuple[int, list]:
     """How many rows of the written output have no prediction, and the ids of the first few."""
+    import pyarrow.csv
     import pyarrow.dataset as pads
 
-    fmt = {"parquet": "parquet", "jsonl": "json", "csv": "csv"}[output_format]
-    table = pads.dataset(output, format=fmt).to_table(columns=[column, *id_columns])
+    formats = {
+        "parquet": "parquet",
+        "jsonl": "json",
+        # A null cell is written empty; read back, an empty text cell is null too (an empty label cannot be).
+        "csv": pads.CsvFileFormat(convert_options=pyarrow.csv.ConvertOptions(strings_can_be_null=True)),
+    }
+    table = pads.dataset(output, format=formats[output_format]).to_table(columns=[column, *id_columns])
     nulls = table.filter(table.column(column).is_null())
     return nulls.num_rows, nulls.slice(0, 5).select(list(id_columns)).to_pylist()
 

@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from multitask_encoder import MultiTaskEncoderModel
-from multitask_encoder.batch_predictor import BatchPredictor, prediction_column
+from multitask_encoder import BatchPredictor, MultiTaskEncoderModel
+from multitask_encoder.batch_predictor import prediction_column
 from multitask_encoder.task_types import TASK_TYPES, task_type
 
 # One task of every registered type (pair_classification twice: bi and cross encoding).
@@ -199,6 +199,33 @@ def test_batch_predictor_refuses_what_predict_refuses(all_types_model: str) -> N
         predictor(pa.table({"body": ["a b"]}))
     with pytest.raises(MultiTaskEncoderError, match=r"column 'text' holds int values"):
         predictor(pa.table({"text": [1, 2]}))
+
+
+def test_the_local_command_refuses_the_ray_engine_options(
+    all_types_model: str, tmp_path: Path, capsys
+) -> None:
+    from multitask_encoder.batch_predict import main
+
+    (tmp_path / "in.txt").write_text("a text\n")
+    code = main([all_types_model, str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.csv"), "--workers", "2"])
+    assert code == 1 and "--workers apply to --engine ray" in capsys.readouterr().err
+    code = main(
+        [all_types_model, str(tmp_path / "in.txt"), "-o", str(tmp_path / "o.x"), "--format", "parquet"]
+    )
+    assert code == 1 and "parquet files apply to --engine ray" in capsys.readouterr().err
+    code = main(
+        [
+            all_types_model,
+            str(tmp_path / "in.txt"),
+            "-o",
+            str(tmp_path / "o"),
+            "--engine",
+            "ray",
+            "--top-k",
+            "1",
+        ]
+    )
+    assert code == 1 and "--top-k applies to --engine local" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------- Ray Data

@@ -309,6 +309,60 @@ def test_ray_worker_killed_mid_run_leaves_a_complete_output_without_duplicates(
     assert_rows_equal_predict(rows, loaded_model, texts, ["topic", "ner"], "after the kill")
 
 
+TWO_NODE_SCRIPT = """
+import json, sys
+import pyarrow as pa
+import ray
+from ray.cluster_utils import Cluster
+from multitask_encoder import BatchPredictor, MultiTaskEncoderModel
+from multitask_encoder.ray import predict_dataset
+
+class NodePredictor(BatchPredictor):  # adds the node that predicted each row
+    def __call__(self, batch):
+        out = super().__call__(batch)
+        return out.append_column("node", pa.array([ray.get_runtime_context().get_node_id()] * out.num_rows))
+
+model, texts = sys.argv[1], json.loads(sys.argv[2])
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+cluster.add_node(num_cpus=1)
+cluster.wait_for_nodes()
+ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+ray.data.DataContext.get_current().enable_progress_bars = False
+try:
+    ds = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(texts)], override_num_blocks=8)
+    out = predict_dataset(ds, model, workers=2, rows_per_batch=8, tasks=["topic"], predictor_class=NodePredictor)
+    rows = sorted(out.take_all(), key=lambda row: row["id"])
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+print(json.dumps({"ids": [r["id"] for r in rows], "labels": [r["topic.label"] for r in rows],
+                  "nodes": len({r["node"] for r in rows})}))
+"""
+
+
+def test_ray_two_node_cluster_on_one_machine_predicts_every_row_once(
+    all_types_model: str, loaded_model, tmp_path: Path
+) -> None:
+    """Two Ray nodes of one CPU each (ray.cluster_utils.Cluster, in its own process): a worker on each."""
+    pytest.importorskip("ray", reason='Ray is not installed (pip install "multitask-encoder[ray]")')
+    texts = [sentence(i) for i in range(48)]
+    script = tmp_path / "two_nodes.py"
+    script.write_text(TWO_NODE_SCRIPT)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(script), all_types_model, json.dumps(texts)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["ids"] == list(range(48))
+    assert result["nodes"] == 2, "both nodes should have run a worker"
+    assert result["labels"] == [p["topic"]["label"] for p in loaded_model.predict(texts, tasks=["topic"])]
+
+
 def run_command(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(

@@ -38,6 +38,7 @@ PIPELINE_REGISTRY.register_pipeline(
 
 __version__ = "0.1.0"
 __all__ = [
+    "BatchPredictor",
     "MultiTaskEncoderConfig",
     "MultiTaskEncoderError",
     "MultiTaskEncoderForSequenceClassification",
@@ -49,3 +50,12 @@ __all__ = [
     "default_backbone",
     "resolve_backbone",
 ]
+
+
+def __getattr__(name: str):
+    # BatchPredictor (distributed prediction) brings pyarrow and the batch command: imported when first asked for.
+    if name == "BatchPredictor":
+        from .batch_predictor import BatchPredictor
+
+        return BatchPredictor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -68,6 +68,11 @@ model code: without --trust-remote-code no Python file of the model's folder or 
   tokenizer whose classes, only the folder's code provides (auto_map in config.json or
   tokenizer_config.json) is refused, naming it. --trust-remote-code runs that code on this machine.
 
+--engine ray: the same tasks and options on Ray Data workers (pip install "multitask-encoder[ray]"). INPUT is a
+  file or a folder of files (txt, csv, tsv, jsonl, parquet), OUTPUT a new folder of parquet files (or jsonl /
+  csv from its name or --format). Rows carry path and line (parquet: row, and --id-column); an empty text
+  keeps its row with null predictions (counted in a warning); --top-k is not taken (every label's score).
+
 exit status: 0 done; 1 refused or failed, with one line on stderr naming the file, line, column or
   option; 2 a usage error; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Only a complete run
   writes OUTPUT, and no temporary file is left behind. --debug (or MULTITASK_ENCODER_DEBUG=1) adds the
@@ -414,9 +419,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OUTPUT",
         help="output file (.csv or .jsonl), or - for stdout",
     )
-    parser.add_argument("--format", choices=("csv", "jsonl"), help="output format (default: from OUTPUT)")
     parser.add_argument(
-        "--input-format", choices=("txt", "csv", "tsv", "jsonl"), help="input format (default: from INPUT)"
+        "--format",
+        choices=("csv", "jsonl", "parquet"),
+        help="output format (default: from OUTPUT; parquet: ray)",
+    )
+    parser.add_argument(
+        "--input-format",
+        choices=("txt", "csv", "tsv", "jsonl", "parquet"),
+        help="input format (default: from INPUT; parquet: --engine ray)",
     )
     parser.add_argument(
         "--text-column",
@@ -451,8 +462,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="let the model's folder or repo run its own Python code (model or tokenizer classes) on this "
         "machine; off by default: the installed package's classes serve a multitask-encoder model",
     )
+    engine = parser.add_argument_group(
+        "distributed prediction (--engine ray; pip install multitask-encoder[ray])"
+    )
+    engine.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process (default); ray: Ray Data workers, INPUT a file or folder (also parquet), "
+        "OUTPUT a folder (parquet, jsonl or csv from its extension or --format; default parquet)",
+    )
+    engine.add_argument(
+        "--address", help='Ray cluster to join ("auto": the running one; default: start one here)'
+    )
+    engine.add_argument("--workers", type=int, help="model workers (default: the cluster's CPUs / --threads)")
+    engine.add_argument("--threads", type=int, help="CPUs and torch threads per worker (default: 1)")
+    engine.add_argument(
+        "--mode", default="exact", help="serving mode of each worker's model (default: exact)"
+    )
+    engine.add_argument("--embeddings", action="store_true", help="add each text's sentence embedding")
+    engine.add_argument("--id-column", metavar="NAME", help="parquet input: a column carried to the output")
     add_common_options(parser)
     return parser
+
+
+def parse_tasks(value: str | None) -> list[str] | None:
+    """`--tasks A,B` -> ["A", "B"] (None: every task)."""
+    if value is None:
+        return None
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        raise BatchPredictError(f"--tasks {value!r} names no task")
+    return names
 
 
 def parse_label_sets(values: list[str] | None) -> dict[str, list[str]]:
@@ -483,6 +524,19 @@ def run(args: argparse.Namespace) -> None:
         raise BatchPredictError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.top_k is not None and args.top_k < 1:
         raise BatchPredictError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.engine == "ray":
+        run_on_ray(args)
+        return
+    engine_options = ("--address", "--workers", "--threads", "--mode", "--embeddings", "--id-column")
+    given = [
+        flag
+        for flag in engine_options
+        if getattr(args, flag[2:].replace("-", "_")) not in (None, False, "exact")
+    ]
+    if args.format == "parquet" or args.input_format == "parquet":
+        given.append("parquet files")
+    if given:
+        raise BatchPredictError(f"{', '.join(given)} apply to --engine ray")
     input_format = input_format_of(args.input, args.input_format)
     if input_format == "txt" and args.text_column is not None:
         raise BatchPredictError("--text-column applies to csv, tsv and jsonl input, not to plain text lines")
@@ -493,11 +547,7 @@ def run(args: argparse.Namespace) -> None:
     output_format = output_format_of(args.output, args.format)
     if args.output != "-" and os.path.abspath(args.output) == os.path.abspath(args.input):
         raise BatchPredictError(f"the output {args.output} would overwrite the input")
-    requested_tasks = None
-    if args.tasks is not None:
-        requested_tasks = [name.strip() for name in args.tasks.split(",") if name.strip()]
-        if not requested_tasks:
-            raise BatchPredictError(f"--tasks {args.tasks!r} names no task")
+    requested_tasks = parse_tasks(args.tasks)
     labels = parse_label_sets(args.labels)
     total_lines = count_lines(args.input)
 
@@ -557,6 +607,25 @@ def run(args: argparse.Namespace) -> None:
             print(f"{PROG}: warning: {warning}", file=sys.stderr)
     if args.output != "-":
         print(f"{PROG}: wrote {written} row(s) to {args.output}", file=sys.stderr)
+
+
+def run_on_ray(args: argparse.Namespace) -> None:
+    """--engine ray: the same options, read and written by Ray Data (`multitask_encoder.ray.run`)."""
+    if args.top_k is not None:
+        raise BatchPredictError(
+            "--top-k applies to --engine local (the ray engine writes every label's score)"
+        )
+    if args.output == "-":
+        raise BatchPredictError("--engine ray writes a folder: name it with -o")
+    if args.workers is not None and args.workers < 1:
+        raise BatchPredictError(f"--workers must be >= 1, got {args.workers}")
+    args.threads = 1 if args.threads is None else args.threads
+    if args.threads < 1:
+        raise BatchPredictError(f"--threads must be >= 1, got {args.threads}")
+    requested_tasks = parse_tasks(args.tasks)
+    from .ray import run
+
+    run(args, PROG, parse_label_sets(args.labels), requested_tasks)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from ..errors import MultiTaskEncoderError
@@ -318,6 +319,11 @@ class TaskType(model_tasks.TaskType):
         """The keys of a prediction dict, known before any prediction (one CSV column each)."""
         raise NotImplementedError
 
+    def prediction_schema(self, spec: TaskSpec) -> list[tuple[str, pa.DataType]]:
+        """(field, Arrow type) of each of `prediction_fields`, in that order: the columns `BatchPredictor`
+        writes, the same for every batch (per-label scores are a struct of the spec's labels in their order)."""
+        raise NotImplementedError
+
     def summarize(self, prediction: dict[str, Any]) -> str:
         """A prediction dict in a few words, for logs."""
         raise NotImplementedError
@@ -347,6 +353,23 @@ class TaskType(model_tasks.TaskType):
     def entity_counts(self, counts: Mapping[str, int]) -> Mapping[str, int] | None:
         """The train counts the card's imbalance notes compare (None: not meaningful for this type)."""
         return counts
+
+
+# An entity as token_classification's `decode` gives it (`predict`'s {"entity", "text", "start", "end", "score"}).
+ENTITY_TYPE = pa.struct(
+    [
+        ("entity", pa.string()),
+        ("text", pa.string()),
+        ("start", pa.int64()),
+        ("end", pa.int64()),
+        ("score", pa.float64()),
+    ]
+)
+
+
+def label_scores_type(labels: Sequence[str]) -> pa.DataType:
+    """A {label: score} dict of `predict` as an Arrow struct: one float64 field per label, in the spec's order."""
+    return pa.struct([(label, pa.float64()) for label in labels])
 
 
 class _SingleLabel(TaskType, model_tasks._SingleLabel):
@@ -394,6 +417,9 @@ class SequenceClassification(_SingleLabel, model_tasks.SequenceClassification):
 
     def prediction_fields(self, spec):
         return ("label", "score", "scores")
+
+    def prediction_schema(self, spec):
+        return [("label", pa.string()), ("score", pa.float64()), ("scores", label_scores_type(spec.labels))]
 
     def summarize(self, prediction):
         return f"{prediction['label']} ({prediction['score']:.2f})"
@@ -495,6 +521,9 @@ class MultiLabelClassification(TaskType, model_tasks.MultiLabelClassification):
 
     def prediction_fields(self, spec):
         return ("labels", "scores")
+
+    def prediction_schema(self, spec):
+        return [("labels", pa.list_(pa.string())), ("scores", label_scores_type(spec.labels))]
 
     def summarize(self, prediction):
         return "|".join(prediction["labels"])
@@ -646,6 +675,11 @@ class Regression(TaskType, model_tasks.Regression):
     def prediction_fields(self, spec):
         return ("value",) if spec.num_outputs == 1 else ("values",)
 
+    def prediction_schema(self, spec):
+        if spec.num_outputs == 1:
+            return [("value", pa.float64())]
+        return [("values", label_scores_type(spec.labels))]
+
     def summarize(self, prediction):
         return str(prediction.get("value", prediction.get("values")))
 
@@ -782,6 +816,9 @@ class TokenClassification(_SingleLabel, model_tasks.TokenClassification):
     def prediction_fields(self, spec):
         return ("entities",)
 
+    def prediction_schema(self, spec):
+        return [("entities", pa.list_(ENTITY_TYPE))]
+
     def summarize(self, prediction):
         return ", ".join(f"{e['text']}:{e['entity']}" for e in prediction["entities"])
 
@@ -908,6 +945,9 @@ class Similarity(TaskType, model_tasks.Similarity):
     def prediction_fields(self, spec):
         return ("similarity", "score") if spec.options["score_range"] is not None else ("similarity",)
 
+    def prediction_schema(self, spec):
+        return [(name, pa.float64()) for name in self.prediction_fields(spec)]
+
     def summarize(self, prediction):
         return f"cosine {prediction['similarity']:.3f}"
 
@@ -993,6 +1033,9 @@ class Contrastive(TaskType, model_tasks.Contrastive):
 
     def prediction_fields(self, spec):
         return ("similarity",)
+
+    def prediction_schema(self, spec):
+        return [("similarity", pa.float64())]
 
     def summarize(self, prediction):
         return f"cosine {prediction['similarity']:.3f}"

@@ -215,7 +215,10 @@ def run_main(args: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
         (["--batch-size", "2.5"], "argument --batch-size: invalid int value: '2.5'"),
         (["--top-k", "1.5"], "argument --top-k: invalid int value: '1.5'"),
         (["--top-k", ""], "argument --top-k: invalid int value: ''"),
-        (["--format", "xlsx"], "argument --format: invalid choice: 'xlsx' (choose from 'csv', 'jsonl')"),
+        (
+            ["--format", "xlsx"],
+            "argument --format: invalid choice: 'xlsx' (choose from 'csv', 'jsonl', 'parquet')",
+        ),
         (["--no-such-option"], "unrecognized arguments: --no-such-option"),
     ],
 )

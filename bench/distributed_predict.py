@@ -10,8 +10,9 @@ local Ray, reported apart as "startup", the time to the first row predicted is n
     local    multitask-encoder-predict MODEL texts.jsonl -o out.jsonl        (one process, torch's threads)
     ray N    multitask-encoder-predict MODEL texts.jsonl -o out --engine ray --workers N   (N actors, 1 thread)
 
-Peak memory: the largest RSS seen (sampled every 0.2 s with psutil) of each Ray model worker (its process title
-starts with "ray::MapWorker"), and of the command's process for the local run. Without --model it builds a
+Peak memory: the largest RSS and USS seen (sampled every 0.2 s with psutil) of each Ray model worker (its
+process title starts with "ray::MapWorker"), and of the command's process for the local run. USS is what the
+process alone holds; RSS also counts the pages of Ray's shared object store the worker has read. Without --model it builds a
 2-layer copy of the packaged all-MiniLM-L6-v2 with a classification and a regression head
 (bench/batch_predict_memory.py's model); texts are 8-24 words.
 
@@ -78,11 +79,14 @@ def write_texts(path: Path, rows: int, seed: int = 0) -> None:
 
 
 class PeakMemory:
-    """Samples the RSS of the processes `select` picks every 0.2 s in a thread; `peaks` pid -> max bytes."""
+    """Samples the memory of the processes `select` picks every 0.2 s in a thread: `peaks` pid -> max RSS and
+    `unique_peaks` pid -> max USS (memory the process alone holds: RSS also counts the pages of Ray's shared
+    object store a worker has read, which grow with the rows that went through it and belong to no worker)."""
 
     def __init__(self, select) -> None:
         self.select = select
         self.peaks: dict[int, int] = {}
+        self.unique_peaks: dict[int, int] = {}
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
@@ -93,8 +97,11 @@ class PeakMemory:
             for process in psutil.process_iter(["pid", "cmdline"]):
                 try:
                     if self.select(process):
-                        rss = process.memory_info().rss
-                        self.peaks[process.pid] = max(self.peaks.get(process.pid, 0), rss)
+                        memory = process.memory_full_info()
+                        self.peaks[process.pid] = max(self.peaks.get(process.pid, 0), memory.rss)
+                        self.unique_peaks[process.pid] = max(
+                            self.unique_peaks.get(process.pid, 0), memory.uss
+                        )
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
 
@@ -107,7 +114,7 @@ class PeakMemory:
         self.thread.join()
 
 
-def run(command: list[str], select) -> tuple[float, dict[int, int], str]:
+def run(command: list[str], select) -> tuple[float, PeakMemory, str]:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HF_HUB_OFFLINE": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     with PeakMemory(select) as memory:
@@ -116,7 +123,7 @@ def run(command: list[str], select) -> tuple[float, dict[int, int], str]:
         seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return seconds, memory.peaks, done.stderr
+    return seconds, memory, done.stderr
 
 
 def main() -> None:
@@ -151,13 +158,13 @@ def main() -> None:
         command += ["--batch-size", str(args.batch_size)]
         results = []
         if not args.skip_local:
-            seconds, peaks, _ = run(
+            seconds, memory, _ = run(
                 [*command, "-o", str(scratch / "local.jsonl")],
                 lambda p: "multitask_encoder.batch_predict" in " ".join(p.info["cmdline"] or []),
             )
-            results.append(("local (1 process)", seconds, max(peaks.values(), default=0), 1))
+            results.append(("local (1 process)", seconds, memory))
         for workers in args.workers:
-            seconds, peaks, _ = run(
+            seconds, memory, _ = run(
                 [
                     *command,
                     "-o",
@@ -169,12 +176,18 @@ def main() -> None:
                 ],
                 lambda p: (p.info["cmdline"] or [""])[0].startswith("ray::MapWorker"),
             )
-            results.append((f"ray, {workers} worker(s)", seconds, max(peaks.values(), default=0), len(peaks)))
+            results.append((f"ray, {workers} worker(s)", seconds, memory))
         print(f"{args.rows} texts, batch size {args.batch_size}, {os.cpu_count()} CPUs, model {model}")
-        print(f"{'run':<22} {'seconds':>8} {'rows/s':>8} {'peak RSS per worker':>20}")
-        for name, seconds, peak, processes in results:
+        print(
+            f"{'run':<22} {'seconds':>8} {'rows/s':>8} {'peak RSS per worker':>20} {'peak USS per worker':>20}"
+        )
+        for name, seconds, memory in results:
+            rss, uss = (
+                max(peaks.values(), default=0) / 2**20 for peaks in (memory.peaks, memory.unique_peaks)
+            )
             print(
-                f"{name:<22} {seconds:8.1f} {args.rows / seconds:8.0f} {peak / 2**20:16.0f} MiB ({processes})"
+                f"{name:<22} {seconds:8.1f} {args.rows / seconds:8.0f} {rss:16.0f} MiB {uss:16.0f} MiB"
+                f" ({len(memory.peaks)})"
             )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .backbone import packaged_backbone_path, resolve_backbone
+from .backbone import public_backbone_name, resolve_backbone
 from .cli import (
     OneLineArgumentParser,
     add_common_options,
@@ -85,19 +85,11 @@ def check_alpha(alpha: Any) -> float:
 
 
 def display_name(name_or_path: str | None) -> str | None:
-    """The name recorded for a model (config.json, card): a Hub id as given, the packaged MiniLM as its Hub id,
-    a local folder by its folder name only (no local file-system layout is published)."""
+    """The name recorded for a model (config.json, card): `public_backbone_name`'s (a Hub id as given, the
+    packaged MiniLM or a Hub cache snapshot as its Hub id, no local path), a local folder by its bare name."""
     if name_or_path is None:
         return None
-    name = str(name_or_path)
-    packaged = packaged_backbone_path()
-    if packaged is not None and os.path.realpath(name) == os.path.realpath(packaged):
-        from .backbone import DEFAULT_BACKBONE_HUB_ID
-
-        return DEFAULT_BACKBONE_HUB_ID
-    if os.path.isdir(name):
-        return os.path.basename(os.path.normpath(os.path.abspath(name)))
-    return name
+    return public_backbone_name(str(name_or_path)).removeprefix("./")
 
 
 def _is_local_path(name: str) -> bool:

@@ -140,8 +140,12 @@ class RunPrinter(ProgressCallback):
     at `logging_steps`, and each evaluation during training: every task's main metric and loss. The
     evaluations after training are printed once, in full, by the summary."""
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def __init__(self) -> None:
+        super().__init__()
         self.training_finished = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.training_finished = False  # LP-FT's heads-first phase trains with the same printer first
         super().on_train_begin(args, state, control, **kwargs)
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -155,7 +159,7 @@ class RunPrinter(ProgressCallback):
         if "loss" in logs:
             tasks = "  ".join(f"{k[:-5]} {v:.4f}" for k, v in logs.items() if k.endswith("_loss"))
             self._write(f"[{step}] train loss {logs['loss']:.4f}" + (f" ({tasks})" if tasks else ""))
-        if getattr(self, "training_finished", False) or model is None:
+        if self.training_finished or model is None:
             return
         for prefix, split in (("eval", "validation"), ("test", "test")):
             parts = []
@@ -178,12 +182,6 @@ class RunPrinter(ProgressCallback):
     def _write(self, line: str) -> None:
         bar = getattr(self, "training_bar", None)
         (bar.write if bar is not None else print)(line)
-
-
-def _is_main_score(key: str) -> bool:
-    return key.endswith(("_accuracy", "_f1", "_spearman", "_combined_score")) and not key.endswith(
-        ("_macro_f1", "_weighted_f1")
-    )
 
 
 # Extras that install a tracker's package, by report_to name (others: the package of the same name).

@@ -526,11 +526,7 @@ class Regression(TaskType):
             if value is None:
                 continue
             values = list(value) if isinstance(value, (list, tuple)) else [value]
-            if (
-                not values
-                or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values)
-                or any(not math.isfinite(v) or (positive and v <= 0) for v in values)
-            ):
+            if not values or any(not is_finite_number(v) or (positive and v <= 0) for v in values):
                 kind = "positive finite number" if positive else "finite number"
                 raise ValueError(
                     f"Task {task!r}: {key} must be a {kind}, or a list of them (one per output), got {value!r}."

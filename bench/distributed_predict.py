@@ -12,9 +12,13 @@ local Ray, reported apart as "startup", the time to the first row predicted is n
 
 Peak memory: the largest RSS and USS seen (sampled every 0.2 s with psutil) of each Ray model worker (its
 process title starts with "ray::MapWorker"), and of the command's process for the local run. USS is what the
-process alone holds; RSS also counts the pages of Ray's shared object store the worker has read. Without --model it builds a
-2-layer copy of the packaged all-MiniLM-L6-v2 with a classification and a regression head
-(bench/batch_predict_memory.py's model); texts are 8-24 words.
+process alone holds (its private pages); RSS also counts shared pages, mostly the libraries' (~170 MiB).
+Ray's object store (a /dev/shm mapping of several GiB in each worker) is in neither: its blocks pass through the
+worker without staying resident (/proc/<pid>/smaps of a worker at 40,000 rows: 0 MiB private, 1-4 MiB resident
+there); what grew with the rows before BatchPredictor trimmed glibc's heap after each batch was the worker's
+anonymous memory (see `batch_predictor.return_freed_heap_to_os`). Without --model it builds a 2-layer copy of
+the packaged all-MiniLM-L6-v2 with a classification and a regression head (bench/batch_predict_memory.py's
+model); texts are 8-24 words.
 
 On a cluster (on paper; not measured here). The work is embarrassingly parallel: rows are independent, each
 worker holds one model, and nothing is shuffled, so with W workers on W free cores throughput should grow
@@ -80,8 +84,8 @@ def write_texts(path: Path, rows: int, seed: int = 0) -> None:
 
 class PeakMemory:
     """Samples the memory of the processes `select` picks every 0.2 s in a thread: `peaks` pid -> max RSS and
-    `unique_peaks` pid -> max USS (memory the process alone holds: RSS also counts the pages of Ray's shared
-    object store a worker has read, which grow with the rows that went through it and belong to no worker)."""
+    `unique_peaks` pid -> max USS (memory the process alone holds; RSS also counts the shared libraries'
+    pages)."""
 
     def __init__(self, select) -> None:
         self.select = select

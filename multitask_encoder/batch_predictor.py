@@ -260,7 +260,10 @@ class BatchPredictor:
         if self.embeddings:
             field = schema.field(EMBEDDING_COLUMN)
             columns.append(embedding_column(field.type, len(rows), [i for i, _ in kept], embeddings))
-        return pa.Table.from_arrays(columns, schema=schema)
+        predictions = pa.Table.from_arrays(columns, schema=schema)
+        del rows, embeddings, kept
+        return_freed_heap_to_os()
+        return predictions
 
     def _texts(self, table: pa.Table) -> list[Any]:
         """The batch's texts (pairs as (text, text_pair)); a missing value is an empty text."""
@@ -285,6 +288,33 @@ class BatchPredictor:
         if len(columns) == 1:
             return columns[0]
         return list(zip(*columns))
+
+
+_malloc_trim = None  # glibc's malloc_trim, looked up once per process (False where there is none)
+
+
+def return_freed_heap_to_os() -> None:
+    """Hands the pages glibc's malloc holds free back to the OS (`malloc_trim(0)`; nothing without glibc).
+
+    In a Ray Data model worker glibc keeps the memory the forward passes free (tensors of a new shape each
+    batch) resident in its arenas instead of reusing or returning it; the same calls in a plain process, on a
+    thread too, stay flat, so Ray's own allocations around them play a part. Measured there (/proc/<pid>/smaps, mallinfo2): Python objects, Arrow buffers and
+    the memory in use by malloc stayed flat (~176 MiB), while the arenas' free memory and the worker's
+    anonymous memory grew ~7 KiB per row predicted, without bound. Trimmed after each batch, the worker's
+    anonymous memory went from 402 to 419 MiB over 100,000 rows (its freed address space still grows, ~20 KiB
+    a row, but holds no memory); a trim took 6 ms on average, against ~0.7 s for a batch of 256 texts."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        import contextlib
+        import ctypes
+        import ctypes.util
+
+        _malloc_trim = False
+        library = ctypes.util.find_library("c")
+        with contextlib.suppress(OSError):  # no C library to load: nothing to trim
+            _malloc_trim = getattr(ctypes.CDLL(library), "malloc_trim", False) if library else False
+    if _malloc_trim:
+        _malloc_trim(0)
 
 
 def is_missing(value: Any) -> bool:

@@ -14,6 +14,9 @@ every batch of every worker has the same schema, a batch without any text to pre
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -298,17 +301,14 @@ def return_freed_heap_to_os() -> None:
 
     In a Ray Data model worker glibc keeps the memory the forward passes free (tensors of a new shape each
     batch) resident in its arenas instead of reusing or returning it; the same calls in a plain process, on a
-    thread too, stay flat, so Ray's own allocations around them play a part. Measured there (/proc/<pid>/smaps, mallinfo2): Python objects, Arrow buffers and
-    the memory in use by malloc stayed flat (~176 MiB), while the arenas' free memory and the worker's
-    anonymous memory grew ~7 KiB per row predicted, without bound. Trimmed after each batch, the worker's
-    anonymous memory went from 402 to 419 MiB over 100,000 rows (its freed address space still grows, ~20 KiB
-    a row, but holds no memory); a trim took 6 ms on average, against ~0.7 s for a batch of 256 texts."""
+    thread too, stay flat, so Ray's own allocations around them play a part. Measured there (/proc/<pid>/smaps,
+    mallinfo2): Python objects, Arrow buffers and the memory malloc has in use stayed flat (~176 MiB), while
+    the arenas' free memory and the worker's anonymous memory grew ~7 KiB per row predicted, without bound.
+    Trimmed after each batch, the worker's anonymous memory went from 402 to 419 MiB over 100,000 rows (its
+    freed address space still grows, ~20 KiB a row, but holds no memory); a trim took 6 ms on average, against
+    ~0.7 s for a batch of 256 texts."""
     global _malloc_trim
     if _malloc_trim is None:
-        import contextlib
-        import ctypes
-        import ctypes.util
-
         _malloc_trim = False
         library = ctypes.util.find_library("c")
         with contextlib.suppress(OSError):  # no C library to load: nothing to trim

@@ -119,17 +119,21 @@ def test_usage_errors_exit_2_and_refusals_exit_1_in_one_line(command: str, tmp_p
     (tmp_path / "texts.txt").write_text("A text.\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("MULTITASK_ENCODER_DEBUG", None)
+    # Both invocations at once: each spends its seconds importing torch and transformers on one core.
+    runs = []
     for arguments, status in zip(EXIT_STATUS_CASES[command], (2, 1)):
         argv = [argument.format(tmp=tmp_path) for argument in arguments]
-        result = subprocess.run(
+        process = subprocess.Popen(
             [*command_line(command), *argv],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=300,
-            check=False,
             cwd=tmp_path,
             env=env,
         )
-        lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
-        assert result.returncode == status, (command, argv, result.stderr[-2000:])
-        assert len(lines) == 1 and "Traceback" not in result.stderr, (command, argv, result.stderr[-2000:])
+        runs.append((argv, status, process))
+    for argv, status, process in runs:
+        _, stderr = process.communicate(timeout=300)
+        lines = [line for line in stderr.splitlines() if "error" in line.lower()]
+        assert process.returncode == status, (command, argv, stderr[-2000:])
+        assert len(lines) == 1 and "Traceback" not in stderr, (command, argv, stderr[-2000:])

@@ -33,7 +33,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.modeling_utils import load_state_dict
 from transformers.utils import ModelOutput, cached_file
 
-from .configuration_multitask_encoder import MultiTaskEncoderConfig
+from .configuration_multitask_encoder import MultiTaskEncoderConfig, encoder_max_tokens
 from .inference_multitask_encoder import (
     MODEL_INPUT_NAMES,
     SERVING_MODES,
@@ -588,7 +588,10 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         """Longest input in tokens: `config.max_seq_length`, else the tokenizer's and encoder's limit."""
         if self.config.max_seq_length:
             return self.config.max_seq_length
-        return min(self.tokenizer.model_max_length, self.config.encoder_config.max_position_embeddings)
+        limit = encoder_max_tokens(self.config.encoder_config)
+        return (
+            self.tokenizer.model_max_length if limit is None else min(self.tokenizer.model_max_length, limit)
+        )
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -904,8 +907,8 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         """Inputs longer than the model's limit (a caller that did not truncate, e.g. a standard pipeline)
         cut as the tokenizer cuts them: the first `limit - 1` tokens and the row's last real token (the closing
         special token). Right padding assumed. Never fails on long input; warns once."""
-        limit = self.config.max_seq_length or self.config.encoder_config.max_position_embeddings
-        if input_ids is None or input_ids.shape[1] <= limit:
+        limit = self.config.max_seq_length or encoder_max_tokens(self.config.encoder_config)
+        if input_ids is None or limit is None or input_ids.shape[1] <= limit:
             return input_ids, attention_mask, token_type_ids
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)

@@ -49,7 +49,7 @@ from .arguments import (
     MultiTaskTrainingArguments,
     tasks_help,
 )
-from .backbone import resolve_backbone
+from .backbone import public_backbone_name, resolve_backbone
 from .checkpoints import (
     checkpoint_problem,
     remove_checkpoints,
@@ -502,7 +502,9 @@ def train_and_save(run: TrainingRun) -> dict[str, Any]:
         # The adapter alone to adapter/ (main process), merged into the weights the folder holds (everywhere).
         if trainer.is_world_process_zero():
             with saving_into(output_dir, "the PEFT adapter"):
-                merge_and_save_adapter(model, output_dir, model.config.base_model_name)
+                # The adapter is a difference to the weights it wrapped: init_from's model, else the backbone.
+                trained_on = public_backbone_name(run.job_args.init_from) if run.job_args.init_from else None
+                merge_and_save_adapter(model, output_dir, trained_on or model.config.base_model_name)
         else:
             merge_adapter(model)
     # Saved before anything else can fail. Saving and evaluating are collective in a distributed run (all

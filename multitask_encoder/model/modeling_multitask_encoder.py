@@ -19,9 +19,11 @@ the loss, decoding into `predict`'s dicts) is asked of `spec.task_type` (tasks_m
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
+import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -70,6 +72,26 @@ PROJECTION_ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
 # Beside a PEFT adapter of the encoder (`adapter/` of a model trained with `peft:`): every weight of the model
 # outside the encoder (heads, projection, ...), which the adapter of the encoder alone does not hold.
 ADAPTER_HEADS_FILENAME = "multitask_heads.safetensors"
+# The heads file's metadata key holding `encoder_weights_sha256` of the encoder the adapter was trained on.
+ADAPTER_BASE_DIGEST_KEY = "base_encoder_sha256"
+
+
+def encoder_weights_sha256(encoder: nn.Module) -> str:
+    """A digest of an encoder's weights (names, shapes and float32 values of its state dict): an adapter is a
+    difference to the exact weights it was trained on, and loading it onto others builds another model."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        values = tensor.detach().to("cpu", torch.float32 if tensor.is_floating_point() else tensor.dtype)
+        digest.update(f"{name}:{tuple(values.shape)}:{values.dtype}".encode())
+        digest.update(values.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def safetensors_metadata(path: str) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file (its header: an 8-byte little-endian length, then JSON)."""
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        return json.loads(f.read(length)).get("__metadata__") or {}
 
 
 @dataclass
@@ -542,27 +564,41 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
                 loss_weighting=trained.loss_weighting, max_seq_length=trained.max_seq_length)
             model.load_adapter(f"{folder}/adapter")
 
-        Refused on a model whose encoder holds an adapter merged already (the trained folder itself: its
-        weights are base + adapter, and loading the adapter again would apply it twice), on an adapter without
+        Refused on an encoder whose weights are not those the adapter was trained on (their sha256 is saved
+        with the heads), in particular on a model whose encoder holds an adapter merged already (the trained
+        folder itself: loading the adapter again would apply it twice), on an adapter without
         the heads file (an adapter of the encoder alone: `model.encoder.load_adapter(path)`), and when the
         heads do not fit this model's tasks. Other arguments go to transformers' `load_adapter`."""
         source = str(peft_model_id)
-        if self.config.merged_adapter:
-            raise ValueError(
-                f"This model's encoder holds a PEFT adapter merged into its weights already (config.merged_adapter: "
-                f"{self.config.merged_adapter!r}): it is the trained model as it is, and loading {source} on top "
-                "would apply the adapter twice. For the unmerged model, build it from the backbone the adapter was "
-                "trained on and load the adapter there (see MultiTaskEncoderModel.load_adapter's docstring)."
-            )
+        twice = (
+            f"This model's encoder holds a PEFT adapter merged into its weights already (config.merged_adapter: "
+            f"{self.config.merged_adapter!r}): it is the trained model as it is, and loading {source} on top "
+            "would apply the adapter twice. For the unmerged model, build it from the backbone the adapter was "
+            "trained on and load the adapter there (see MultiTaskEncoderModel.load_adapter's docstring)."
+        )
         options = {key: value for key, value in kwargs.items() if key in HUB_FILE_OPTIONS}
         heads_file = cached_file(
             source, ADAPTER_HEADS_FILENAME, _raise_exceptions_for_missing_entries=False, **options
         )
         if heads_file is None:
+            if self.config.merged_adapter:
+                raise ValueError(twice)
             raise ValueError(
                 f"{source} has no {ADAPTER_HEADS_FILENAME}: it is an adapter of an encoder alone, without the "
                 "heads it was trained with. Load it into the encoder with model.encoder.load_adapter(...); the "
                 "heads stay this model's."
+            )
+        trained_on = safetensors_metadata(heads_file).get(ADAPTER_BASE_DIGEST_KEY)
+        if trained_on is None and self.config.merged_adapter:  # saved before the digest was recorded
+            raise ValueError(twice)
+        if trained_on is not None and trained_on != encoder_weights_sha256(self.encoder):
+            if self.config.merged_adapter:
+                raise ValueError(twice)
+            raise ValueError(
+                f"The adapter {source} was trained on an encoder whose weights differ from this model's (sha256 "
+                f"{trained_on[:12]}... there): loaded here it would build another model than the one trained. "
+                f"Build the model from the encoder it was trained on (its adapter_config.json names it) "
+                f"{'in float32 ' if self.encoder.dtype != torch.float32 else ''}and load the adapter there."
             )
         heads = load_state_dict(heads_file)
         expected = {key: value for key, value in self.state_dict().items() if not key.startswith("encoder.")}

@@ -133,3 +133,5 @@ def test_an_adapter_trained_on_other_weights_is_refused_and_loads_on_its_own(
     own = MultiTaskEncoderModel.from_pretrained(start_folder).eval()
     own.load_adapter(str(folder / "adapter"))
     np.testing.assert_allclose(own.encode(TEXTS), embeddings, atol=1e-5, rtol=0)
+    own.load_adapter(str(folder / "adapter"), adapter_name="second")  # a second adapter on the same base
+    assert {"default", "second"} <= set(own.encoder.peft_config)

@@ -346,6 +346,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             False  # may the tokenizer run code from the model's folder (from_pretrained)
         )
         self._warned_truncation = False
+        self._encoder_base_sha256: str | None = None  # set by load_adapter (a second adapter checks it)
         self.post_init()
 
     # ------------------------------------------------------------------ construction
@@ -591,7 +592,9 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         trained_on = safetensors_metadata(heads_file).get(ADAPTER_BASE_DIGEST_KEY)
         if trained_on is None and self.config.merged_adapter:  # saved before the digest was recorded
             raise ValueError(twice)
-        if trained_on is not None and trained_on != encoder_weights_sha256(self.encoder):
+        # Of the base weights: computed before the first adapter loads (a loaded adapter changes the state dict).
+        base = self._encoder_base_sha256 or encoder_weights_sha256(self.encoder)
+        if trained_on is not None and trained_on != base:
             if self.config.merged_adapter:
                 raise ValueError(twice)
             raise ValueError(
@@ -616,6 +619,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
                 "the model with the trained model's tasks and options (its config.json)."
             )
         self.encoder.load_adapter(source, adapter_name=adapter_name, **kwargs)
+        self._encoder_base_sha256 = base
         self.load_state_dict(heads, strict=False)  # the encoder's weights are the backbone's + the adapter
         return self
 

@@ -26,7 +26,11 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from .model.modeling_multitask_encoder import ADAPTER_HEADS_FILENAME
+from .model.modeling_multitask_encoder import (
+    ADAPTER_BASE_DIGEST_KEY,
+    ADAPTER_HEADS_FILENAME,
+    encoder_weights_sha256,
+)
 
 ADAPTER_DIR = "adapter"
 INSTALL_HINT = "pip install 'multitask-encoder[peft]'"
@@ -79,9 +83,12 @@ def peft_config(block: dict[str, Any]):
 
 
 def apply_adapter(model, block: dict[str, Any]) -> None:
-    """Wrap `model.encoder` in the adapter of `block`; its base weights freeze, the heads keep training."""
+    """Wrap `model.encoder` in the adapter of `block`; its base weights freeze, the heads keep training. The
+    digest of the weights it wraps is kept (`adapter_base_sha256`), saved with the adapter for `load_adapter`
+    to refuse other base weights."""
     from peft import get_peft_model
 
+    model.adapter_base_sha256 = encoder_weights_sha256(model.encoder)
     model.encoder = get_peft_model(model.encoder, peft_config(block))
 
 
@@ -122,7 +129,9 @@ def merge_and_save_adapter(model, output_dir: str, base_model_name: str | None) 
         for key, tensor in model.state_dict().items()
         if not key.startswith("encoder.")
     }
-    save_file(heads, os.path.join(folder, ADAPTER_HEADS_FILENAME))
+    base = getattr(model, "adapter_base_sha256", None)
+    metadata = {ADAPTER_BASE_DIGEST_KEY: base} if base else None
+    save_file(heads, os.path.join(folder, ADAPTER_HEADS_FILENAME), metadata=metadata)
     merge_adapter(model)
 
 

@@ -49,7 +49,7 @@ from .arguments import (
     MultiTaskTrainingArguments,
     tasks_help,
 )
-from .backbone import resolve_backbone
+from .backbone import public_backbone_name, resolve_backbone
 from .checkpoints import (
     checkpoint_problem,
     remove_checkpoints,
@@ -63,6 +63,7 @@ from .config_file import ConfigError, check_finite_options, check_options, read_
 from .data import MultiTaskData, data_cache_dir, load_embedding_eval_set, load_multitask_data
 from .errors import MultiTaskEncoderError
 from .linear_probe import fit_heads_first
+from .model.configuration_multitask_encoder import encoder_max_tokens
 from .model.modeling_multitask_encoder import MultiTaskEncoderModel
 from .model_card import backbone_languages, write_model_card
 from .plots import write_plots
@@ -264,27 +265,11 @@ def tasks_with_trained_labels(tasks: dict[str, Any], model: MultiTaskEncoderMode
     return entries
 
 
-# Encoders whose position ids start after the padding index (RoBERTa's scheme): pad_token_id + 1 of their
-# max_position_embeddings are not usable by tokens.
-POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text")
-
-
-def backbone_max_tokens(config) -> int | None:
-    """How many tokens one input of the backbone with `config` can hold (its absolute position embeddings);
-    None when it declares no such limit."""
-    positions = getattr(config, "max_position_embeddings", None)
-    if not isinstance(positions, int):
-        return None
-    if config.model_type in POSITIONS_AFTER_PADDING:
-        positions -= (config.pad_token_id or 0) + 1
-    return positions
-
-
 def check_max_seq_length(max_seq_length: int, backbone: str) -> None:
     """Refuse a max_seq_length beyond the backbone's position embeddings: every text longer than the backbone
     takes would fail in the encoder (at training or, worse, at the first long text a user predicts). Refused
     rather than capped, so the saved model's max_seq_length is the one the config asked for."""
-    limit = backbone_max_tokens(AutoConfig.from_pretrained(backbone))
+    limit = encoder_max_tokens(AutoConfig.from_pretrained(backbone))
     if limit is not None and max_seq_length > limit:
         raise ConfigError(
             f"max_seq_length {max_seq_length} is longer than the backbone {backbone} takes ({limit} tokens, its "
@@ -517,7 +502,9 @@ def train_and_save(run: TrainingRun) -> dict[str, Any]:
         # The adapter alone to adapter/ (main process), merged into the weights the folder holds (everywhere).
         if trainer.is_world_process_zero():
             with saving_into(output_dir, "the PEFT adapter"):
-                merge_and_save_adapter(model, output_dir, model.config.base_model_name)
+                # The adapter is a difference to the weights it wrapped: init_from's model, else the backbone.
+                trained_on = public_backbone_name(run.job_args.init_from) if run.job_args.init_from else None
+                merge_and_save_adapter(model, output_dir, trained_on or model.config.base_model_name)
         else:
             merge_adapter(model)
     # Saved before anything else can fail. Saving and evaluating are collective in a distributed run (all

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from transformers import AutoConfig, BertConfig
+import torch
+from transformers import AutoConfig, BertConfig, RobertaConfig
 
 from multitask_encoder import MultiTaskEncoderConfig, MultiTaskEncoderModel, TaskSpec
-from multitask_encoder.model.configuration_multitask_encoder import parse_tasks
+from multitask_encoder.model.configuration_multitask_encoder import encoder_max_tokens, parse_tasks
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +148,42 @@ def test_input_spec_is_not_mutated(example_tasks: dict) -> None:
 def test_invalid_model_fields_are_refused(encoder_config, example_tasks, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make_config(encoder_config, example_tasks, **kwargs)
+
+
+def test_max_seq_length_beyond_the_encoders_positions_is_refused(
+    encoder_config, example_tasks, tiny_backbone: str
+) -> None:
+    """Every text longer than the encoder takes would fail at the first long text a user predicts: refused when
+    the model is configured, through from_backbone too, not only in the training job."""
+    assert encoder_max_tokens(encoder_config) == 512
+    assert make_config(encoder_config, example_tasks, max_seq_length=512).max_seq_length == 512
+    with pytest.raises(ValueError, match=r"max_seq_length 513 is longer than the encoder takes \(512 tokens"):
+        make_config(encoder_config, example_tasks, max_seq_length=513)
+    with pytest.raises(ValueError, match="max_seq_length 4096 is longer than the encoder takes"):
+        MultiTaskEncoderModel.from_backbone(tiny_backbone, tasks=example_tasks, max_seq_length=4096)
+
+
+def test_an_encoder_with_positions_after_padding_takes_two_tokens_fewer() -> None:
+    """RoBERTa's position ids start after the padding index: of 514 positions, 512 hold tokens. A model on such an
+    encoder cuts a longer input there (a standard pipeline's, untruncated) instead of failing in the encoder."""
+    roberta = RobertaConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=22,
+        pad_token_id=1,
+    )
+    assert encoder_max_tokens(roberta) == 20
+    assert encoder_max_tokens(RobertaConfig(pad_token_id=1, max_position_embeddings=514)) == 512
+    with pytest.raises(ValueError, match=r"max_seq_length 21 is longer than the encoder takes \(20 tokens"):
+        make_config(roberta, {"score": {"type": "regression"}}, max_seq_length=21)
+    model = MultiTaskEncoderModel(make_config(roberta, {"score": {"type": "regression"}})).eval()
+    input_ids = torch.randint(3, 50, (2, 22))  # two positions more than the encoder holds
+    with torch.no_grad():
+        output = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+    assert output.embeddings.shape == (2, 16) and torch.isfinite(output.embeddings).all()
 
 
 def test_encoder_config_dict_needs_model_type(encoder_config) -> None:

@@ -101,3 +101,37 @@ def test_heads_that_do_not_fit_and_an_encoder_only_adapter_are_refused(
         (encoder_only / name).write_bytes((folder / "adapter" / name).read_bytes())
     with pytest.raises(ValueError, match=r"no multitask_heads\.safetensors.*model\.encoder\.load_adapter"):
         other.load_adapter(str(encoder_only))
+
+
+def test_an_adapter_trained_on_other_weights_is_refused_and_loads_on_its_own(
+    tiny_backbone: str, tmp_path: Path
+) -> None:
+    """An adapter is a difference to the exact weights it wrapped. Trained on a model whose encoder already moved
+    (init_from a trained, merged model), it would load onto the plain backbone without a word and build another
+    model: the digest of the base weights saved with it refuses that, and the model it was trained on takes it."""
+    torch.manual_seed(0)
+    start = MultiTaskEncoderModel.from_backbone(tiny_backbone, tasks=TASKS).eval()
+    with torch.no_grad():  # an encoder trained (merged) before: its weights moved off the backbone's
+        for parameter in start.encoder.parameters():
+            parameter.add_(torch.randn_like(parameter) * 1e-3)
+    start_folder = tmp_path / "start"
+    start.save_pretrained(start_folder)
+    apply_adapter(start, {"type": "lora", "r": 4, "alpha": 8, "target_modules": ["query", "value"]})
+    with torch.no_grad():
+        for name, parameter in start.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(torch.randn_like(parameter) * 0.05)
+    embeddings = start.encode(TEXTS)
+    folder = tmp_path / "out"
+    merge_and_save_adapter(start, str(folder), "start")
+
+    plain = MultiTaskEncoderModel.from_backbone(tiny_backbone, tasks=TASKS)
+    with pytest.raises(ValueError, match="trained on an encoder whose weights differ from this model's"):
+        plain.load_adapter(str(folder / "adapter"))
+    assert not any("lora_" in name for name, _ in plain.encoder.named_parameters())  # left as it was
+
+    own = MultiTaskEncoderModel.from_pretrained(start_folder).eval()
+    own.load_adapter(str(folder / "adapter"))
+    np.testing.assert_allclose(own.encode(TEXTS), embeddings, atol=1e-5, rtol=0)
+    own.load_adapter(str(folder / "adapter"), adapter_name="second")  # a second adapter on the same base
+    assert {"default", "second"} <= set(own.encoder.peft_config)

@@ -19,6 +19,20 @@ POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
 # What follows the projection (a sentence-transformers Dense layer's activation: its Tanh by default).
 PROJECTION_ACTIVATIONS = ("identity", "tanh", "relu", "gelu")
 LOSS_WEIGHTINGS = ("static", "uncertainty")
+# Encoders whose position ids start after the padding index (RoBERTa's scheme): pad_token_id + 1 of their
+# max_position_embeddings are not usable by tokens.
+POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text")
+
+
+def encoder_max_tokens(encoder_config: PretrainedConfig | None) -> int | None:
+    """How many tokens one input of an encoder with `encoder_config` can hold (its absolute position
+    embeddings); None when it declares no such limit."""
+    positions = getattr(encoder_config, "max_position_embeddings", None)
+    if not isinstance(positions, int):
+        return None
+    if encoder_config.model_type in POSITIONS_AFTER_PADDING:
+        positions -= (encoder_config.pad_token_id or 0) + 1
+    return positions
 
 
 class MultiTaskEncoderConfig(PretrainedConfig):
@@ -113,6 +127,13 @@ class MultiTaskEncoderConfig(PretrainedConfig):
                 f"Unknown loss_weighting {loss_weighting!r}; expected one of {list(LOSS_WEIGHTINGS)}."
             )
         self.loss_weighting = loss_weighting
+        limit = encoder_max_tokens(encoder_config)
+        if max_seq_length is not None and limit is not None and max_seq_length > limit:
+            # Every longer text would fail in the encoder, at the first long text a user predicts.
+            raise ValueError(
+                f"max_seq_length {max_seq_length} is longer than the encoder takes ({limit} tokens, its position "
+                f"embeddings): set max_seq_length to at most {limit}."
+            )
         self.max_seq_length = max_seq_length
         self.base_model_name = base_model_name
         # The task the standard pipelines serve (AutoModelForSequence/TokenClassification); None: the first.

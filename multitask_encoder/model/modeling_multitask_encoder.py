@@ -19,9 +19,11 @@ the loss, decoding into `predict`'s dicts) is asked of `spec.task_type` (tasks_m
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import os
+import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -33,7 +35,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.modeling_utils import load_state_dict
 from transformers.utils import ModelOutput, cached_file
 
-from .configuration_multitask_encoder import MultiTaskEncoderConfig
+from .configuration_multitask_encoder import MultiTaskEncoderConfig, encoder_max_tokens
 from .inference_multitask_encoder import (
     MODEL_INPUT_NAMES,
     SERVING_MODES,
@@ -70,6 +72,26 @@ PROJECTION_ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
 # Beside a PEFT adapter of the encoder (`adapter/` of a model trained with `peft:`): every weight of the model
 # outside the encoder (heads, projection, ...), which the adapter of the encoder alone does not hold.
 ADAPTER_HEADS_FILENAME = "multitask_heads.safetensors"
+# The heads file's metadata key holding `encoder_weights_sha256` of the encoder the adapter was trained on.
+ADAPTER_BASE_DIGEST_KEY = "base_encoder_sha256"
+
+
+def encoder_weights_sha256(encoder: nn.Module) -> str:
+    """A digest of an encoder's weights (names, shapes and float32 values of its state dict): an adapter is a
+    difference to the exact weights it was trained on, and loading it onto others builds another model."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        values = tensor.detach().to("cpu", torch.float32 if tensor.is_floating_point() else tensor.dtype)
+        digest.update(f"{name}:{tuple(values.shape)}:{values.dtype}".encode())
+        digest.update(values.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def safetensors_metadata(path: str) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file (its header: an 8-byte little-endian length, then JSON)."""
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        return json.loads(f.read(length)).get("__metadata__") or {}
 
 
 @dataclass
@@ -324,6 +346,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             False  # may the tokenizer run code from the model's folder (from_pretrained)
         )
         self._warned_truncation = False
+        self._encoder_base_sha256: str | None = None  # set by load_adapter (a second adapter checks it)
         self.post_init()
 
     # ------------------------------------------------------------------ construction
@@ -542,27 +565,43 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
                 loss_weighting=trained.loss_weighting, max_seq_length=trained.max_seq_length)
             model.load_adapter(f"{folder}/adapter")
 
-        Refused on a model whose encoder holds an adapter merged already (the trained folder itself: its
-        weights are base + adapter, and loading the adapter again would apply it twice), on an adapter without
+        Refused on an encoder whose weights are not those the adapter was trained on (their sha256 is saved
+        with the heads), in particular on a model whose encoder holds an adapter merged already (the trained
+        folder itself: loading the adapter again would apply it twice), on an adapter without
         the heads file (an adapter of the encoder alone: `model.encoder.load_adapter(path)`), and when the
         heads do not fit this model's tasks. Other arguments go to transformers' `load_adapter`."""
         source = str(peft_model_id)
-        if self.config.merged_adapter:
-            raise ValueError(
-                f"This model's encoder holds a PEFT adapter merged into its weights already (config.merged_adapter: "
-                f"{self.config.merged_adapter!r}): it is the trained model as it is, and loading {source} on top "
-                "would apply the adapter twice. For the unmerged model, build it from the backbone the adapter was "
-                "trained on and load the adapter there (see MultiTaskEncoderModel.load_adapter's docstring)."
-            )
+        twice = (
+            f"This model's encoder holds a PEFT adapter merged into its weights already (config.merged_adapter: "
+            f"{self.config.merged_adapter!r}): it is the trained model as it is, and loading {source} on top "
+            "would apply the adapter twice. For the unmerged model, build it from the backbone the adapter was "
+            "trained on and load the adapter there (see MultiTaskEncoderModel.load_adapter's docstring)."
+        )
         options = {key: value for key, value in kwargs.items() if key in HUB_FILE_OPTIONS}
         heads_file = cached_file(
             source, ADAPTER_HEADS_FILENAME, _raise_exceptions_for_missing_entries=False, **options
         )
         if heads_file is None:
+            if self.config.merged_adapter:
+                raise ValueError(twice)
             raise ValueError(
                 f"{source} has no {ADAPTER_HEADS_FILENAME}: it is an adapter of an encoder alone, without the "
                 "heads it was trained with. Load it into the encoder with model.encoder.load_adapter(...); the "
                 "heads stay this model's."
+            )
+        trained_on = safetensors_metadata(heads_file).get(ADAPTER_BASE_DIGEST_KEY)
+        if trained_on is None and self.config.merged_adapter:  # saved before the digest was recorded
+            raise ValueError(twice)
+        # Of the base weights: computed before the first adapter loads (a loaded adapter changes the state dict).
+        base = self._encoder_base_sha256 or encoder_weights_sha256(self.encoder)
+        if trained_on is not None and trained_on != base:
+            if self.config.merged_adapter:
+                raise ValueError(twice)
+            raise ValueError(
+                f"The adapter {source} was trained on an encoder whose weights differ from this model's (sha256 "
+                f"{trained_on[:12]}... there): loaded here it would build another model than the one trained. "
+                f"Build the model from the encoder it was trained on (its adapter_config.json names it) "
+                f"{'in float32 ' if self.encoder.dtype != torch.float32 else ''}and load the adapter there."
             )
         heads = load_state_dict(heads_file)
         expected = {key: value for key, value in self.state_dict().items() if not key.startswith("encoder.")}
@@ -580,6 +619,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
                 "the model with the trained model's tasks and options (its config.json)."
             )
         self.encoder.load_adapter(source, adapter_name=adapter_name, **kwargs)
+        self._encoder_base_sha256 = base
         self.load_state_dict(heads, strict=False)  # the encoder's weights are the backbone's + the adapter
         return self
 
@@ -588,7 +628,10 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         """Longest input in tokens: `config.max_seq_length`, else the tokenizer's and encoder's limit."""
         if self.config.max_seq_length:
             return self.config.max_seq_length
-        return min(self.tokenizer.model_max_length, self.config.encoder_config.max_position_embeddings)
+        limit = encoder_max_tokens(self.config.encoder_config)
+        return (
+            self.tokenizer.model_max_length if limit is None else min(self.tokenizer.model_max_length, limit)
+        )
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -904,8 +947,8 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         """Inputs longer than the model's limit (a caller that did not truncate, e.g. a standard pipeline)
         cut as the tokenizer cuts them: the first `limit - 1` tokens and the row's last real token (the closing
         special token). Right padding assumed. Never fails on long input; warns once."""
-        limit = self.config.max_seq_length or self.config.encoder_config.max_position_embeddings
-        if input_ids is None or input_ids.shape[1] <= limit:
+        limit = self.config.max_seq_length or encoder_max_tokens(self.config.encoder_config)
+        if input_ids is None or limit is None or input_ids.shape[1] <= limit:
             return input_ids, attention_mask, token_type_ids
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)

@@ -84,11 +84,11 @@ def peft_config(block: dict[str, Any]):
 
 def apply_adapter(model, block: dict[str, Any]) -> None:
     """Wrap `model.encoder` in the adapter of `block`; its base weights freeze, the heads keep training. The
-    digest of the weights it wraps is kept (`adapter_base_sha256`), saved with the adapter for `load_adapter`
-    to refuse other base weights."""
+    digest of the weights it wraps is kept (`model.adapter_base_sha256`), saved with the adapter for
+    `load_adapter` to refuse other base weights."""
     from peft import get_peft_model
 
-    model.adapter_base_sha256 = encoder_weights_sha256(model.encoder)
+    model.adapter_base_sha256 = model.adapter_base_sha256 or encoder_weights_sha256(model.encoder)
     model.encoder = get_peft_model(model.encoder, peft_config(block))
 
 
@@ -107,6 +107,7 @@ def merge_adapter(model) -> None:
     again, whose config records it (`merged_adapter`: its `load_adapter` refuses to apply the adapter twice)."""
     model.encoder = model.encoder.merge_and_unload()
     model.config.merged_adapter = ADAPTER_DIR
+    model.adapter_base_sha256 = None  # the weights are base + adapter now: no adapter is a difference to them
 
 
 def merge_and_save_adapter(model, output_dir: str, base_model_name: str | None) -> None:
@@ -129,7 +130,7 @@ def merge_and_save_adapter(model, output_dir: str, base_model_name: str | None) 
         for key, tensor in model.state_dict().items()
         if not key.startswith("encoder.")
     }
-    base = getattr(model, "adapter_base_sha256", None)
+    base = model.adapter_base_sha256
     metadata = {ADAPTER_BASE_DIGEST_KEY: base} if base else None
     save_file(heads, os.path.join(folder, ADAPTER_HEADS_FILENAME), metadata=metadata)
     merge_adapter(model)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -310,9 +309,10 @@ def return_freed_heap_to_os() -> None:
     global _malloc_trim
     if _malloc_trim is None:
         _malloc_trim = False
-        library = ctypes.util.find_library("c")
-        with contextlib.suppress(OSError):  # no C library to load: nothing to trim
-            _malloc_trim = getattr(ctypes.CDLL(library), "malloc_trim", False) if library else False
+        with contextlib.suppress(OSError):  # the process's own symbols (libc's among them), without ldconfig
+            _malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", False)
+        if _malloc_trim:
+            _malloc_trim.argtypes = [ctypes.c_size_t]
     if _malloc_trim:
         _malloc_trim(0)
 

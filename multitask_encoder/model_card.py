@@ -39,7 +39,7 @@ from .arguments import MULTITASK_OPTIONS
 from .backbone import DEFAULT_BACKBONE_HUB_ID, PACKAGED_BACKBONE, public_backbone_name
 from .cli import OneLineArgumentParser, add_common_options, debug_requested, run_command
 from .errors import MultiTaskEncoderError
-from .model.configuration_multitask_encoder import MultiTaskEncoderConfig, TaskSpec
+from .model.configuration_multitask_encoder import MultiTaskEncoderConfig, TaskSpec, usable_max_seq_length
 from .task_types import task_type
 
 TEMPLATE_PACKAGE = "multitask_encoder"
@@ -511,7 +511,7 @@ def render_model_card(
             "is_minilm": base_model == DEFAULT_BACKBONE_HUB_ID,
         },
         "config": config,
-        "max_seq_length": config.max_seq_length or encoder_config.max_position_embeddings,
+        "max_seq_length": usable_max_seq_length(config),
         "heads": _heads(config),
         "example_texts": example_texts,
         "example_is_real": bool(examples),

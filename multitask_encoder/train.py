@@ -701,7 +701,14 @@ def main(argv: list[str] | None = None) -> None:
             interrupted="interrupted; the same command resumes from the last checkpoint",
             debug_flag=None,
         )
-    end_process_group(wait_for_others=status == 0)  # a process that failed must not wait for the others
+    ended = run_command(  # a process that failed must not wait for the others
+        lambda: end_process_group(wait_for_others=status == 0),
+        prefix=prefix,
+        refusals=(),
+        debug=debug,
+        debug_flag=None,
+    )
+    status = status or ended
     if status:
         raise SystemExit(status)
 

@@ -14,7 +14,11 @@ import torch
 from transformers import AutoConfig, BertConfig, RobertaConfig
 
 from multitask_encoder import MultiTaskEncoderConfig, MultiTaskEncoderModel, TaskSpec
-from multitask_encoder.model.configuration_multitask_encoder import encoder_max_tokens, parse_tasks
+from multitask_encoder.model.configuration_multitask_encoder import (
+    encoder_max_tokens,
+    parse_tasks,
+    usable_max_seq_length,
+)
 
 
 @pytest.fixture(scope="module")
@@ -150,22 +154,32 @@ def test_invalid_model_fields_are_refused(encoder_config, example_tasks, kwargs:
         make_config(encoder_config, example_tasks, **kwargs)
 
 
-def test_max_seq_length_beyond_the_encoders_positions_is_refused(
+def test_max_seq_length_beyond_the_encoders_positions_is_refused_and_a_saved_one_is_cut(
     encoder_config, example_tasks, tiny_backbone: str
 ) -> None:
     """Every text longer than the encoder takes would fail at the first long text a user predicts: refused when
-    the model is configured, through from_backbone too, not only in the training job."""
+    a model is built from a backbone (not only by the training job). A config saved with more before that still
+    loads, and its model takes what the encoder holds."""
     assert encoder_max_tokens(encoder_config) == 512
-    assert make_config(encoder_config, example_tasks, max_seq_length=512).max_seq_length == 512
-    with pytest.raises(ValueError, match=r"max_seq_length 513 is longer than the encoder takes \(512 tokens"):
-        make_config(encoder_config, example_tasks, max_seq_length=513)
-    with pytest.raises(ValueError, match="max_seq_length 4096 is longer than the encoder takes"):
+    with pytest.raises(
+        ValueError, match=r"max_seq_length 4096 is longer than the encoder takes \(512 tokens"
+    ):
         MultiTaskEncoderModel.from_backbone(tiny_backbone, tasks=example_tasks, max_seq_length=4096)
+    assert (
+        MultiTaskEncoderModel.from_backbone(
+            tiny_backbone, tasks=example_tasks, max_seq_length=512
+        ).max_seq_length
+        == 512
+    )
+    saved = make_config(encoder_config, example_tasks, max_seq_length=4096)
+    assert usable_max_seq_length(saved) == 512
+    assert MultiTaskEncoderModel(saved).max_seq_length == 512
 
 
 def test_an_encoder_with_positions_after_padding_takes_two_tokens_fewer() -> None:
     """RoBERTa's position ids start after the padding index: of 514 positions, 512 hold tokens. A model on such an
-    encoder cuts a longer input there (a standard pipeline's, untruncated) instead of failing in the encoder."""
+    encoder cuts a longer input there (a standard pipeline's, untruncated) instead of failing in the encoder,
+    also when its saved max_seq_length asks for more."""
     roberta = RobertaConfig(
         vocab_size=50,
         hidden_size=16,
@@ -177,13 +191,13 @@ def test_an_encoder_with_positions_after_padding_takes_two_tokens_fewer() -> Non
     )
     assert encoder_max_tokens(roberta) == 20
     assert encoder_max_tokens(RobertaConfig(pad_token_id=1, max_position_embeddings=514)) == 512
-    with pytest.raises(ValueError, match=r"max_seq_length 21 is longer than the encoder takes \(20 tokens"):
-        make_config(roberta, {"score": {"type": "regression"}}, max_seq_length=21)
-    model = MultiTaskEncoderModel(make_config(roberta, {"score": {"type": "regression"}})).eval()
     input_ids = torch.randint(3, 50, (2, 22))  # two positions more than the encoder holds
-    with torch.no_grad():
-        output = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
-    assert output.embeddings.shape == (2, 16) and torch.isfinite(output.embeddings).all()
+    for max_seq_length in (None, 22):
+        config = make_config(roberta, {"score": {"type": "regression"}}, max_seq_length=max_seq_length)
+        model = MultiTaskEncoderModel(config).eval()
+        with torch.no_grad():
+            output = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+        assert output.embeddings.shape == (2, 16) and torch.isfinite(output.embeddings).all()
 
 
 def test_encoder_config_dict_needs_model_type(encoder_config) -> None:

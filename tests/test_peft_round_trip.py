@@ -124,6 +124,8 @@ def test_an_adapter_trained_on_other_weights_is_refused_and_loads_on_its_own(
     embeddings = start.encode(TEXTS)
     folder = tmp_path / "out"
     merge_and_save_adapter(start, str(folder), "start")
+    with pytest.raises(ValueError, match="would apply the adapter twice"):  # merged in place: base + adapter
+        start.load_adapter(str(folder / "adapter"))
 
     plain = MultiTaskEncoderModel.from_backbone(tiny_backbone, tasks=TASKS)
     with pytest.raises(ValueError, match="trained on an encoder whose weights differ from this model's"):

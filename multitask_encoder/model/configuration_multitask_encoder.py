@@ -21,7 +21,23 @@ PROJECTION_ACTIVATIONS = ("identity", "tanh", "relu", "gelu")
 LOSS_WEIGHTINGS = ("static", "uncertainty")
 # Encoders whose position ids start after the padding index (RoBERTa's scheme): pad_token_id + 1 of their
 # max_position_embeddings are not usable by tokens.
-POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text")
+POSITIONS_AFTER_PADDING = (
+    "roberta",
+    "roberta-prelayernorm",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+    "camembert",
+    "mpnet",
+    "longformer",
+    "data2vec-text",
+    "xmod",
+    "ibert",
+    "luke",
+    "esm",
+    "markuplm",
+    "lilt",
+    "layoutlmv3",
+)
 
 
 def encoder_max_tokens(encoder_config: PretrainedConfig | None) -> int | None:
@@ -33,6 +49,16 @@ def encoder_max_tokens(encoder_config: PretrainedConfig | None) -> int | None:
     if encoder_config.model_type in POSITIONS_AFTER_PADDING:
         positions -= (encoder_config.pad_token_id or 0) + 1
     return positions
+
+
+def usable_max_seq_length(config: MultiTaskEncoderConfig) -> int | None:
+    """The longest input a model of `config` takes: its `max_seq_length` capped at what the encoder's position
+    embeddings hold (a config saved with more, before that was refused, is cut there), else the encoder's
+    limit; None when neither limits it."""
+    limit = encoder_max_tokens(config.encoder_config)
+    if config.max_seq_length is None or limit is None:
+        return limit if config.max_seq_length is None else config.max_seq_length
+    return min(config.max_seq_length, limit)
 
 
 class MultiTaskEncoderConfig(PretrainedConfig):
@@ -76,7 +102,8 @@ class MultiTaskEncoderConfig(PretrainedConfig):
         merged_adapter (`str`, *optional*):
             Set when the encoder holds a PEFT adapter merged into its weights (training with `peft:`): the folder,
             relative to the model's, that holds the adapter alone with the heads it was trained with (`adapter`).
-            `load_adapter` refuses such a model (it would apply the adapter twice).
+            `load_adapter` refuses to load that adapter onto it (it would apply the adapter twice); an adapter
+            trained on this model (`init_from` it with `peft:`) loads.
     """
 
     model_type = "multitask_encoder"
@@ -127,13 +154,6 @@ class MultiTaskEncoderConfig(PretrainedConfig):
                 f"Unknown loss_weighting {loss_weighting!r}; expected one of {list(LOSS_WEIGHTINGS)}."
             )
         self.loss_weighting = loss_weighting
-        limit = encoder_max_tokens(encoder_config)
-        if max_seq_length is not None and limit is not None and max_seq_length > limit:
-            # Every longer text would fail in the encoder, at the first long text a user predicts.
-            raise ValueError(
-                f"max_seq_length {max_seq_length} is longer than the encoder takes ({limit} tokens, its position "
-                f"embeddings): set max_seq_length to at most {limit}."
-            )
         self.max_seq_length = max_seq_length
         self.base_model_name = base_model_name
         # The task the standard pipelines serve (AutoModelForSequence/TokenClassification); None: the first.

@@ -35,7 +35,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.modeling_utils import load_state_dict
 from transformers.utils import ModelOutput, cached_file
 
-from .configuration_multitask_encoder import MultiTaskEncoderConfig, encoder_max_tokens
+from .configuration_multitask_encoder import MultiTaskEncoderConfig, encoder_max_tokens, usable_max_seq_length
 from .inference_multitask_encoder import (
     MODEL_INPUT_NAMES,
     SERVING_MODES,
@@ -77,13 +77,13 @@ ADAPTER_BASE_DIGEST_KEY = "base_encoder_sha256"
 
 
 def encoder_weights_sha256(encoder: nn.Module) -> str:
-    """A digest of an encoder's weights (names, shapes and float32 values of its state dict): an adapter is a
+    """A digest of an encoder's weights (the float32 values of its parameters, by name): an adapter is a
     difference to the exact weights it was trained on, and loading it onto others builds another model."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(encoder.state_dict().items()):
-        values = tensor.detach().to("cpu", torch.float32 if tensor.is_floating_point() else tensor.dtype)
-        digest.update(f"{name}:{tuple(values.shape)}:{values.dtype}".encode())
-        digest.update(values.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    for name, parameter in sorted(encoder.named_parameters()):
+        values = parameter.detach().to("cpu", torch.float32).contiguous()
+        digest.update(f"{name}:{tuple(values.shape)}".encode())
+        digest.update(memoryview(values.numpy()))
     return digest.hexdigest()
 
 
@@ -346,7 +346,9 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             False  # may the tokenizer run code from the model's folder (from_pretrained)
         )
         self._warned_truncation = False
-        self._encoder_base_sha256: str | None = None  # set by load_adapter (a second adapter checks it)
+        # sha256 of the encoder weights its adapters are a difference to (apply_adapter, load_adapter): set
+        # before the first adapter wraps the encoder, whose state dict then holds the adapter too.
+        self.adapter_base_sha256: str | None = None
         self.post_init()
 
     # ------------------------------------------------------------------ construction
@@ -406,6 +408,13 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             dense = None  # a projection of another size: new, as for any backbone
         if max_seq_length is None:
             max_seq_length = backbone.get("max_seq_length")
+        limit = encoder_max_tokens(encoder_config)
+        if max_seq_length is not None and limit is not None and max_seq_length > limit:
+            # Every longer text would fail in the encoder, at the first long text a user predicts.
+            raise ValueError(
+                f"max_seq_length {max_seq_length} is longer than the encoder takes ({limit} tokens, its position "
+                f"embeddings): set max_seq_length to at most {limit}."
+            )
         config = MultiTaskEncoderConfig(
             encoder_config=encoder_config,
             pooling=pooling,
@@ -592,8 +601,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         trained_on = safetensors_metadata(heads_file).get(ADAPTER_BASE_DIGEST_KEY)
         if trained_on is None and self.config.merged_adapter:  # saved before the digest was recorded
             raise ValueError(twice)
-        # Of the base weights: computed before the first adapter loads (a loaded adapter changes the state dict).
-        base = self._encoder_base_sha256 or encoder_weights_sha256(self.encoder)
+        base = self.adapter_base_sha256 or encoder_weights_sha256(self.encoder)
         if trained_on is not None and trained_on != base:
             if self.config.merged_adapter:
                 raise ValueError(twice)
@@ -619,19 +627,19 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
                 "the model with the trained model's tasks and options (its config.json)."
             )
         self.encoder.load_adapter(source, adapter_name=adapter_name, **kwargs)
-        self._encoder_base_sha256 = base
+        self.adapter_base_sha256 = base
         self.load_state_dict(heads, strict=False)  # the encoder's weights are the backbone's + the adapter
         return self
 
     @property
     def max_seq_length(self) -> int:
-        """Longest input in tokens: `config.max_seq_length`, else the tokenizer's and encoder's limit."""
+        """Longest input in tokens: `config.max_seq_length`, else the tokenizer's limit; never more than the
+        encoder's positions hold (`usable_max_seq_length`)."""
+        usable = usable_max_seq_length(self.config)
         if self.config.max_seq_length:
-            return self.config.max_seq_length
-        limit = encoder_max_tokens(self.config.encoder_config)
-        return (
-            self.tokenizer.model_max_length if limit is None else min(self.tokenizer.model_max_length, limit)
-        )
+            return usable
+        tokenizer_limit = self.tokenizer.model_max_length
+        return tokenizer_limit if usable is None else min(tokenizer_limit, usable)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -947,7 +955,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
         """Inputs longer than the model's limit (a caller that did not truncate, e.g. a standard pipeline)
         cut as the tokenizer cuts them: the first `limit - 1` tokens and the row's last real token (the closing
         special token). Right padding assumed. Never fails on long input; warns once."""
-        limit = self.config.max_seq_length or encoder_max_tokens(self.config.encoder_config)
+        limit = usable_max_seq_length(self.config)
         if input_ids is None or limit is None or input_ids.shape[1] <= limit:
             return input_ids, attention_mask, token_type_ids
         if attention_mask is None:

@@ -246,10 +246,11 @@ class BatchPredictor:
         embeddings = None
         if kept:
             inputs = [text for _, text in kept]
-            labels = {name: values for name, values in self.labels.items()} or None
             for (index, _), prediction in zip(
                 kept,
-                model.predict(inputs, tasks=self._task_names, batch_size=self.batch_size, labels=labels),
+                model.predict(
+                    inputs, tasks=self._task_names, batch_size=self.batch_size, labels=self.labels or None
+                ),
             ):
                 rows[index] = prediction
             if self.embeddings:

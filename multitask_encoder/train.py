@@ -63,7 +63,7 @@ from .config_file import ConfigError, check_finite_options, check_options, read_
 from .data import MultiTaskData, data_cache_dir, load_embedding_eval_set, load_multitask_data
 from .errors import MultiTaskEncoderError
 from .linear_probe import fit_heads_first
-from .model.configuration_multitask_encoder import encoder_max_tokens
+from .model.configuration_multitask_encoder import check_fits_encoder
 from .model.modeling_multitask_encoder import MultiTaskEncoderModel
 from .model_card import backbone_languages, write_model_card
 from .plots import write_plots
@@ -266,15 +266,12 @@ def tasks_with_trained_labels(tasks: dict[str, Any], model: MultiTaskEncoderMode
 
 
 def check_max_seq_length(max_seq_length: int, backbone: str) -> None:
-    """Refuse a max_seq_length beyond the backbone's position embeddings: every text longer than the backbone
-    takes would fail in the encoder (at training or, worse, at the first long text a user predicts). Refused
-    rather than capped, so the saved model's max_seq_length is the one the config asked for."""
-    limit = encoder_max_tokens(AutoConfig.from_pretrained(backbone))
-    if limit is not None and max_seq_length > limit:
-        raise ConfigError(
-            f"max_seq_length {max_seq_length} is longer than the backbone {backbone} takes ({limit} tokens, its "
-            f"position embeddings): set max_seq_length to at most {limit}."
-        )
+    """Refuse a max_seq_length beyond the backbone's position embeddings before any data is read (from_backbone
+    refuses it too). Refused rather than capped, so the saved model's max_seq_length is the one asked for."""
+    try:
+        check_fits_encoder(max_seq_length, AutoConfig.from_pretrained(backbone), f"the backbone {backbone}")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def model_options_init_from_cannot_apply(

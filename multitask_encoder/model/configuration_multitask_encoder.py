@@ -51,6 +51,17 @@ def encoder_max_tokens(encoder_config: PretrainedConfig | None) -> int | None:
     return positions
 
 
+def check_fits_encoder(max_seq_length: int | None, encoder_config: PretrainedConfig, encoder: str) -> None:
+    """Refuse a `max_seq_length` beyond what the encoder's position embeddings hold: every longer text would
+    fail in the encoder, at the first long text a user predicts. `encoder` names it in the message."""
+    limit = encoder_max_tokens(encoder_config)
+    if max_seq_length is not None and limit is not None and max_seq_length > limit:
+        raise ValueError(
+            f"max_seq_length {max_seq_length} is longer than {encoder} takes ({limit} tokens, its position "
+            f"embeddings): set max_seq_length to at most {limit}."
+        )
+
+
 def usable_max_seq_length(config: MultiTaskEncoderConfig) -> int | None:
     """The longest input a model of `config` takes: its `max_seq_length` capped at what the encoder's position
     embeddings hold (a config saved with more, before that was refused, is cut there), else the encoder's

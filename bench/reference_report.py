@@ -266,13 +266,19 @@ def machine_line(records: list[dict[str, Any]]) -> str:
     loads = [r["machine"]["loadavg_start"][0] for r in records if r.get("machine", {}).get("loadavg_start")]
     nproc = machine.get("nproc")
     contended = loads and nproc and max(loads) > nproc
-    commits = sorted({(r.get("git") or {}).get("commit") or "unknown" for r in records})
+    # A file whose rows several runs measured names each row's run (`measured_by`): every CPU and commit counts.
+    runs = [row["measured_by"] for r in records for row in r.get("rows", []) if "measured_by" in row]
+    cpus = sorted({machine.get("cpu_model") or "?", *(run.get("cpu_model") or "?" for run in runs)})
+    commits = sorted(
+        {(r.get("git") or {}).get("commit") or "unknown" for r in records}
+        | {(run.get("git") or {}).get("commit") or "unknown" for run in runs}
+    )
     seeds = sorted({r["seed"] for r in records})
     walls = ", ".join(
         f"{r['part']} seed {r['seed']} {r['wall_s'] / 60:.1f} min" for r in records if "wall_s" in r
     )
     text = (
-        f"Machine: {nproc} × {machine.get('cpu_model', '?')}, torch {machine.get('torch', '?')}, "
+        f"Machine: {nproc} × {' / '.join(cpus)}, torch {machine.get('torch', '?')}, "
         f"torch threads {machine.get('torch_threads', '?')}"
     )
     if loads:

@@ -393,7 +393,7 @@ def test_no_compromise_part_gets_its_tables(report, tmp_path: Path) -> None:
     assert "| WiSE-FT |" not in section and "| sentiment on SST-2 |" not in section.split("WiSE-FT of")[0]
 
 
-def test_a_run_of_some_rows_keeps_the_rows_measured_before(tmp_path: Path, monkeypatch) -> None:
+def test_a_run_of_some_rows_keeps_the_rows_measured_before(tmp_path: Path, monkeypatch, report) -> None:
     bench = REPORT_PATH.parent
     monkeypatch.syspath_prepend(str(bench))
     spec = importlib.util.spec_from_file_location("reference_bench", bench / "reference.py")
@@ -409,6 +409,13 @@ def test_a_run_of_some_rows_keeps_the_rows_measured_before(tmp_path: Path, monke
     assert [r["key"] for r in saved["rows"]] == ["teachers", "plain", "lp_ft"]
     assert saved["rows"][1]["train_s"] == 12.0  # the new measurement replaces the old one
     assert json.loads(path.read_text())["rows"] == saved["rows"] and saved["complete"] is False
+    # Each row names the run that measured it: the earlier file's for "teachers", this run's for the others.
+    assert saved["rows"][0]["measured_by"]["git"]["commit"] == "0123456789abcdef"
+    assert saved["rows"][0]["measured_by"]["cpu_model"] == "Test CPU"
+    assert saved["rows"][2]["measured_by"]["git"] == saved["git"]
+    assert saved["rows"][2]["measured_by"]["cpu_model"] == saved["machine"]["cpu_model"]
+    line = report.machine_line([saved])
+    assert "Test CPU" in line and saved["machine"]["cpu_model"] in line and "0123456789" in line
     other = {**result, "budget": {**BUDGET, "steps_per_task": 400}}
     with pytest.raises(SystemExit, match="rows of another budget"):
         reference.save_record(path, header, context, other)

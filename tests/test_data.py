@@ -343,6 +343,31 @@ def test_max_eval_examples_caps_declared_and_held_out_sets(load, tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("name", "entry", "message"),
+    [
+        (
+            "to",
+            {"type": "sequence_classification"},
+            "Task name 'to' is reserved: the heads are an nn.ModuleDict",
+        ),
+        ("my-task", {"type": "sequence_classification"}, "not a valid Python identifier"),
+        (
+            "topic",
+            {"type": "classification"},
+            "Task 'topic': unknown task type 'classification'; expected one of",
+        ),
+        ("topic", ["sequence_classification"], "Task 'topic': the entry must be a mapping, got list"),
+    ],
+)
+def test_a_task_name_or_type_the_model_refuses_is_refused_before_any_file_is_read(
+    tmp_path, name, entry, message
+):
+    """The data side reads the model's checks (one place): a reserved name fails here, not after the data."""
+    with pytest.raises(DataError, match=message):
+        load_multitask_data({name: entry}, None, 32, str(tmp_path / "nothing-here"))
+
+
+@pytest.mark.parametrize(
     ("extra", "message"),
     [
         (

@@ -643,7 +643,7 @@ def single_task_run(
     token_level = entry["type"] == "token_classification"
     start = time.perf_counter()
     data = load_data(ctx, {task: entry})
-    labels = data.task_specs[task]["labels"]
+    labels = data.task_specs[task].labels
     convert = first_subtoken_labels if token_level else sentence_labels
     train = convert(data.train, task)
     set_seed(ctx.seed)  # the classifier's initialisation

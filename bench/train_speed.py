@@ -200,7 +200,7 @@ class Bench:
         self.data = {1: one, 2: two}
         inputs = [c for c in one.train.column_names if c in ("input_ids", "attention_mask", "token_type_ids")]
         self.plain_dataset = one.train.select_columns(inputs).add_column("labels", one.train["labels_topic"])
-        self.num_labels = len(one.task_specs["topic"]["labels"])
+        self.num_labels = len(one.task_specs["topic"].labels)
         self.features = None
 
     def model(self, heads: int, freeze_encoder: bool = False) -> MultiTaskEncoderModel:

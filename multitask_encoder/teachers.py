@@ -248,7 +248,7 @@ def teacher_targets(teacher: Teacher, spec: TaskSpec, rows: Dataset, tokenizer, 
 def attach_teachers(
     train: Dataset,
     sources: dict[str, str],
-    task_specs: dict[str, Any],
+    task_specs: dict[str, TaskSpec],
     tokenizer,
     base_dir: str,
     cache_dir: str,

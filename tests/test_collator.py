@@ -113,7 +113,7 @@ def test_rows_without_a_label_key_are_filled(tokenizer):
 
 
 def test_first_sub_token_gets_the_tag(collator, data):
-    ner = data.task_specs["ner"]["labels"]  # ["O", "B-geo-loc", "B-person", "I-geo-loc", "I-person"]
+    ner = data.task_specs["ner"].labels  # ["O", "B-geo-loc", "B-person", "I-geo-loc", "I-person"]
     row = data.train[list(data.train["group"]).index(2)]  # the first NER sentence
     pieces = collator.tokenizer.convert_ids_to_tokens(row["input_ids"])
     assert pieces == [

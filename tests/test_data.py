@@ -73,7 +73,7 @@ WRITERS = {
 def test_each_file_format(load, tmp_path, fmt):
     WRITERS[fmt](tmp_path / f"train.{fmt}", ROWS)
     data = load({"topic": {"type": "sequence_classification", "train": f"train.{fmt}"}})
-    assert data.task_specs["topic"]["labels"] == ["business", "sport"]  # inferred, sorted
+    assert data.task_specs["topic"].labels == ["business", "sport"]  # inferred, sorted
     assert data.train["labels_topic"] == [1, 0, 1, 0]
     assert data.group_sizes == {"topic": 4}
     assert data.train.column_names == [
@@ -100,7 +100,7 @@ def test_class_folders(load, tmp_path):
         for i, text in enumerate(texts):
             write(tmp_path / "reviews" / label / f"{i:03d}.txt", text + "\n")
     data = load({"sentiment": {"type": "sequence_classification", "train": "reviews"}})
-    assert data.task_specs["sentiment"]["labels"] == ["neg", "pos"]
+    assert data.task_specs["sentiment"].labels == ["neg", "pos"]
     assert data.train["labels_sentiment"] == [0, 0, 1]
 
 
@@ -120,7 +120,7 @@ def test_conll(load, tmp_path):
             }
         }
     )
-    assert data.task_specs["ner"]["labels"] == ["O", "B-geo-loc", "B-person"]  # "O" first, then sorted
+    assert data.task_specs["ner"].labels == ["O", "B-geo-loc", "B-person"]  # "O" first, then sorted
     assert data.train["labels_ner"] == [[2, 0, 2], [0, 1, 0]]
     assert data.label_counts["ner"]["train"] == {"O": 3, "B-geo-loc": 1, "B-person": 2}
     second = data.train[1]  # [CLS] visit ki ##lim ##an ##jar ##o . [SEP]
@@ -135,7 +135,7 @@ def test_datasets_saved_to_disk(load, tmp_path):
     DatasetDict({"train": train, "validation": train.select([0, 1])}).save_to_disk(str(tmp_path / "saved"))
     data = load({"topic": {"type": "sequence_classification", "dataset": "saved"}})
     # ClassLabel ids became names, in the dataset's id order (not sorted): label id i is the dataset's class i.
-    assert data.task_specs["topic"]["labels"] == ["sport", "business"]
+    assert data.task_specs["topic"].labels == ["sport", "business"]
     assert data.train["labels_topic"] == [0, 1, 0, 1]
     assert list(data.validation) == ["topic"] and data.test == {}  # present splits are taken by default
     assert data.validation["topic"]["text"] == [ROWS[0]["text"], ROWS[1]["text"]]
@@ -171,9 +171,9 @@ def test_class_label_lists_keep_the_dataset_ids_and_a_label_map_keeps_their_orde
             },
         }
     )
-    assert data.task_specs["genres"]["labels"] == ["zeta", "alpha", "mid"]
-    assert data.task_specs["ner"]["labels"] == ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
-    assert data.task_specs["topic"]["labels"] == ["games", "money", "news"]
+    assert data.task_specs["genres"].labels == ["zeta", "alpha", "mid"]
+    assert data.task_specs["ner"].labels == ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    assert data.task_specs["topic"].labels == ["games", "money", "news"]
     genres = data.train.filter(lambda row: row["group"] == 0)["labels_genres"]
     assert genres == [[0.0, 1.0, 0.0], [1.0, 1.0, 0.0]]
     assert data.train.filter(lambda row: row["group"] == 0)["labels_topic"] == [1, 0]
@@ -196,7 +196,7 @@ def test_dataset_json_builder(load, tmp_path):
 def test_label_order_numeric_declared_and_label_map(load, tmp_path):
     write_csv(tmp_path / "stars.csv", [{"text": f"review {n}", "stars": n} for n in (10, 2, 1, 2)])
     data = load({"stars": {"type": "sequence_classification", "train": "stars.csv"}})
-    assert data.task_specs["stars"]["labels"] == ["1", "2", "10"]  # numbers sort as numbers
+    assert data.task_specs["stars"].labels == ["1", "2", "10"]  # numbers sort as numbers
     assert data.train["labels_stars"] == [2, 1, 0, 1]
 
     declared = {"type": "sequence_classification", "train": "stars.csv", "labels": [10, 2, 1]}
@@ -209,7 +209,7 @@ def test_label_order_numeric_declared_and_label_map(load, tmp_path):
         "label_map": {0: "negative", 1: "positive"},
     }
     data = load({"sentiment": mapped})
-    assert data.task_specs["sentiment"]["labels"] == ["negative", "positive"]
+    assert data.task_specs["sentiment"].labels == ["negative", "positive"]
     assert data.train["labels_sentiment"] == [1, 0]
 
 
@@ -217,10 +217,10 @@ def test_model_task_specs_has_exactly_the_model_keys():
     tasks = {"topic": {"type": "sequence_classification", "train": "x.csv", "head": "mlp", "loss_weight": 2}}
     specs = model_task_specs(tasks, {"topic": ["a", "b"]})
     # The common model keys; a type adds its own options (the task-type registry), e.g. multi-label's threshold.
-    assert set(specs["topic"]) == {"type", "labels", "head", "loss_weight"}
-    assert specs["topic"]["labels"] == ["a", "b"] and specs["topic"]["head"]["type"] == "mlp"
+    assert set(specs["topic"].to_dict()) == {"type", "labels", "head", "loss_weight"}
+    assert specs["topic"].labels == ["a", "b"] and specs["topic"].head.type == "mlp"
     tags = {"type": "multi_label_classification", "train": "x.csv"}
-    assert set(model_task_specs({"tags": tags}, {"tags": ["x"]})["tags"]) == {
+    assert set(model_task_specs({"tags": tags}, {"tags": ["x"]})["tags"].to_dict()) == {
         "type",
         "labels",
         "head",
@@ -248,8 +248,8 @@ def test_multi_label_and_regression(load, tmp_path):
         "score": {"type": "regression", "train": "tags.jsonl"},
     }
     data = load(tasks)
-    assert data.task_specs["genres"]["labels"] == ["comedy", "drama", "horror"]  # sorted union
-    assert data.task_specs["score"]["labels"] == ["value"]
+    assert data.task_specs["genres"].labels == ["comedy", "drama", "horror"]  # sorted union
+    assert data.task_specs["score"].labels == ["value"]
     genres = data.train.filter(lambda row: row["group"] == 0)["labels_genres"]
     assert genres == [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 1.0]]  # row "b" had no label: dropped
     assert data.train.filter(lambda row: row["group"] == 1)["labels_score"] == [0.5, 2.0]
@@ -343,6 +343,31 @@ def test_max_eval_examples_caps_declared_and_held_out_sets(load, tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("name", "entry", "message"),
+    [
+        (
+            "to",
+            {"type": "sequence_classification"},
+            "Task name 'to' is reserved: the heads are an nn.ModuleDict",
+        ),
+        ("my-task", {"type": "sequence_classification"}, "not a valid Python identifier"),
+        (
+            "topic",
+            {"type": "classification"},
+            "Task 'topic': unknown task type 'classification'; expected one of",
+        ),
+        ("topic", ["sequence_classification"], "Task 'topic': the entry must be a mapping, got list"),
+    ],
+)
+def test_a_task_name_or_type_the_model_refuses_is_refused_before_any_file_is_read(
+    tmp_path, name, entry, message
+):
+    """The data side reads the model's checks (one place): a reserved name fails here, not after the data."""
+    with pytest.raises(DataError, match=message):
+        load_multitask_data({name: entry}, None, 32, str(tmp_path / "nothing-here"))
+
+
+@pytest.mark.parametrize(
     ("extra", "message"),
     [
         (
@@ -407,9 +432,9 @@ def test_packaged_corpora(load):
     }
     data = load(tasks)
     assert data.group_sizes == {"topic": 20, "sentiment": 20, "ner": 20}
-    assert data.task_specs["topic"]["labels"] == ["business", "entertainment", "politics", "sports", "tech"]
-    assert data.task_specs["sentiment"]["labels"] == ["negative", "neutral", "positive"]
-    assert data.task_specs["ner"]["labels"][0] == "O" and "B-geo-loc" in data.task_specs["ner"]["labels"]
+    assert data.task_specs["topic"].labels == ["business", "entertainment", "politics", "sports", "tech"]
+    assert data.task_specs["sentiment"].labels == ["negative", "neutral", "positive"]
+    assert data.task_specs["ner"].labels[0] == "O" and "B-geo-loc" in data.task_specs["ner"].labels
     assert sum(data.label_counts["topic"]["train"].values()) == 20
 
 

@@ -360,7 +360,7 @@ def test_precomputed_fast_path_gives_the_slow_paths_logits(tiny_backbone: str, t
     torch.manual_seed(0)
     probe = MultiTaskEncoderModel.from_backbone(tiny_backbone, tasks={"x": {"type": "regression"}})
     data = load_multitask_data(tasks, probe.tokenizer, 64, str(tmp_path), cache_dir=str(tmp_path / "cache"))
-    specs = copy.deepcopy(data.task_specs)
+    specs = {name: spec.to_dict() for name, spec in data.task_specs.items()}
     assert specs["topic"]["head"]["layers"] == [0, 1]
     model = build(tiny_backbone, specs, pooling="max")
     collator = MultiTaskCollator(model.tokenizer, data.task_specs)

@@ -135,7 +135,7 @@ def test_targets_of_a_multitask_teacher_for_sentence_and_token_tasks(
     # The teacher's labels in another order than the student's: matched by name.
     teacher_tasks = {
         "topic": {"type": "sequence_classification", "labels": ["sport", "business"]},
-        "ner": {"type": "token_classification", "labels": list(reversed(data.task_specs["ner"]["labels"]))},
+        "ner": {"type": "token_classification", "labels": list(reversed(data.task_specs["ner"].labels))},
     }
     source = build_teacher(tiny_backbone, teacher_tasks, tmp_path / "teacher")
     train, fingerprints = attach_teachers(
@@ -149,8 +149,8 @@ def test_targets_of_a_multitask_teacher_for_sentence_and_token_tasks(
     assert set(fingerprints) == {"topic", "ner"}
     assert {"teacher_topic", "teacher_ner"} <= set(train.column_names)
     teacher = MultiTaskEncoderModel.from_pretrained(source).eval()
-    student_topic = data.task_specs["topic"]["labels"]
-    student_ner = data.task_specs["ner"]["labels"]
+    student_topic = data.task_specs["topic"].labels
+    student_ner = data.task_specs["ner"].labels
     topic_order = [teacher_tasks["topic"]["labels"].index(label) for label in student_topic]
     ner_order = [teacher_tasks["ner"]["labels"].index(label) for label in student_ner]
     checked = {"topic": 0, "ner": 0}
@@ -180,7 +180,7 @@ def test_targets_of_a_multitask_teacher_for_sentence_and_token_tasks(
     assert checked["topic"] > 3 and checked["ner"] > 3
 
     # Collated: the sentence targets per row, the token targets on the labelled (first) pieces only.
-    specs = {name: parse_task_spec(name, spec) for name, spec in data.task_specs.items()}
+    specs = data.task_specs
     rows = [train[i] for i in range(len(train) - 6, len(train))]  # NER rows (the last group)
     batch = MultiTaskCollator(tokenizer, specs)(rows)
     targets = batch["teacher_targets"]
@@ -266,7 +266,7 @@ def test_a_plain_transformers_teacher_with_its_labels_in_another_order(
     tokenizer = AutoTokenizer.from_pretrained(tiny_backbone)
     tasks = {"topic": toy_tasks(toy_data, ner=False)["topic"]}
     data = load_multitask_data(tasks, tokenizer, 32, str(toy_data), cache_dir=str(toy_data / "cache"))
-    assert data.task_specs["topic"]["labels"] == ["business", "sport"]
+    assert data.task_specs["topic"].labels == ["business", "sport"]
     torch.manual_seed(0)
     plain = AutoModelForSequenceClassification.from_pretrained(
         tiny_backbone,

@@ -466,13 +466,17 @@ def test_two_process_ddp_run_of_the_demo_tasks(tiny_backbone: str, tmp_path: Pat
     assert options["composition"] == "per_task"
     # A single-task teacher for topic (issue 19): its targets are computed once, by the main process, and
     # read from the cache by the other.
-    labels = load_multitask_data(
-        {"topic": tasks["topic"]},
-        AutoTokenizer.from_pretrained(tiny_backbone),
-        32,
-        str(REPO),
-        cache_dir=str(tmp_path / "cache"),
-    ).task_specs["topic"]["labels"]
+    labels = (
+        load_multitask_data(
+            {"topic": tasks["topic"]},
+            AutoTokenizer.from_pretrained(tiny_backbone),
+            32,
+            str(REPO),
+            cache_dir=str(tmp_path / "cache"),
+        )
+        .task_specs["topic"]
+        .labels
+    )
     teacher = MultiTaskEncoderModel.from_backbone(
         tiny_backbone, tasks={"topic": {"type": "sequence_classification", "labels": labels}}
     )

@@ -63,7 +63,7 @@ class MultiTaskData:
     are Arrow datasets on disk (memory-mapped): memory does not grow with the data.
     """
 
-    task_specs: dict[str, dict[str, Any]]  # model-side specs (type, labels, head, loss_weight, type options)
+    task_specs: dict[str, TaskSpec]  # the model side of each task (type, labels, head, loss_weight, options)
     train: Dataset  # the groups concatenated in the order of group_sizes
     group_sizes: dict[str, int]  # group name ("domain+sentiment") -> rows, in concatenation order
     group_tasks: dict[str, list[str]]  # group name -> the tasks its rows carry labels for
@@ -79,9 +79,9 @@ class MultiTaskData:
 
 def model_task_specs(
     tasks: dict[str, Any] | dict[str, TaskDataSpec], inferred_labels: dict[str, list[str]] | None = None
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, TaskSpec]:
     """The model side of each task entry (type, labels, head, loss_weight, the type's options), validated and
-    with defaults filled in; `inferred_labels` fills label sets the entries do not declare."""
+    with defaults filled in, parsed once; `inferred_labels` fills label sets the entries do not declare."""
     entries = {
         name: entry if isinstance(entry, TaskDataSpec) else parse_task_entries({name: entry})[name]
         for name, entry in tasks.items()
@@ -92,7 +92,7 @@ def model_task_specs(
         if not spec.get("labels") and inferred_labels and name in inferred_labels:
             spec["labels"] = inferred_labels[name]
         try:
-            specs[name] = parse_task_spec(name, spec).to_dict()
+            specs[name] = parse_task_spec(name, spec)
         except ValueError as error:
             raise DataError(str(error)) from None
     return specs
@@ -158,8 +158,7 @@ def load_multitask_data(
         for name in names
         if not entries[name].model.get("labels")
     }
-    task_specs = model_task_specs(entries, inferred)
-    specs: dict[str, TaskSpec] = {name: parse_task_spec(name, spec) for name, spec in task_specs.items()}
+    specs = model_task_specs(entries, inferred)
 
     # 2. Labelled rows of every split, all checked before any tokenisation. Held-out splits
     #    (validation_fraction / test_fraction) are carved from the group's rows before the train cap, the same
@@ -208,8 +207,7 @@ def load_multitask_data(
             )
             fitted = {key: value for key, value in fitted.items() if entries[name].model.get(key) is None}
             if fitted:
-                task_specs[name] = parse_task_spec(name, {**task_specs[name], **fitted}).to_dict()
-                specs[name] = parse_task_spec(name, task_specs[name])
+                specs[name] = parse_task_spec(name, {**specs[name].to_dict(), **fitted})  # checks them too
                 logger.info(f"Task {name!r}: from the train labels, {fitted}.")
     eval_rows: dict[str, dict[str, Dataset]] = {split: {} for split in EVAL_SPLITS}
     for split, by_task in eval_rows.items():
@@ -294,7 +292,7 @@ def load_multitask_data(
     }
     logger.info(f"Training groups (rows): {group_sizes}")
     return MultiTaskData(
-        task_specs=task_specs,
+        task_specs=specs,
         train=train,
         group_sizes=group_sizes,
         group_tasks=dict(groups),

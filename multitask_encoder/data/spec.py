@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MultiTaskEncoderError
-from ..model.tasks_multitask_encoder import SPEC_KEYS
+from ..model.tasks_multitask_encoder import SPEC_KEYS, check_task_name, registered_task_type
 from ..task_types.types import TASK_TYPES, TaskType, cell_str
 
 SPLITS = ("train", "validation", "test")
@@ -123,14 +123,14 @@ def _label_map(name: str, value: Any) -> dict[str, str] | None:
 
 def parse_task_entry(name: Any, entry: Any) -> TaskDataSpec:
     """Check one task entry and split it into its parts; raises DataError naming the task and the key."""
-    if not isinstance(name, str) or not name.isidentifier():
-        raise DataError(f"Task name {name!r} is not a valid Python identifier (letters, digits, underscore).")
-    if not isinstance(entry, Mapping):
-        raise DataError(f"Task {name!r}: the entry must be a mapping, got {type(entry).__name__}.")
-    type_name = entry.get("type")
-    if type_name not in TASK_TYPES:
-        raise DataError(f"Task {name!r}: unknown type {type_name!r}; expected one of {list(TASK_TYPES)}.")
-    task_type = TASK_TYPES[type_name]
+    try:  # the model's checks of a task's name and type, as the model reports them
+        check_task_name(name)
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"Task {name!r}: the entry must be a mapping, got {type(entry).__name__}.")
+        registered_task_type(name, entry.get("type"))
+    except ValueError as error:
+        raise DataError(str(error)) from None
+    task_type = TASK_TYPES[entry["type"]]  # the same type with its package side (data options, labels)
     valid = valid_keys(task_type)
     unknown = sorted(set(entry) - set(valid))
     if unknown:
@@ -142,7 +142,7 @@ def parse_task_entry(name: Any, entry: Any) -> TaskDataSpec:
         if elsewhere:
             key, owners = next(iter(elsewhere.items()))
             raise DataError(
-                f"Task {name!r}: `{key}` applies to {' and '.join(owners)} tasks, not {type_name}; valid keys "
+                f"Task {name!r}: `{key}` applies to {' and '.join(owners)} tasks, not {task_type.name}; valid keys "
                 f"are {valid}."
             )
         raise DataError(f"Task {name!r}: unknown key(s) {unknown}; valid keys are {valid}.")

@@ -949,6 +949,15 @@ def check_task_name(name: Any) -> None:
         )
 
 
+def registered_task_type(name: str, type_name: Any) -> TaskType:
+    """The registered type named `type_name` of task `name`; refuses any other, naming the registry."""
+    if type_name not in TASK_TYPES:
+        raise ValueError(
+            f"Task {name!r}: unknown task type {type_name!r}; expected one of {list(TASK_TYPES)}."
+        )
+    return TASK_TYPES[type_name]
+
+
 def parse_task_spec(name: str, spec: TaskSpec | Mapping[str, Any]) -> TaskSpec:
     """Build and validate a `TaskSpec` from a mapping (as config.json or a training YAML gives it)."""
     check_task_name(name)
@@ -958,11 +967,7 @@ def parse_task_spec(name: str, spec: TaskSpec | Mapping[str, Any]) -> TaskSpec:
         raise ValueError(f"Task {name!r}: the spec must be a mapping, got {type(spec).__name__}.")
     spec = copy.deepcopy(dict(spec))
     type_name = spec.get("type")
-    if type_name not in TASK_TYPES:
-        raise ValueError(
-            f"Task {name!r}: unknown task type {type_name!r}; expected one of {list(TASK_TYPES)}."
-        )
-    task_type = TASK_TYPES[type_name]
+    task_type = registered_task_type(name, type_name)
     options = {key: spec.pop(key) for key in list(spec) if key in task_type.options}
     for key, old_default in LEGACY_OPTIONS.items():
         if key in spec and key not in task_type.options:
@@ -1077,6 +1082,8 @@ __all__ = [
     "HeadSpec",
     "TaskSpec",
     "TaskType",
+    "check_task_name",
     "parse_task_spec",
     "parse_tasks",
+    "registered_task_type",
 ]

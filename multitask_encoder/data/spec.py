@@ -127,10 +127,10 @@ def parse_task_entry(name: Any, entry: Any) -> TaskDataSpec:
         check_task_name(name)
         if not isinstance(entry, Mapping):
             raise ValueError(f"Task {name!r}: the entry must be a mapping, got {type(entry).__name__}.")
-        registered_task_type(name, entry.get("type"))
+        # The same type with its package side (data options, label reading).
+        task_type = TASK_TYPES[registered_task_type(name, entry.get("type")).name]
     except ValueError as error:
         raise DataError(str(error)) from None
-    task_type = TASK_TYPES[entry["type"]]  # the same type with its package side (data options, labels)
     valid = valid_keys(task_type)
     unknown = sorted(set(entry) - set(valid))
     if unknown:

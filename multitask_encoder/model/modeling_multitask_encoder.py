@@ -592,9 +592,8 @@ class MultiTaskEncoderModel(MultiTaskEncoderPreTrainedModel):
                 "heads it was trained with. Load it into the encoder with model.encoder.load_adapter(...); the "
                 "heads stay this model's."
             )
-        trained_on = safetensors_metadata(heads_file).get(
-            ADAPTER_BASE_DIGEST_KEY
-        )  # None: saved before digests
+        # The digest of the weights the adapter was trained on; None for adapters saved before it was recorded.
+        trained_on = safetensors_metadata(heads_file).get(ADAPTER_BASE_DIGEST_KEY)
         base = self.adapter_base_sha256 or encoder_weights_sha256(self.encoder)
         if self.config.merged_adapter and trained_on != base:
             raise ValueError(twice)

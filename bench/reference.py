@@ -88,6 +88,13 @@ def parse_run_args(argv: list[str]) -> argparse.Namespace:
         "--rows", nargs="+", default=None, help="no_compromise: the rows to run (default: all)"
     )
     parser.add_argument("--factor", type=int, default=None, help="no_compromise: x the reference budget (4)")
+    parser.add_argument(
+        "--combined",
+        nargs="+",
+        choices=["distillation", "layer_mix", "lp_ft"],
+        default=None,
+        help="no_compromise: the options the combined rows use (default: all three)",
+    )
     args = parser.parse_args(argv)
     if args.quick and args.smoke:
         parser.error("--quick and --smoke are exclusive")
@@ -210,7 +217,7 @@ def run(argv: list[str]) -> None:
             if args.rows and path.exists():  # a run of some rows adds them to the rows measured before
                 context["earlier"] = json.loads(path.read_text(encoding="utf-8"))
             save = functools.partial(save_record, path, header, context)
-            options = {"rows": args.rows, "factor": args.factor}
+            options = {"rows": args.rows, "factor": args.factor, "combined": args.combined}
             result = reference_parts.run_part(
                 part, args.mode, seed, args.data, args.output_dir, options, save
             )

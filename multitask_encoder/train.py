@@ -63,6 +63,7 @@ from .config_file import ConfigError, check_finite_options, check_options, read_
 from .data import MultiTaskData, data_cache_dir, load_embedding_eval_set, load_multitask_data
 from .errors import MultiTaskEncoderError
 from .linear_probe import fit_heads_first
+from .model.backbone_multitask_encoder import default_max_seq_length, sentence_transformers_settings
 from .model.configuration_multitask_encoder import check_fits_encoder
 from .model.modeling_multitask_encoder import MultiTaskEncoderModel
 from .model_card import backbone_languages, write_model_card
@@ -265,13 +266,25 @@ def tasks_with_trained_labels(tasks: dict[str, Any], model: MultiTaskEncoderMode
     return entries
 
 
-def check_max_seq_length(max_seq_length: int, backbone: str) -> None:
-    """Refuse a max_seq_length beyond the backbone's position embeddings before any data is read (from_backbone
-    refuses it too). Refused rather than capped, so the saved model's max_seq_length is the one asked for."""
+def backbone_max_seq_length(max_seq_length: int | None, backbone: str, tokenizer) -> int:
+    """The max_seq_length a run tokenises at and builds its model with: the one given, else the backbone's own
+    (`default_max_seq_length`, as from_backbone takes it). One beyond the backbone's position embeddings is
+    refused before any data is read, rather than capped, so the saved model's max_seq_length is the one asked
+    for."""
+    encoder_config = AutoConfig.from_pretrained(backbone)
+    if max_seq_length is None:
+        settings = sentence_transformers_settings(backbone)
+        max_seq_length = default_max_seq_length(settings, tokenizer, encoder_config)
+        if max_seq_length is None:
+            raise ConfigError(
+                f"The backbone {backbone} states no longest input (no sentence-transformers max_seq_length, no "
+                "tokenizer model_max_length, no position embeddings): set max_seq_length."
+            )
     try:
-        check_fits_encoder(max_seq_length, AutoConfig.from_pretrained(backbone), f"the backbone {backbone}")
+        check_fits_encoder(max_seq_length, encoder_config, f"the backbone {backbone}")
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    return max_seq_length
 
 
 def model_options_init_from_cannot_apply(
@@ -354,9 +367,8 @@ def prepare_run(
         max_seq_length = start_from.max_seq_length
     else:
         backbone = resolve_backbone(model_args.backbone)
-        check_max_seq_length(model_args.max_seq_length, backbone)
         tokenizer = AutoTokenizer.from_pretrained(backbone)
-        max_seq_length = model_args.max_seq_length
+        max_seq_length = backbone_max_seq_length(model_args.max_seq_length, backbone, tokenizer)
     # In a distributed run the main process tokenises and writes the cache files first; the others then
     # read them (all writing the same files at once would race).
     with training_args.main_process_first(desc="loading and tokenising the tasks' data"):
@@ -414,7 +426,7 @@ def prepare_run(
             normalize=model_args.normalize,
             projection_dim=model_args.projection_dim,
             loss_weighting=model_args.loss_weighting,
-            max_seq_length=model_args.max_seq_length,
+            max_seq_length=max_seq_length,
             attn_implementation=model_args.attn_implementation,
         )
     if model_args.peft is not None:
@@ -423,6 +435,9 @@ def prepare_run(
         logger.info(
             f"PEFT {model_args.peft}: {trainable:,} of {total:,} parameters train ({trainable / total:.2%})."
         )
+    # The Trainer saves this tokenizer over the one save_pretrained wrote (in the model folder and every checkpoint):
+    # it must truncate where the model does, since the standard pipelines read its model_max_length.
+    tokenizer.model_max_length = max_seq_length
     trainer = MultiTaskTrainer(
         model=model,
         args=training_args,

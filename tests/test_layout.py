@@ -53,6 +53,7 @@ def test_package_side_modules_are_outside_model() -> None:
     names = {p.name for p in MODEL_DIR.glob("*.py")}
     assert names == {
         "__init__.py",
+        "backbone_multitask_encoder.py",
         "configuration_multitask_encoder.py",
         "modeling_multitask_encoder.py",
         "tasks_multitask_encoder.py",

@@ -1025,6 +1025,26 @@ def test_options_that_would_fail_mid_run_are_refused_up_front(
     assert not output_dir.exists()
 
 
+def test_a_run_without_max_seq_length_builds_the_model_from_backbone_builds(
+    toy_data: Path, tiny_backbone: str, tmp_path: Path
+) -> None:
+    """One default per model option: a run that leaves max_seq_length out tokenises at and saves the backbone's
+    own (its sentence-transformers max_seq_length, 256 for MiniLM), the value from_backbone takes without one."""
+    argv, output_dir = short_run_argv(toy_data, tiny_backbone, tmp_path)
+    values = yaml.safe_load(Path(argv[0]).read_text(encoding="utf-8"))
+    del values["max_seq_length"]
+    Path(argv[0]).write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
+    run_training(argv)
+    trained = MultiTaskEncoderModel.from_pretrained(output_dir)
+    built = MultiTaskEncoderModel.from_backbone(tiny_backbone, tasks=trained.config.tasks)
+    own = json.loads((Path(tiny_backbone) / "sentence_bert_config.json").read_text(encoding="utf-8"))
+    assert built.config.max_seq_length == own["max_seq_length"] == 256
+    assert trained.config.max_seq_length == 256
+    saved = json.loads((output_dir / "sentence_bert_config.json").read_text(encoding="utf-8"))
+    assert saved["max_seq_length"] == 256
+    assert trained.tokenizer.model_max_length == 256
+
+
 # ---------------------------------------------------------------------------------------------- adding tasks
 @pytest.mark.parametrize(
     ("case", "message"),

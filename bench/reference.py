@@ -153,7 +153,7 @@ def save_record(path: Path, header: dict[str, Any], context: dict[str, Any], res
     record = {
         **header,
         "wall_s": time.perf_counter() - context["start"],
-        "git": git_info(),
+        "git": context["git"],  # the code the run started with (commits made while it runs are not its code)
         "machine": {
             **machine_info(),
             "loadavg_start": list(context["load"]),
@@ -213,7 +213,7 @@ def run(argv: list[str]) -> None:
                 "mode": args.mode,
                 "started_at": began,
             }
-            context = {"start": part_start, "load": load_before, "data": str(args.data)}
+            context = {"start": part_start, "load": load_before, "data": str(args.data), "git": git_info()}
             if args.rows and path.exists():  # a run of some rows adds them to the rows measured before
                 context["earlier"] = json.loads(path.read_text(encoding="utf-8"))
             save = functools.partial(save_record, path, header, context)

@@ -403,7 +403,17 @@ def test_a_run_of_some_rows_keeps_the_rows_measured_before(tmp_path: Path, monke
     earlier = record("no_compromise", 0, [row("teachers", 0.9, 0.8, 10.0), row("plain", 0.8, 0.7, 10.0)])
     path.write_text(json.dumps(earlier), encoding="utf-8")
     header = {"part": "no_compromise", "seed": 0, "mode": "full"}
-    context = {"start": 0.0, "load": [0.0], "data": "data", "earlier": json.loads(path.read_text())}
+    started_at = {
+        "commit": "fedcba9876543210",
+        "dirty_files": 0,
+    }  # HEAD when the run started, not when it saves
+    context = {
+        "start": 0.0,
+        "load": [0.0],
+        "data": "data",
+        "git": started_at,
+        "earlier": json.loads(path.read_text()),
+    }
     result = {"budget": dict(BUDGET), "rows": [row("plain", 0.85, 0.75, 12.0), row("lp_ft", 0.9, 0.7, 11.0)]}
     saved = reference.save_record(path, header, context, result)
     assert [r["key"] for r in saved["rows"]] == ["teachers", "plain", "lp_ft"]
@@ -412,7 +422,7 @@ def test_a_run_of_some_rows_keeps_the_rows_measured_before(tmp_path: Path, monke
     # Each row names the run that measured it: the earlier file's for "teachers", this run's for the others.
     assert saved["rows"][0]["measured_by"]["git"]["commit"] == "0123456789abcdef"
     assert saved["rows"][0]["measured_by"]["cpu_model"] == "Test CPU"
-    assert saved["rows"][2]["measured_by"]["git"] == saved["git"]
+    assert saved["rows"][2]["measured_by"]["git"] == saved["git"] == started_at
     assert saved["rows"][2]["measured_by"]["cpu_model"] == saved["machine"]["cpu_model"]
     line = report.machine_line([saved])
     assert "Test CPU" in line and saved["machine"]["cpu_model"] in line and "0123456789" in line

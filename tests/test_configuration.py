@@ -4,6 +4,7 @@ config that rebuilds the model without the backbone folder."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ from multitask_encoder.model.configuration_multitask_encoder import (
     parse_tasks,
     usable_max_seq_length,
 )
+from multitask_encoder.model.tasks_multitask_encoder import parse_task_spec
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +35,21 @@ def make_config(encoder_config, tasks, **kwargs) -> MultiTaskEncoderConfig:
 # ----------------------------------------------------------------------------------------------------------
 # Task validation
 # ----------------------------------------------------------------------------------------------------------
+
+
+def test_a_parsed_spec_is_validated_once_and_a_hand_built_one_is_checked(encoder_config) -> None:
+    """The config, the collator and the data share the TaskSpec objects parse_task_spec built (no dict round
+    trip, no second validation); a spec built by hand, or replaced, goes through the checks."""
+    specs = parse_tasks({"topic": {"type": "sequence_classification", "labels": ["a", "b"]}})
+    config = make_config(encoder_config, specs)
+    assert config.tasks["topic"] is specs["topic"]
+    assert parse_task_spec("topic", specs["topic"]) is specs["topic"]
+    renamed = parse_task_spec("subject", specs["topic"])
+    assert renamed.name == "subject" and renamed.labels == ["a", "b"] and renamed.checked
+    with pytest.raises(ValueError, match=r"Task 'topic': duplicate labels \['a'\]"):
+        parse_task_spec("topic", TaskSpec(type="sequence_classification", labels=["a", "a"]))
+    with pytest.raises(ValueError, match=r"Task 'topic': duplicate labels \['b'\]"):
+        parse_task_spec("topic", dataclasses.replace(specs["topic"], labels=["b", "b"]))
 
 
 @pytest.mark.parametrize(

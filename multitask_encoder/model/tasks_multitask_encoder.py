@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -156,6 +156,9 @@ class TaskSpec:
     loss_weight: float = 1.0
     options: dict[str, Any] = field(default_factory=dict)  # the type's own options, e.g. `threshold`
     name: str = ""  # the task's name (the key it has in config.tasks), for messages
+    # True on a spec `parse_task_spec` built: the config, the collator and the data take it as it is instead of
+    # validating it again. Not an __init__ argument, so a spec built or `dataclasses.replace`d by hand is checked.
+    checked: bool = field(default=False, init=False, repr=False, compare=False)
 
     @property
     def task_type(self) -> TaskType:
@@ -962,6 +965,8 @@ def parse_task_spec(name: str, spec: TaskSpec | Mapping[str, Any]) -> TaskSpec:
     """Build and validate a `TaskSpec` from a mapping (as config.json or a training YAML gives it)."""
     check_task_name(name)
     if isinstance(spec, TaskSpec):
+        if spec.checked:  # validated once already: the same spec (under this name)
+            return spec if spec.name == name else checked_spec(replace(spec, name=name))
         spec = spec.to_dict()
     if not isinstance(spec, Mapping):
         raise ValueError(f"Task {name!r}: the spec must be a mapping, got {type(spec).__name__}.")
@@ -1010,14 +1015,22 @@ def parse_task_spec(name: str, spec: TaskSpec | Mapping[str, Any]) -> TaskSpec:
                 f"Task {name!r}: a {type_name} task cannot mix layers (head layers "
                 f"{head.layers if isinstance(head.layers, str) else list(head.layers)!r}): {refusal}."
             )
-    return TaskSpec(
-        type=type_name,
-        labels=labels,
-        head=head,
-        loss_weight=float(loss_weight),
-        options=options,
-        name=name,
+    return checked_spec(
+        TaskSpec(
+            type=type_name,
+            labels=labels,
+            head=head,
+            loss_weight=float(loss_weight),
+            options=options,
+            name=name,
+        )
     )
+
+
+def checked_spec(spec: TaskSpec) -> TaskSpec:
+    """`spec`, marked as validated by `parse_task_spec`."""
+    object.__setattr__(spec, "checked", True)  # frozen: set once, here
+    return spec
 
 
 def parse_tasks(tasks: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> dict[str, TaskSpec]:

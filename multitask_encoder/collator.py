@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .model.inputs_multitask_encoder import SECOND_TEXTS
 from .model.modeling_multitask_encoder import MODEL_INPUT_NAMES
 from .model.tasks_multitask_encoder import IGNORE_INDEX, TaskSpec, parse_task_spec
 from .task_types import task_type
@@ -77,7 +78,7 @@ class MultiTaskCollator:
         }
         if teacher:
             batch["teacher_targets"] = teacher
-        for prefix in ("pair", "negative"):
+        for prefix in SECOND_TEXTS:
             second = self.second_texts(rows, prefix)
             if second is not None:
                 batch[f"{prefix}_inputs"] = second

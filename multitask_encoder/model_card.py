@@ -278,7 +278,7 @@ def _heads(config: MultiTaskEncoderConfig) -> list[dict[str, Any]]:
                 "loss_weight": spec.loss_weight,
                 "logits_shape": task_type(spec).logits_shape(spec),
                 # A pair task's logits need the second texts too: the card shows `predict` for it instead.
-                "reads_pairs": task_type(spec).input_kind == "pair",
+                "reads_pairs": spec.input_kind.reads_pairs,
             }
         )
     return heads
@@ -650,9 +650,12 @@ def task_data_name(entry: Mapping[str, Any]) -> str | None:
     return ", ".join(dict.fromkeys(describe_data(p) for p in paths))
 
 
-def training_hyperparameters(training_args: Any, model_args: Any) -> dict[str, Any]:
+def training_hyperparameters(
+    training_args: Any, model_args: Any, config: MultiTaskEncoderConfig | None = None
+) -> dict[str, Any]:
     """The hyper-parameters worth reporting, named as train.py's flags, None values dropped: the usual
-    TrainingArguments, the multi-task options (when `training_args` has them) and the model options."""
+    TrainingArguments, the multi-task options (when `training_args` has them) and the model options, those
+    that shape the embedding as the model (`config`) has them (an option left out is the backbone's)."""
     values: dict[str, Any] = {}
     if training_args is not None:
         for name in (*TRAINING_ARGUMENT_FIELDS, *MULTITASK_OPTIONS):
@@ -677,6 +680,13 @@ def training_hyperparameters(training_args: Any, model_args: Any) -> dict[str, A
         values.update(asdict(model_args) if is_dataclass(model_args) else dict(model_args))
         if values.get("backbone") is not None:
             values["backbone"] = public_backbone_name(values["backbone"])  # no local path in a public card
+        if config is not None:
+            values.update(
+                pooling=config.pooling,
+                normalize=config.normalize,
+                projection_dim=config.projection_dim,
+                max_seq_length=usable_max_seq_length(config),
+            )
     # Any other path of this machine (an option naming a file) by its name only.
     return {
         name: describe_data(value) if isinstance(value, str) and os.path.isabs(value) else value
@@ -706,7 +716,7 @@ def write_model_card(
     content = render_model_card(
         config,
         results=results,
-        training=training_hyperparameters(training_args, model_args),
+        training=training_hyperparameters(training_args, model_args, config),
         repo_id=getattr(training_args, "hub_model_id", None),
         datasets=list(task_datasets.values()),
         task_datasets=task_datasets,

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .model.inference_multitask_encoder import native_bf16_missing, plan_batches, split_layers
+from .model.inputs_multitask_encoder import SECOND_TEXTS
 from .model.modeling_multitask_encoder import MODEL_INPUT_NAMES, MultiTaskEncoderModel
 from .model.tasks_multitask_encoder import IGNORE_INDEX
 
@@ -122,7 +123,7 @@ def precompute_features(
                     [states[layers.index(i)] for i in token_layers]
                 )  # [layers, batch, seq, hidden]
         pooled = model.pooling(token_states, batch["attention_mask"]).float().cpu()
-        for prefix in ("pair", "negative"):  # second texts of pairs, contrastive negatives: pooled too
+        for prefix in SECOND_TEXTS:  # second texts of pairs, contrastive negatives: pooled too
             second = batch.get(f"{prefix}_inputs")
             if second is not None:
                 states = model.encoder_states({k: second[k] for k in MODEL_INPUT_NAMES if k in second})
@@ -188,7 +189,7 @@ class PrecomputedCollator:
         if self.sentence_layers:
             stacked = torch.stack([row["pooled_hidden_states"] for row in rows], dim=1)  # [layers, batch, h]
             encoder_outputs["pooled_hidden_states"] = dict(zip(self.sentence_layers, stacked.unbind(0)))
-        for prefix in ("pair", "negative"):
+        for prefix in SECOND_TEXTS:
             present = [i for i, row in enumerate(rows) if f"{prefix}_pooled_embeddings" in row]
             if present:
                 encoder_outputs[f"{prefix}_pooled_embeddings"] = torch.stack(

@@ -116,7 +116,7 @@ def load_teacher(task: str, source: str, spec: TaskSpec, student_tokenizer, devi
         raw_config, _ = PretrainedConfig.get_config_dict(source)
     except OSError as error:
         raise TeacherError(f"Teacher of task {task!r}: cannot read {source}: {error}") from None
-    encoding = task_type(spec).input_encoding(spec.options)
+    kind = spec.input_kind
     if raw_config.get("model_type") == "multitask_encoder":
         model = MultiTaskEncoderModel.from_pretrained(source)
         same_type = [name for name, s in model.config.tasks.items() if s.type == spec.type]
@@ -128,13 +128,13 @@ def load_teacher(task: str, source: str, spec: TaskSpec, student_tokenizer, devi
             )
         teacher_spec = model.config.tasks[teacher_task]
         order = _label_order(task, source, spec.labels, teacher_spec.labels)
-        teacher_encoding = task_type(teacher_spec).input_encoding(teacher_spec.options)
-        if encoding == "pair_joint" and teacher_encoding == "pair":
+        teacher_kind = teacher_spec.input_kind
+        if kind.joint and teacher_kind.apart:
             raise TeacherError(
                 f"Teacher of task {task!r} ({source}) encodes the two texts apart (pair_encoding: bi), but the task "
                 "is cross-encoded: its rows hold only the joint input. Use a cross teacher."
             )
-        tokenizer, multitask, joint = model.tokenizer, True, teacher_encoding == "pair_joint"
+        tokenizer, multitask, joint = model.tokenizer, True, teacher_kind.joint
     else:
         if spec.type == "similarity":
             raise TeacherError(

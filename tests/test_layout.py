@@ -58,6 +58,7 @@ def test_package_side_modules_are_outside_model() -> None:
         "modeling_multitask_encoder.py",
         "tasks_multitask_encoder.py",
         "inference_multitask_encoder.py",
+        "inputs_multitask_encoder.py",
         "onnx_multitask_encoder.py",
         "pipeline_multitask_encoder.py",
         "predict_multitask_encoder.py",

@@ -44,6 +44,7 @@ from multitask_encoder.collator import MultiTaskCollator
 from multitask_encoder.data import load_multitask_data, parse_task_entry
 from multitask_encoder.data.labels import label_feature
 from multitask_encoder.model import tasks_multitask_encoder as model_side
+from multitask_encoder.model.inputs_multitask_encoder import INPUT_KINDS
 from multitask_encoder.model.tasks_multitask_encoder import IGNORE_INDEX, parse_task_spec
 from multitask_encoder.task_types import TASK_TYPES, task_type
 from multitask_encoder.task_types.types import LabelBatch
@@ -620,8 +621,12 @@ def test_spec_parses_with_the_types_defaults_and_round_trips(cases, type_name: s
     # config.json stores to_dict(): JSON and back gives the same spec.
     stored = json.loads(json.dumps(spec.to_dict()))
     assert parse_task_spec(case.name, stored) == spec
-    # How the type reads its rows is one of the encodings the loader and predict know.
-    assert package_side.input_encoding(spec.options) in ("text", "tokens", "pair", "pair_joint")
+    # Its rows are of a registered input kind, and the kind its options pick encodes rows of that content
+    # (the data builds the rows by `input_kind`, the tokenizer and the model read them by `spec.input_kind`).
+    rows_kind = INPUT_KINDS[package_side.input_kind]
+    assert rows_kind.name == rows_kind.content
+    assert spec.input_kind is INPUT_KINDS[package_side.input_encoding(spec.options)]
+    assert spec.input_kind.content == rows_kind.content
 
 
 # ---------------------------------------------------------------------------------------------- 2. labels

@@ -17,6 +17,7 @@ from typing import Any
 
 from datasets import Dataset, Features, Sequence, Value
 
+from ..model.inputs_multitask_encoder import INPUT_KINDS
 from ..model.tasks_multitask_encoder import TaskSpec
 from ..task_types import task_type
 from ..task_types.types import LabelError, cell_list, is_missing
@@ -72,7 +73,7 @@ def raw_labels(table: Table, task: TaskDataSpec) -> Iterator[Any]:
     tasks' rows are checked to have one tag per word here too, before any label set is built from them."""
     check_columns(table, task)
     column = label_column(table.layout, task)
-    tokens = task.task_type.input_kind == "tokens"
+    tokens = INPUT_KINDS[task.task_type.input_kind].word_level
     content = content_columns(table, task)[0][1]
     wanted = [column] if column is not None else [content]
     if tokens:
@@ -139,14 +140,20 @@ def label_feature(spec: TaskSpec):
     return Sequence(Value(dtype)) if is_list else Value(dtype)
 
 
+# The Arrow type of each content column a kind's labelled rows hold (InputKind.roles).
+ROLE_FEATURES = {
+    "text": Value("string"),
+    "tokens": Sequence(Value("string")),
+    "text_pair": Value("string"),
+    "text_negative": Value("string"),
+}
+
+
 def row_features(specs: dict[str, TaskSpec], input_kind: str, with_text: bool = True) -> Features:
-    """The columns of labelled rows: text (and tokens; for pairs text_pair and text_negative), labels_<task>
-    for every task, group."""
-    features = {"text": Value("string")} if with_text else {}
-    if input_kind == "tokens":
-        features["tokens"] = Sequence(Value("string"))
-    if input_kind == "pair":
-        features.update({"text_pair": Value("string"), "text_negative": Value("string")})
+    """The columns of labelled rows: the content columns of the input kind (text; tokens; for pairs text_pair
+    and text_negative), labels_<task> for every task, group."""
+    roles = INPUT_KINDS[input_kind].roles
+    features = {role: ROLE_FEATURES[role] for role in roles if with_text or role != "text"}
     features.update({f"labels_{name}": label_feature(spec) for name, spec in specs.items()})
     features["group"] = Value("int32")
     return Features(features)
@@ -162,8 +169,8 @@ def _labelled_batch(
     content: tuple[tuple[str, str, bool], ...],
 ) -> dict[str, list]:
     """One batch of table rows -> its labelled rows (see `labelled_rows`)."""
-    input_kind = tasks[0].task_type.input_kind
-    out: dict[str, list] = {column: [] for column in row_features(specs, input_kind)}
+    kind = INPUT_KINDS[tasks[0].task_type.input_kind]
+    out: dict[str, list] = {column: [] for column in row_features(specs, kind.name)}
     names = [task.name for task in tasks]
     for offset, index in enumerate(indices):
         where = layout.where(index, batch[LOCATION][offset] if layout.located else None)
@@ -174,7 +181,7 @@ def _labelled_batch(
             }
         except DataError as error:
             raise DataError(f"{tasks_label(names)}: {error}") from None
-        main = values["tokens"] if input_kind == "tokens" else values["text"]
+        main = values["tokens"] if kind.word_level else values["text"]
         encoded = {}
         for task in tasks:
             column = label_column(layout, task)
@@ -183,7 +190,7 @@ def _labelled_batch(
             if raw is None:
                 encoded[task.name] = task_type(spec).missing_label(spec)
                 continue
-            if input_kind == "tokens" and len(raw) != len(main):
+            if kind.word_level and len(raw) != len(main):
                 raise DataError(f"Task {task.name!r}: {where}: {len(main)} tokens but {len(raw)} tags.")
             try:
                 encoded[task.name] = task_type(spec).encode_label(spec, raw, where)
@@ -191,12 +198,9 @@ def _labelled_batch(
                 raise DataError(f"Task {task.name!r}: {error}") from None
         if not any(task_type(specs[name]).has_label(encoded[name]) for name in names):
             continue  # nothing to learn from (or evaluate on) here
-        out["text"].append(" ".join(main) if input_kind == "tokens" else main)
-        if input_kind == "tokens":
-            out["tokens"].append(main)
-        if input_kind == "pair":
-            out["text_pair"].append(values["text_pair"])
-            out["text_negative"].append(values.get("text_negative", ""))
+        out["text"].append(" ".join(main) if kind.word_level else main)
+        for role in kind.roles[1:]:  # the words, a pair's second text, a negative ("" where a row has none)
+            out[role].append(values.get(role, ""))
         for name, spec in specs.items():
             out[f"labels_{name}"].append(
                 encoded[name] if name in encoded else task_type(spec).missing_label(spec)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MultiTaskEncoderError
+from ..model.inputs_multitask_encoder import INPUT_KINDS
 from ..model.tasks_multitask_encoder import SPEC_KEYS, check_task_name, registered_task_type
 from ..task_types.types import TASK_TYPES, TaskType, cell_str
 
@@ -26,6 +27,8 @@ SPLITS = ("train", "validation", "test")
 EVAL_SPLITS = ("validation", "test")
 FORMATS = ("csv", "tsv", "json", "jsonl", "parquet", "folder", "conll")
 # Keys every task entry may have, whatever its type (its type adds `options` and `data_options`).
+# The data option naming the column of each content role besides the main one (InputKind.roles).
+ROLE_OPTIONS = {"text_pair": "text_pair_column", "text_negative": "negative_column"}
 COMMON_DATA_KEYS = (
     *SPLITS,
     "dataset",
@@ -69,14 +72,15 @@ class TaskDataSpec:
 
     @property
     def content_columns(self) -> tuple[tuple[str, str, bool], ...]:
-        """(role, column, required) of a row's content: ("text" or "tokens", ...), for pairs also
-        ("text_pair", ...) and, for contrastive rows that name one, ("text_negative", ..., optional)."""
-        kind = self.task_type.input_kind
-        columns = [("tokens" if kind == "tokens" else "text", self.content_column, True)]
-        if kind == "pair":
-            columns.append(("text_pair", self.options["text_pair_column"], True))
-            if self.options.get("negative_column"):
-                columns.append(("text_negative", self.options["negative_column"], False))
+        """(role, column, required) of a row's content, by its input kind's roles: ("text" or "tokens", ...),
+        for pairs also ("text_pair", ...) and, where the entry names one, ("text_negative", ..., optional)."""
+        kind = INPUT_KINDS[self.task_type.input_kind]
+        main = "tokens" if kind.word_level else "text"  # a word-level row's text is its words joined
+        columns = [(main, self.content_column, True)]
+        for role, option in ROLE_OPTIONS.items():
+            required = role not in kind.optional_roles
+            if role in kind.roles and (required or self.options.get(option)):
+                columns.append((role, self.options[option], required))
         return tuple(columns)
 
     @property

@@ -9,6 +9,7 @@ import os
 from datasets import Dataset, Features, Sequence, Value
 from datasets.fingerprint import Hasher
 
+from ..model.inputs_multitask_encoder import INPUT_KINDS, SECOND_TEXTS
 from ..model.modeling_multitask_encoder import MODEL_INPUT_NAMES
 from ..model.tasks_multitask_encoder import TaskSpec
 from ..task_types import task_type
@@ -16,7 +17,6 @@ from .labels import label_feature
 from .spec import DataError
 
 CACHE_VERSION = 3  # bump when the tokenised layout changes, so stale cache files are never reused
-SECOND_TEXTS = {"pair": "text_pair", "negative": "text_negative"}  # prefix of the input columns -> the text
 
 
 def tokenize_batch(
@@ -28,26 +28,21 @@ def tokenize_batch(
     second_texts: tuple[str, ...],
 ) -> dict[str, list]:
     """Texts (or word lists, or pairs) -> unpadded input_ids [seq] etc. and word_ids [seq] (-1 for special
-    tokens; [] for other rows). `encoding` (TaskType.input_encoding): "tokens" splits into words; "pair_joint"
-    tokenises text and text_pair as one input; "pair" tokenises them apart, the second text (and a contrastive
-    negative) into `pair_*` (`negative_*`) columns. Every prefix of `second_texts` gets its columns in every
-    row ([] where a row has no such text), so all sets of a run share one layout."""
+    tokens; [] for other rows). `encoding` names the input kind (TaskType.input_encoding), which tokenises the
+    main input; the texts the kind encodes apart (a pair's second text, a contrastive negative) go into
+    `pair_*` (`negative_*`) columns. Every prefix of `second_texts` gets its columns in every row ([] where a
+    row has no such text), so all sets of a run share one layout."""
     size = len(batch["text"])
-    if encoding == "tokens":
-        encoded = tokenizer(
-            batch["tokens"], is_split_into_words=True, truncation=True, max_length=max_seq_length
-        )
+    kind = INPUT_KINDS[encoding]
+    encoded = kind.tokenize(tokenizer, batch, max_seq_length)
+    if kind.word_level:
         word_ids = [[-1 if w is None else w for w in encoded.word_ids(i)] for i in range(size)]
-    elif encoding == "pair_joint":
-        encoded = tokenizer(batch["text"], batch["text_pair"], truncation=True, max_length=max_seq_length)
-        word_ids = [[] for _ in range(size)]
     else:
-        encoded = tokenizer(batch["text"], truncation=True, max_length=max_seq_length)
         word_ids = [[] for _ in range(size)]
     out = {**{name: encoded[name] for name in input_names}, "word_ids": word_ids}
     for prefix in second_texts:
         column = SECOND_TEXTS[prefix]
-        texts = batch.get(column) if encoding == "pair" else None
+        texts = batch.get(column) if prefix in kind.apart else None
         present = [i for i, text in enumerate(texts or []) if text]
         values = {name: [[] for _ in range(size)] for name in input_names}
         if present:
@@ -76,11 +71,13 @@ class DatasetTokenizer:
         self.input_names = [name for name in MODEL_INPUT_NAMES if name in tokenizer("a")]
         self.tokenizer_hash = Hasher.hash(tokenizer)
         self.label_features = {f"labels_{task}": label_feature(spec) for task, spec in specs.items()}
-        # The second-text columns the run's tasks need (separately encoded pairs, contrastive negatives).
-        encodings = {task_type(spec).input_encoding(spec.options) for spec in specs.values()}
-        self.second_texts = ("pair",) if "pair" in encodings else ()
-        if negatives and "pair" in encodings:
-            self.second_texts += ("negative",)
+        # The second-text columns the run's tasks need (separately encoded pairs; contrastive negatives when
+        # a task names them).
+        kinds = [INPUT_KINDS[task_type(spec).input_encoding(spec.options)] for spec in specs.values()]
+        apart = {prefix for kind in kinds for prefix in kind.apart}
+        self.second_texts = tuple(
+            prefix for prefix in SECOND_TEXTS if prefix in apart and (negatives or prefix != "negative")
+        )
 
     def features(self, with_text: bool, with_pair_text: bool = False) -> Features:
         features = {}

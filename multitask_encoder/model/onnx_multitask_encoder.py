@@ -135,7 +135,7 @@ def single_input_tasks(model: Any) -> list[str]:
     """The tasks whose logits come from one encoder input (a text, or a pair encoded jointly as `[CLS] a
     [SEP] b`): `model.onnx` outputs them, in `config.tasks` order."""
     tasks = model.config.tasks
-    return [name for name, spec in tasks.items() if spec.task_type.input_encoding(spec.options) != "pair"]
+    return [name for name, spec in tasks.items() if not spec.input_kind.apart]
 
 
 def pair_head_tasks(model: Any) -> list[str]:
@@ -143,11 +143,7 @@ def pair_head_tasks(model: Any) -> list[str]:
     pair_encoding bi): `pair_heads.onnx` outputs them. The pair tasks without a head (similarity, contrastive)
     are the cosine of the two embeddings, which the consumer computes (config.json `postprocessing`)."""
     tasks = model.config.tasks
-    return [
-        name
-        for name, spec in tasks.items()
-        if spec.task_type.input_encoding(spec.options) == "pair" and name in model.heads
-    ]
+    return [name for name, spec in tasks.items() if spec.input_kind.apart and name in model.heads]
 
 
 class ModelGraph(nn.Module):
@@ -331,11 +327,10 @@ def exported_output(model: Any, name: str) -> dict[str, str]:
     """Where task `name`'s output is in an export: its `input` ("text"; "pair": each text encoded on its
     own; "pair_joint": the pair as one `[CLS] a [SEP] b` input), the `graph` file and its `output`. The pair
     tasks without a head (similarity, contrastive) read model.onnx's `embeddings` of both texts."""
-    spec = model.config.tasks[name]
-    encoding = spec.task_type.input_encoding(spec.options)
-    if encoding != "pair":
+    kind = model.config.tasks[name].input_kind
+    if not kind.apart:
         return {
-            "input": "text" if encoding == "tokens" else encoding,
+            "input": "pair_joint" if kind.joint else "text",
             "graph": MODEL_GRAPH_FILE,
             "output": f"{name}_logits",
         }

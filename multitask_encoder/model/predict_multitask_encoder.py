@@ -208,7 +208,7 @@ def tasks_for(model, kind: str, tasks: list[str] | str | None) -> list[str]:
     """`MultiTaskEncoderModel.tasks_for` (documented there)."""
 
     def reads(name: str) -> bool:
-        return (model.config.tasks[name].task_type.input_kind == "pair") == (kind == "pair")
+        return model.config.tasks[name].input_kind.reads_pairs == (kind == "pair")
 
     if tasks is None:
         names = [name for name in model.config.tasks if reads(name)]
@@ -237,11 +237,7 @@ def predict_pairs(
     the two texts' embeddings (the second text as `pair_inputs`)."""
     firsts = check_texts(model, [a for a, _ in pairs])
     seconds = check_texts(model, [b for _, b in pairs])
-    joint = [
-        n
-        for n in task_names
-        if model.config.tasks[n].task_type.input_encoding(model.config.tasks[n].options) == "pair_joint"
-    ]
+    joint = [name for name in task_names if model.config.tasks[name].input_kind.joint]
     apart = [name for name in task_names if name not in joint]
     results: list[dict[str, Any]] = [{} for _ in pairs]
     was_training = model.training

@@ -25,7 +25,7 @@ class _MultiTaskEncoderTaskView(MultiTaskEncoderPreTrainedModel):
 
     `serve_task` (or the config's `<kind>_task` field) picks the task; default: the first of the right kind.
 
-    What the view reads depends on the task (its type's `input_encoding`): a single-text task reads one text per
+    What the view reads depends on the task (its `input_kind`): a single-text task reads one text per
     row and refuses a pair (a second segment in `token_type_ids`: a `text_pair`, or the zero-shot-classification
     pipeline's hypotheses); a pair task reads the joint `[CLS] a [SEP] b [SEP]` input the tokenizer makes of
     `(text, text_pair)` and refuses a row without a second text. A cross-encoded pair task runs on that joint
@@ -96,7 +96,7 @@ class _MultiTaskEncoderTaskView(MultiTaskEncoderPreTrainedModel):
         task) and, with `labels`, its loss."""
         name = self.served_task
         spec = self.multitask_encoder.config.tasks[name]
-        encoding = spec.task_type.input_encoding(spec.options)
+        kind = spec.input_kind
         if attention_mask is None and input_ids is not None:
             attention_mask = torch.ones_like(input_ids)
         # Rows with a second text: the tokenizer marks it with token type 1 (BERT-like tokenizers; without
@@ -106,7 +106,7 @@ class _MultiTaskEncoderTaskView(MultiTaskEncoderPreTrainedModel):
             has_pair = ((token_type_ids == 1) & attention_mask.bool()).any(dim=1)
         described = f"Task {name!r} is a {spec.type} task"
         pair_inputs = None
-        if encoding not in ("pair", "pair_joint"):
+        if not kind.reads_pairs:
             if has_pair is not None and bool(has_pair.any()):
                 instead = (
                     "; to score other labels, use model.predict(texts, labels={task: [...]})"
@@ -123,7 +123,7 @@ class _MultiTaskEncoderTaskView(MultiTaskEncoderPreTrainedModel):
                 '{"text": ..., "text_pair": ...} (text-classification pipeline) or pass (text, text_pair) '
                 "pairs to model.predict."
             )
-        elif encoding == "pair":
+        elif kind.apart:
             if has_pair is None:
                 raise ValueError(
                     f"{described} that encodes each text of a pair on its own: its view needs the "

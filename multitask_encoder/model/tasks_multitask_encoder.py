@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .inputs_multitask_encoder import INPUT_KINDS, InputKind
+
 IGNORE_INDEX = -100  # a missing label (a row without the task, a special token, padding)
 # IOB2 prefixes, plus E-/S- because seqeval's default chunker accepts IOBES tags too.
 ENTITY_PREFIXES = ("B", "I", "E", "S")
@@ -165,6 +167,12 @@ class TaskSpec:
         return TASK_TYPES[self.type]
 
     @property
+    def input_kind(self) -> InputKind:
+        """What a row (and a `predict` input) of this task is and how it is encoded (the type's
+        `input_encoding` for the task's options)."""
+        return INPUT_KINDS[self.task_type.input_encoding(self.options)]
+
+    @property
     def num_outputs(self) -> int:
         return len(self.labels)
 
@@ -255,17 +263,17 @@ class TaskType:
     name: ClassVar[str]
     hf_problem_type: ClassVar[str] = "single_label_classification"  # `config.problem_type` of its task view
     options: ClassVar[dict[str, Any]] = {}  # spec keys of this type only -> default
-    # Data side: the task's content is one text per row ("text"), a list of words ("tokens") or two texts
-    # ("pair"); the keys a task entry of this type may set besides the common ones, with their defaults
-    # (None: see the reader).
+    # The input kind (inputs_multitask_encoder.INPUT_KINDS) of its rows: one text ("text"), a list of words
+    # ("tokens") or two texts ("pair"); `input_encoding` may pick another kind of the same content by option.
     input_kind: ClassVar[str] = "text"
     min_labels: ClassVar[int] = 1
     reads_token_states: ClassVar[bool] = False
 
     # -------------------------------------------------------------- config
     def input_encoding(self, options: Mapping[str, Any]) -> str:
-        """How a row's content is tokenised, from the task's options: "text", "tokens", "pair" (each text on its
-        own: a second encoder pass gives `pair_embeddings`) or "pair_joint" (one `[CLS] a [SEP] b` input)."""
+        """The input kind a task of this type encodes its rows as, from the task's options: "text", "tokens",
+        "pair" (each text on its own: a second encoder pass gives `pair_embeddings`) or "pair_joint" (one
+        `[CLS] a [SEP] b` input). `TaskSpec.input_kind` is that kind."""
         return self.input_kind
 
     def default_labels(self) -> list[str]:

@@ -21,8 +21,8 @@ scored on STS-B test and SICK test (SICK is never trained on).
                            and `_probe` (the encoder frozen, the sentiment head trained on the fast path)
 
 `python bench/reference.py --part no_compromise --seed 0 [--rows teachers plain distillation] [--factor 4]`:
-rows run in the order above (a row that needs the teachers trains them when `teachers` is not among the rows of
-this run); the results file is rewritten after every row, so a run stopped between rows keeps what it measured.
+rows run in the order above (a row that needs the teachers, when `teachers` is not among the rows of this run,
+takes those an earlier run of this seed and budget trained, else trains them); the results file is rewritten after every row, so a run stopped between rows keeps what it measured.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from reference_parts import (
     reference_tasks,
     scaled_budget,
     task_scores,
+    trained_before,
     warm_cache,
     with_caps,
 )
@@ -136,22 +137,38 @@ def student_row(
     return row
 
 
-def teachers_row(ctx: Context, tasks: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, str]]:
-    """One single-task model per task (the teachers), trained by the package on the same rows and budget."""
+def teachers_row(
+    ctx: Context, tasks: dict[str, dict[str, Any]], measure: bool = True
+) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """One single-task model per task (the teachers), trained by the package on the same rows and budget.
+    `measure=False` (a row that only needs their models): the teachers an earlier run of this seed and budget
+    trained with the same configs are taken as they are (no row then), the others trained."""
     per_task, folders, train_s = {}, {}, 0.0
     for task, entry in tasks.items():
         options = {"embedding_evaluation": embedding_sets(ctx.data, ctx.budget.max_test_examples)}
+        options = options if task == "similarity" else {}
+        folder = (
+            None
+            if measure
+            else trained_before(ctx, f"teacher-{task}", {task: entry}, ctx.budget.steps_per_task, options)
+        )
+        if folder is not None:
+            print(f"--> teacher of {task}: {folder} (trained before with this config)", flush=True)
+            folders[task] = str(folder)
+            continue
         row = multitask_row(
             ctx,
             f"teacher-{task}",
             f"single-task {task}",
             {task: entry},
             ctx.budget.steps_per_task,
-            options if task == "similarity" else {},
+            options,
         )
         per_task[task] = row
         folders[task] = row["model_dir"]
         train_s += row["train_s"]
+    if len(per_task) < len(tasks):
+        return None, folders
     combined = {
         "key": "teachers",
         "name": f"{len(tasks)} single-task models (the teachers), {ctx.budget.steps_per_task} steps each",
@@ -246,7 +263,7 @@ def part_no_compromise(ctx: Context) -> dict[str, Any]:
         and any(r.startswith(("combined", "cross_domain_combined")) for r in wanted)
     )
     if "teachers" in wanted or needs_teachers:
-        row, teachers = teachers_row(ctx, tasks)
+        row, teachers = teachers_row(ctx, tasks, measure="teachers" in wanted)
         if "teachers" in wanted:
             done(row)
     students = {

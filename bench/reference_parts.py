@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import json
 import math
 import os
 import shutil
@@ -441,24 +442,12 @@ def planned_task_batches(
 
 
 # ---------------------------------------------------------------------------------------------- multi-task
-def multitask_row(
-    ctx: Context,
-    key: str,
-    name: str,
-    tasks: dict[str, dict[str, Any]],
-    steps: int,
-    options: dict[str, Any],
-    task_batches: dict[str, int] | None = None,
-    keep_weights: bool = True,
-    curve_steps: list[int] | None = None,
-    curve_rows: dict[str, Any] | None = None,
+def run_config(
+    ctx: Context, run_dir: Path, tasks: dict[str, dict[str, Any]], steps: int, options: dict[str, Any]
 ) -> dict[str, Any]:
-    """Train and test one multi-task model through the training job (`prepare_run`, `train_and_save`) with a
-    generated config; with `curve_steps`, also score it on `curve_rows` (task -> tokenised test rows) at
-    those optimizer steps."""
+    """The training config of one row (`multitask_row`): the budget's, with the row's tasks and options."""
     budget = ctx.budget
-    run_dir = ctx.run_dir(key)
-    config = {
+    return {
         "max_seq_length": budget.max_seq_length,
         "tasks": tasks,
         "composition": "per_task",
@@ -483,9 +472,42 @@ def multitask_row(
         "data_cache_dir": str(ctx.cache_dir),
         **options,
     }
+
+
+def trained_before(
+    ctx: Context, key: str, tasks: dict[str, dict[str, Any]], steps: int, options: dict
+) -> Path | None:
+    """The folder of row `key` when an earlier run of this seed and budget trained it with the same config
+    and kept its model (a row that only needs the model, such as the teachers of a student row); else None."""
+    run_dir = ctx.run_root / key
+    saved = run_dir / "reference_config.yaml"
+    if not (run_dir / "model.safetensors").is_file() or not saved.is_file():
+        return None
+    wanted = json.loads(json.dumps(run_config(ctx, run_dir, tasks, steps, options)))
+    return run_dir if yaml.safe_load(saved.read_text(encoding="utf-8")) == wanted else None
+
+
+def multitask_row(
+    ctx: Context,
+    key: str,
+    name: str,
+    tasks: dict[str, dict[str, Any]],
+    steps: int,
+    options: dict[str, Any],
+    task_batches: dict[str, int] | None = None,
+    keep_weights: bool = True,
+    curve_steps: list[int] | None = None,
+    curve_rows: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train and test one multi-task model through the training job (`prepare_run`, `train_and_save`) with a
+    generated config; with `curve_steps`, also score it on `curve_rows` (task -> tokenised test rows) at
+    those optimizer steps."""
+    run_dir = ctx.run_dir(key)
+    config = run_config(ctx, run_dir, tasks, steps, options)
     config_path = run_dir / "reference_config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     print(f"\n=== {ctx.part} / {name}: run_training {config_path}", flush=True)
+    budget = ctx.budget
 
     clock = TrainingClock()
     encode_passes: list[tuple[str, float, float]] = []

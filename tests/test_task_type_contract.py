@@ -604,6 +604,18 @@ def assert_same(actual: Any, expected: Any, tolerance: float, where: str = "") -
         assert actual == expected, f"{where}: {actual!r} != {expected!r}"
 
 
+def test_every_input_kind_has_an_example() -> None:
+    """The suite runs every input kind too: a kind added to the registry brings a task type (or variant) whose
+    example reads it."""
+    used = {
+        parse_task_spec("task", example.spec).input_kind.name
+        for variants in EXAMPLES.values()
+        for example in variants.values()
+    }
+    missing = sorted(set(INPUT_KINDS) - used)
+    assert not missing, f"input kind(s) {missing} have no example in EXAMPLES of {Path(__file__).name}."
+
+
 # ---------------------------------------------------------------------------------------------- 1. spec
 @pytest.mark.parametrize(("type_name", "variant"), CASES)
 def test_spec_parses_with_the_types_defaults_and_round_trips(cases, type_name: str, variant: str) -> None:

@@ -113,15 +113,11 @@ def options_for(methods: tuple[str, ...], teachers: dict[str, str] | None) -> di
     return options
 
 
-def student_row(
-    ctx: Context,
-    key: str,
-    name: str,
-    tasks: dict,
-    methods: tuple[str, ...],
-    teachers: dict | None,
-    extra=None,
-) -> dict[str, Any]:
+def student_plan(
+    ctx: Context, tasks: dict, methods: tuple[str, ...], teachers: dict | None
+) -> tuple[dict, int, dict[str, Any], dict[str, int]]:
+    """A multi-task row's run: its tasks (with the methods' head options), optimizer steps, options and the
+    planned batches per task."""
     steps = len(tasks) * ctx.budget.steps_per_task
     data = warm_cache(ctx, tasks, single_tasks=False)
     batches = planned_task_batches(data.group_sizes, data.group_tasks, steps, ctx.budget, "uniform", ctx.seed)
@@ -130,8 +126,14 @@ def student_row(
     options = {
         "embedding_evaluation": embedding_sets(ctx.data, ctx.budget.max_test_examples),
         **options_for(methods, {t: p for t, p in (teachers or {}).items() if t in tasks}),
-        **(extra or {}),
     }
+    return tasks, steps, options, batches
+
+
+def student_row(
+    ctx: Context, key: str, name: str, tasks: dict, methods: tuple[str, ...], teachers: dict | None
+) -> dict[str, Any]:
+    tasks, steps, options, batches = student_plan(ctx, tasks, methods, teachers)
     row = multitask_row(ctx, key, name, tasks, steps, options, batches)
     row["methods"] = list(methods)
     return row
@@ -260,7 +262,7 @@ def part_no_compromise(ctx: Context) -> dict[str, Any]:
     teachers: dict[str, str] = {}
     needs_teachers = "distillation" in wanted or (
         "distillation" in combined
-        and any(r.startswith(("combined", "cross_domain_combined")) for r in wanted)
+        and any(r.startswith(("combined", "cross_domain_combined", "wise_ft")) for r in wanted)
     )
     if "teachers" in wanted or needs_teachers:
         row, teachers = teachers_row(ctx, tasks, measure="teachers" in wanted)
@@ -280,6 +282,9 @@ def part_no_compromise(ctx: Context) -> dict[str, Any]:
             done(finished[key])
     if "wise_ft" in wanted:
         source = finished.get("combined") or finished.get("plain")
+        if source is None:  # the combined model an earlier run of this seed and budget trained, if it kept it
+            folder = trained_before(ctx, "combined", *student_plan(ctx, tasks, combined, teachers)[:3])
+            source = None if folder is None else {"key": "combined", "model_dir": str(folder)}
         if source is None:
             source = student_row(ctx, "plain", students["plain"][0], tasks, (), teachers)
             done(source)

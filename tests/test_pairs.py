@@ -450,6 +450,29 @@ def test_pairs_are_predicted_and_single_texts_refused_for_pair_tasks(pair_run, p
         model.predict([pairs[0], "a text"])
 
 
+def test_pairs_encoded_apart_encode_each_distinct_text_once(pair_run, pair_data: Path) -> None:
+    """One query against many candidates: the query is encoded once, and the scores are those of the pairs
+    predicted one by one."""
+    output_dir, _, _ = pair_run
+    model = AutoModel.from_pretrained(output_dir)
+    rows = [json.loads(line) for line in (pair_data / "test.jsonl").read_text().splitlines()]
+    query, candidates = rows[0]["text"], [row["text_pair"] for row in rows]
+    encoded = []
+    encoder_states = model.encoder_states
+    model.encoder_states = lambda inputs, *a, **k: (
+        encoded.append(len(inputs["input_ids"])) or encoder_states(inputs, *a, **k)
+    )
+    predicted = model.predict([(query, c) for c in candidates], tasks=["relatedness", "same_topic"])
+    assert sum(encoded) == len({query, *candidates})
+    del model.encoder_states
+    alone = [model.predict((query, c), tasks=["relatedness", "same_topic"]) for c in candidates[:4]]
+    for together, one in zip(predicted, alone):
+        assert together["same_topic"]["label"] == one["same_topic"]["label"]
+        assert together["relatedness"]["similarity"] == pytest.approx(
+            one["relatedness"]["similarity"], abs=1e-5
+        )
+
+
 def test_the_pipeline_and_the_batch_command_take_pairs(pair_run, pair_data: Path, tmp_path: Path) -> None:
     from transformers import pipeline
 

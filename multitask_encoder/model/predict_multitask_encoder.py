@@ -111,10 +111,8 @@ def encode(
     was_training = model.training
     model.eval()
     try:
-        for batch in text_batches(model, texts, batch_size, with_offsets=False):
-            token_states = model.encoder_states(batch.inputs)
-            pooled = model.pooling(token_states, batch.inputs["attention_mask"])
-            embeddings[batch.indices] = model.project(pooled).float().cpu()
+        for indices, pooled in pooled_texts(model, texts, batch_size):
+            embeddings[indices] = model.project(pooled).float().cpu()
     finally:
         model.train(was_training)
     if normalize is not None and normalize != model.config.normalize:
@@ -233,8 +231,9 @@ def tasks_for(model, kind: str, tasks: list[str] | str | None) -> list[str]:
 def predict_pairs(
     model, pairs: list[tuple[str, str]], task_names: list[str], top_k: int | None, batch_size: int
 ) -> list[dict[str, Any]]:
-    """`predict` for pairs: tasks that encode the pair jointly read one `[CLS] a [SEP] b` input, the others
-    the two texts' embeddings (the second text as `pair_inputs`)."""
+    """`predict` for pairs: tasks that encode the pair jointly read one `[CLS] a [SEP] b` input; the others
+    read the two texts' embeddings, so every distinct text of a window of pairs is encoded once, through the
+    batcher `encode` uses, and the heads read the pooled embeddings (`encoder_outputs`)."""
     firsts = check_texts(model, [a for a, _ in pairs])
     seconds = check_texts(model, [b for _, b in pairs])
     joint = [name for name in task_names if model.config.tasks[name].input_kind.joint]
@@ -243,15 +242,29 @@ def predict_pairs(
     was_training = model.training
     model.eval()
     try:
-        if apart:
-            for batch in text_batches(model, firsts, batch_size, with_offsets=False):
-                features, _ = tokenize_texts(model, [seconds[i] for i in batch.indices], False)
-                second = model.tokenizer.pad(features, return_tensors="pt")
-                second = {key: value.to(model.device) for key, value in second.items()}
-                second["rows"] = torch.arange(len(batch.indices), device=model.device)
-                outputs = model(**batch.inputs, pair_inputs=second, tasks=apart)
-                decoded = postprocess(model, outputs, batch.texts, batch.encodings, apart, top_k)
-                for index, prediction in zip(batch.indices, decoded):
+        window = max(1, model.serving_plan.window // 2)  # pairs: two texts each
+        for start in range(0, len(pairs) if apart else 0, window):
+            end = min(start + window, len(pairs))
+            texts = list(
+                dict.fromkeys(firsts[start:end] + seconds[start:end])
+            )  # a text shared by pairs: once
+            position = {text: i for i, text in enumerate(texts)}
+            pooled: list[torch.Tensor | None] = [None] * len(texts)
+            for indices, batch_pooled in pooled_texts(model, texts, batch_size):
+                for row, index in enumerate(indices):
+                    pooled[index] = batch_pooled[row]
+            stacked = torch.stack(pooled)  # [distinct texts, hidden]
+            for first in range(start, end, batch_size):
+                rows = range(first, min(first + batch_size, end))
+                encoder_outputs = {
+                    "pooled_embeddings": stacked[[position[firsts[i]] for i in rows]],
+                    "pair_pooled_embeddings": stacked[[position[seconds[i]] for i in rows]],
+                    "pair_rows": torch.arange(len(rows), device=stacked.device),
+                }
+                outputs = model(encoder_outputs=encoder_outputs, tasks=apart)
+                batch_texts = [firsts[i] for i in rows]
+                decoded = postprocess(model, outputs, batch_texts, [None] * len(rows), apart, top_k)
+                for index, prediction in zip(rows, decoded):
                     results[index].update(prediction)
         if joint:
             # The same batcher as single texts (windows, length-sorted, the serving plan's batches), each pair
@@ -376,6 +389,14 @@ def save_tokenizer(tokenizer: Any, directory: str | os.PathLike[str], max_length
         tokenizer.save_pretrained(directory)
     finally:
         tokenizer.model_max_length = previous
+
+
+def pooled_texts(model, texts: list[str], batch_size: int) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Checked texts -> batch by batch, (their positions in `texts`, their pooled token states `[batch,
+    hidden]`, before the projection), through the batcher and the serving mode's encoder."""
+    for batch in text_batches(model, texts, batch_size, with_offsets=False):
+        token_states = model.encoder_states(batch.inputs)
+        yield batch.indices, model.pooling(token_states, batch.inputs["attention_mask"])
 
 
 def text_batches(model, texts: list[str], batch_size: int, with_offsets: bool) -> Iterator[TextBatch]:

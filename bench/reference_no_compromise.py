@@ -262,7 +262,7 @@ def part_no_compromise(ctx: Context) -> dict[str, Any]:
     teachers: dict[str, str] = {}
     needs_teachers = "distillation" in wanted or (
         "distillation" in combined
-        and any(r.startswith(("combined", "cross_domain_combined", "wise_ft")) for r in wanted)
+        and any(r.startswith(("combined", "cross_domain_combined")) for r in wanted)
     )
     if "teachers" in wanted or needs_teachers:
         row, teachers = teachers_row(ctx, tasks, measure="teachers" in wanted)
@@ -283,7 +283,9 @@ def part_no_compromise(ctx: Context) -> dict[str, Any]:
     if "wise_ft" in wanted:
         source = finished.get("combined") or finished.get("plain")
         if source is None:  # the combined model an earlier run of this seed and budget trained, if it kept it
-            folder = trained_before(ctx, "combined", *student_plan(ctx, tasks, combined, teachers)[:3])
+            # (its config names its teachers' folders, which are where this seed's teachers are trained)
+            folders = teachers or {task: str(ctx.run_root / f"teacher-{task}") for task in tasks}
+            folder = trained_before(ctx, "combined", *student_plan(ctx, tasks, combined, folders)[:3])
             source = None if folder is None else {"key": "combined", "model_dir": str(folder)}
         if source is None:
             source = student_row(ctx, "plain", students["plain"][0], tasks, (), teachers)

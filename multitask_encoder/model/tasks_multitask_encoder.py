@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar, NamedTuple
@@ -158,9 +159,12 @@ class TaskSpec:
     loss_weight: float = 1.0
     options: dict[str, Any] = field(default_factory=dict)  # the type's own options, e.g. `threshold`
     name: str = ""  # the task's name (the key it has in config.tasks), for messages
-    # True on a spec `parse_task_spec` built: the config, the collator and the data take it as it is instead of
-    # validating it again. Not an __init__ argument, so a spec built or `dataclasses.replace`d by hand is checked.
-    checked: bool = field(default=False, init=False, repr=False, compare=False)
+
+    @property
+    def checked(self) -> bool:
+        """True for a spec `parse_task_spec` built: the config, the collator and the data take it as it is
+        instead of validating it again; a spec built or `dataclasses.replace`d by hand is checked."""
+        return CHECKED_SPECS.get(id(self)) is self
 
     @property
     def task_type(self) -> TaskType:
@@ -1035,9 +1039,14 @@ def parse_task_spec(name: str, spec: TaskSpec | Mapping[str, Any]) -> TaskSpec:
     )
 
 
+# The specs parse_task_spec built, by id (an entry goes when its spec does). Kept outside the spec so that a
+# spec's fields, its pickle and the data fingerprints built from it are the same whether or not it was parsed.
+CHECKED_SPECS: weakref.WeakValueDictionary[int, TaskSpec] = weakref.WeakValueDictionary()
+
+
 def checked_spec(spec: TaskSpec) -> TaskSpec:
-    """`spec`, marked as validated by `parse_task_spec`."""
-    object.__setattr__(spec, "checked", True)  # frozen: set once, here
+    """`spec`, recorded as validated by `parse_task_spec`."""
+    CHECKED_SPECS[id(spec)] = spec
     return spec
 
 

@@ -27,6 +27,7 @@ takes those an earlier run of this seed and budget trained, else trains them); t
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
@@ -208,7 +209,8 @@ def wise_ft_row(ctx: Context, source: dict[str, Any], tasks: dict[str, dict[str,
     path = run_dir / "wise_config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     run = prepare_run([str(path)], use_teachers=False)
-    trained = run.model
+    # A copy: each point's weights are loaded into run.model, and every point interpolates the trained ones.
+    trained = copy.deepcopy(run.model)
     points = []
     for alpha in WISE_ALPHAS:
         model = interpolate_encoder(trained, ctx.backbone, alpha)

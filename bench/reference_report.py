@@ -364,9 +364,16 @@ def render(records: list[dict[str, Any]], markdown_dir: Path, images: dict[str, 
             main = [
                 {
                     **record,
-                    "rows": [
-                        r for r in record["rows"] if r["kind"] != "curve" and not r["key"].startswith("cross")
-                    ],
+                    "rows": sorted(
+                        (
+                            r
+                            for r in record["rows"]
+                            if r["kind"] != "curve" and not r["key"].startswith("cross")
+                        ),
+                        key=lambda r: (
+                            NO_COMPROMISE_ORDER.index(r["key"]) if r["key"] in NO_COMPROMISE_ORDER else 99
+                        ),
+                    ),  # the part's order, whatever order the runs of some rows merged them in
                 }
                 for record in records_
             ]
@@ -539,6 +546,20 @@ def no_compromise_budget_line(records: list[dict[str, Any]]) -> str:
     return text + budget_warning(records)
 
 
+# The rows of the no_compromise table, in the order the part defines them (reference_no_compromise.ROWS).
+NO_COMPROMISE_ORDER = (
+    "original",
+    "teachers",
+    "plain",
+    "distillation",
+    "layer_mix",
+    "lp_ft",
+    "combined",
+    "plain_3",
+    "combined_3",
+)
+
+
 def wise_ft_table(records: list[dict[str, Any]]) -> list[str]:
     """The WiSE-FT curve (`no_compromise` part): one line per alpha, mean ± sd over seeds."""
     values: dict[float, dict[str, list[float]]] = {}
@@ -567,7 +588,7 @@ def wise_ft_table(records: list[dict[str, Any]]) -> list[str]:
     ]
     caption = (
         f"WiSE-FT of `{source}`: its encoder interpolated with the original, (1 - alpha) x original + alpha x "
-        "trained, heads kept (alpha 1 is the row above; the original encoder's embedding is in the pairs table)."
+        f"trained, heads kept (alpha 1 is the `{source}` row, alpha 0 the packaged encoder's row)."
     )
     return [caption, "", *table(["alpha", *(header for header, _, _ in used)], body), ""]
 

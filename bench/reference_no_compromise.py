@@ -46,23 +46,10 @@ from reference_parts import (
     warm_cache,
     with_caps,
 )
+from reference_report import NO_COMPROMISE_ROWS as ROWS
 
 FACTOR = (
     4  # x the reference budget: where the longer part's single-task curves flatten (docs/discussion.md 7)
-)
-ROWS = (
-    "teachers",
-    "plain",
-    "distillation",
-    "layer_mix",
-    "lp_ft",
-    "combined",
-    "wise_ft",
-    "plain_3",
-    "combined_3",
-    "cross_domain_plain",
-    "cross_domain_combined",
-    "cross_domain_probe",
 )
 COMBINED = ("distillation", "layer_mix", "lp_ft")
 LP_FT_EPOCHS = 3

@@ -546,18 +546,23 @@ def no_compromise_budget_line(records: list[dict[str, Any]]) -> str:
     return text + budget_warning(records)
 
 
-# The rows of the no_compromise table, in the order the part defines them (reference_no_compromise.ROWS).
-NO_COMPROMISE_ORDER = (
-    "original",
+# The rows of the no_compromise part, in the order it runs them (reference_no_compromise reads them here: this
+# module loads without torch); its table lists them in this order after the always-run `original`.
+NO_COMPROMISE_ROWS = (
     "teachers",
     "plain",
     "distillation",
     "layer_mix",
     "lp_ft",
     "combined",
+    "wise_ft",
     "plain_3",
     "combined_3",
+    "cross_domain_plain",
+    "cross_domain_combined",
+    "cross_domain_probe",
 )
+NO_COMPROMISE_ORDER = ("original", *NO_COMPROMISE_ROWS)
 
 
 def wise_ft_table(records: list[dict[str, Any]]) -> list[str]:

@@ -249,11 +249,11 @@ def predict_pairs(
                 dict.fromkeys(firsts[start:end] + seconds[start:end])
             )  # a text shared by pairs: once
             position = {text: i for i, text in enumerate(texts)}
-            pooled: list[torch.Tensor | None] = [None] * len(texts)
-            for indices, batch_pooled in pooled_texts(model, texts, batch_size):
-                for row, index in enumerate(indices):
-                    pooled[index] = batch_pooled[row]
-            stacked = torch.stack(pooled)  # [distinct texts, hidden]
+            stacked = None  # [distinct texts, hidden]
+            for indices, pooled in pooled_texts(model, texts, batch_size):
+                if stacked is None:
+                    stacked = pooled.new_empty(len(texts), pooled.shape[-1])
+                stacked[indices] = pooled
             for first in range(start, end, batch_size):
                 rows = range(first, min(first + batch_size, end))
                 encoder_outputs = {
